@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Build the images routines needs, without any container registry:
+#   1. routines-base:bookworm   Debian bookworm + python3, venv, git (debootstrap + docker import)
+#   2. build/wheels/            host-built wheels for the sandbox (anthropic and deps)
+#   3. routines-sandbox:latest  Dockerfile target `sandbox` on top of (1), from (2) + runner/
+# Optional (BUILD_SERVICE=1): wheels of the project itself + image routines:latest.
+#
+# Idempotent: the base image is made only when missing; the docker build is cached.
+#
+# Environment overrides:
+#   BASE_IMAGE        base image tag            (default routines-base:bookworm)
+#   SANDBOX_IMAGE     sandbox image tag         (default routines-sandbox:latest)
+#   SERVICE_IMAGE     service image tag         (default routines:latest)
+#   BUILD_CONTEXT     docker build context      (default: the repo root)
+#   SANDBOX_PACKAGES  packages for the sandbox  (default: anthropic, pinned to the
+#                     version in .venv when there is one)
+#   DEBIAN_MIRROR     debootstrap mirror        (default: the one apt uses here)
+#   PYTHON            python used for `pip wheel` (default: .venv/bin/python, else python3)
+#   REBUILD_BASE=1    remake the base image even if it exists
+#   BUILD_SERVICE=1   also build the service image
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BASE_IMAGE="${BASE_IMAGE:-routines-base:bookworm}"
+SANDBOX_IMAGE="${SANDBOX_IMAGE:-routines-sandbox:latest}"
+SERVICE_IMAGE="${SERVICE_IMAGE:-routines:latest}"
+BUILD_CONTEXT="$(cd "${BUILD_CONTEXT:-$REPO_ROOT}" && pwd)"
+WHEEL_DIR="$BUILD_CONTEXT/build/wheels"
+SUITE=bookworm
+
+log() { echo "[build-images] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi
+}
+
+# The Debian mirror apt already uses on this machine (deb822 or one-line format).
+detect_mirror() {
+    local f uri
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -r "$f" ] || continue
+        # First stanza whose Suites mention the plain suite (not -security).
+        uri="$(awk -v suite="$SUITE" '
+            BEGIN { RS=""; FS="\n" }
+            {
+                u=""; ok=0
+                for (i = 1; i <= NF; i++) {
+                    if ($i ~ /^URIs:/)   { sub(/^URIs:[ \t]*/, "", $i); split($i, a, /[ \t]+/); u=a[1] }
+                    if ($i ~ /^Suites:/) { n=split($i, s, /[ \t]+/); for (j = 2; j <= n; j++) if (s[j] == suite) ok=1 }
+                }
+                if (ok && u != "") { print u; exit }
+            }' "$f")"
+        [ -n "$uri" ] && { echo "$uri"; return; }
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -r "$f" ] || continue
+        uri="$(awk -v suite="$SUITE" '
+            $1 == "deb" {
+                i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                if ($(i+1) == suite) { print $i; exit }
+            }' "$f")"
+        [ -n "$uri" ] && { echo "$uri"; return; }
+    done
+    echo "http://deb.debian.org/debian"
+}
+
+# ---------------------------------------------------------------------------
+# 1. base image
+build_base() {
+    command -v debootstrap >/dev/null 2>&1 || die "debootstrap missing (run .ci/docker-up.sh)"
+    local mirror rootdir t0
+    mirror="${DEBIAN_MIRROR:-$(detect_mirror)}"
+    rootdir="$(mktemp -d /var/tmp/routines-base.XXXXXX)"
+    # shellcheck disable=SC2064
+    trap "as_root rm -rf '$rootdir'" EXIT
+    t0=$SECONDS
+    log "debootstrap $SUITE from $mirror into $rootdir"
+    as_root debootstrap --variant=minbase \
+        --include=python3,python3-venv,git,ca-certificates \
+        "$SUITE" "$rootdir" "$mirror" >/tmp/debootstrap.log 2>&1 \
+        || { tail -n 30 /tmp/debootstrap.log >&2; die "debootstrap failed (log: /tmp/debootstrap.log)"; }
+    # Nothing the image needs: package caches, apt lists, docs, man pages, translations.
+    as_root sh -c "cd '$rootdir' && rm -rf var/cache/apt/archives/*.deb var/lib/apt/lists/* \
+        var/log/*.log usr/share/doc/* usr/share/man/* usr/share/info/* usr/share/locale/*"
+    log "docker import -> $BASE_IMAGE"
+    as_root tar --numeric-owner -C "$rootdir" -c . | docker import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' \
+        --change 'LABEL org.routines.image=base' \
+        --change 'CMD ["/bin/bash"]' \
+        - "$BASE_IMAGE" >/dev/null
+    as_root rm -rf "$rootdir"
+    trap - EXIT
+    log "base image $BASE_IMAGE built in $((SECONDS - t0))s"
+}
+
+if [ "${REBUILD_BASE:-0}" = 1 ] || ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    build_base
+else
+    log "base image $BASE_IMAGE present"
+fi
+
+# ---------------------------------------------------------------------------
+# 2. wheels (host python is 3.11 like bookworm's, so binary wheels fit)
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$REPO_ROOT/.venv/bin/python" ]; then PYTHON="$REPO_ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+if [ -z "${SANDBOX_PACKAGES:-}" ]; then
+    # Same SDK version in the sandbox as the one the project is tested with.
+    v="$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("anthropic"))' 2>/dev/null || true)"
+    SANDBOX_PACKAGES="anthropic${v:+==$v}"
+fi
+host_py="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+base_py="$(docker run --rm --network none --entrypoint python3 "$BASE_IMAGE" \
+    -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+[ "$host_py" = "$base_py" ] \
+    || die "host python $host_py != base image python $base_py: binary wheels would not fit"
+
+mkdir -p "$WHEEL_DIR"
+log "pip wheel -w $WHEEL_DIR $SANDBOX_PACKAGES"
+# shellcheck disable=SC2086
+if ! "$PYTHON" -m pip wheel --quiet --disable-pip-version-check -w "$WHEEL_DIR" $SANDBOX_PACKAGES; then
+    if compgen -G "$WHEEL_DIR/anthropic-*.whl" >/dev/null; then
+        log "WARNING: pip wheel failed; using the wheels already in $WHEEL_DIR"
+    else
+        die "pip wheel failed and $WHEEL_DIR has no anthropic wheel"
+    fi
+fi
+
+# ---------------------------------------------------------------------------
+# 3. images
+[ -d "$BUILD_CONTEXT/runner" ] || die "$BUILD_CONTEXT/runner/ missing: nothing to put in the sandbox"
+t0=$SECONDS
+log "docker build --target sandbox -> $SANDBOX_IMAGE"
+docker build --target sandbox \
+    --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    --build-arg "SANDBOX_PACKAGES=$SANDBOX_PACKAGES" \
+    -t "$SANDBOX_IMAGE" "$BUILD_CONTEXT" >&2
+log "sandbox image $SANDBOX_IMAGE ready in $((SECONDS - t0))s"
+
+if [ "${BUILD_SERVICE:-0}" = 1 ]; then
+    log "pip wheel -w $WHEEL_DIR $BUILD_CONTEXT (project + dependencies)"
+    "$PYTHON" -m pip wheel --quiet --disable-pip-version-check -w "$WHEEL_DIR" "$BUILD_CONTEXT"
+    t0=$SECONDS
+    docker build --target service \
+        --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+        -t "$SERVICE_IMAGE" "$BUILD_CONTEXT" >&2
+    log "service image $SERVICE_IMAGE ready in $((SECONDS - t0))s"
+fi

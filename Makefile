@@ -1,0 +1,43 @@
+# routines: developer and CI entry points. Run from the repo root.
+#   make venv     create .venv and install the project with its dev extra
+#   make images   start Docker if needed; build routines-base:bookworm and routines-sandbox:latest
+#   make lint     ruff + mypy
+#   make test     the test suite (expects `make venv` and `make images` done first)
+#   make serve    run the bot
+#   make bench    measure per-run container overhead
+
+SHELL  := /bin/bash
+PYTHON ?= python3
+VENV   := .venv
+PIP    := $(VENV)/bin/pip --disable-pip-version-check
+
+.PHONY: venv images service-image lint test serve bench
+
+venv:
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e '.[dev]'
+
+images:
+	.ci/docker-up.sh
+	.ci/build-images.sh
+
+# Optional: the bot itself as an image (routines:latest).
+service-image:
+	.ci/docker-up.sh
+	BUILD_SERVICE=1 .ci/build-images.sh
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# Depends on nothing on purpose: CI decides the order (.ci/run).
+test:
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+serve:
+	$(MAKE) venv
+	$(MAKE) images
+	$(VENV)/bin/routines serve
+
+bench:
+	$(VENV)/bin/python bench/run_overhead.py

@@ -1,0 +1,93 @@
+"""The whole bot as one object with an explicit lifetime: `start()` opens everything,
+`stop()` closes what it opened. Tests start and stop it in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import docker
+from aiohttp import web
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.announce import RunAnnouncer
+from bot.db import Database
+from bot.dispatcher import Dispatcher
+from bot.messages import Messages
+from bot.redaction import Redactor
+from bot.routine import RoutineLimits
+from bot.server import build_web_app
+from bot.service import RoutineService, ServicePolicy
+from bot.settings import Settings
+from bot.slack import build_slack_app
+from runner.sandbox import Sandbox, SandboxConfig
+
+log = logging.getLogger(__name__)
+
+
+class Bot:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.service = RoutineService(self.db, _policy(settings), Redactor(settings.secrets))
+        self.messages = Messages()
+        self.slack_client = AsyncWebClient(token=settings.slack_bot_token,
+                                           base_url=settings.slack_api_url)
+        self.docker = docker.DockerClient(base_url=settings.docker_host or None)
+        self.sandbox = Sandbox(self.docker, _sandbox_config(settings))
+        self.dispatcher = Dispatcher(self.service, self.sandbox,
+                                     RunAnnouncer(self.slack_client, self.messages),
+                                     settings.max_concurrent_runs)
+        self.service.on_run_queued(self.dispatcher.wake)
+        self.slack = build_slack_app(settings, self.service, self.messages, self.slack_client)
+        self._web: web.AppRunner | None = None
+        self._socket: AsyncSocketModeHandler | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.db.create_schema)
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.dispatcher.start()
+        self._web = web.AppRunner(build_web_app(self.slack, self.db), access_log=None)
+        await self._web.setup()
+        site = web.TCPSite(self._web, self.settings.host, self.settings.port)
+        await site.start()
+        self.port = self._web.addresses[0][1]
+        if self.settings.socket_mode:
+            self._socket = AsyncSocketModeHandler(self.slack, self.settings.slack_app_token)
+            await self._socket.connect_async()  # type: ignore[no-untyped-call]
+        log.info("routines bot ready (%s mode, port %s)",
+                 "socket" if self.settings.socket_mode else "http", self.port)
+
+    async def stop(self) -> None:
+        if self._socket is not None:
+            await self._socket.close_async()  # type: ignore[no-untyped-call]
+        if self._web is not None:
+            await self._web.cleanup()
+        await self.dispatcher.stop()
+        self.docker.close()
+        self.db.close()
+
+
+def _policy(settings: Settings) -> ServicePolicy:
+    return ServicePolicy(
+        default_model=settings.default_model,
+        default_timeout_seconds=settings.default_timeout_seconds,
+        limits=RoutineLimits(settings.min_timeout_seconds, settings.max_timeout_seconds,
+                             settings.allow_local_repos),
+        max_turns=settings.max_turns,
+    )
+
+
+def _sandbox_config(settings: Settings) -> SandboxConfig:
+    return SandboxConfig(
+        image=settings.sandbox_image,
+        network=settings.sandbox_network,
+        workspace_root=settings.data_dir.resolve() / "workspaces",
+        memory=settings.sandbox_memory,
+        cpus=settings.sandbox_cpus,
+        pids=settings.sandbox_pids,
+        anthropic_api_key=settings.anthropic_api_key,
+        anthropic_base_url=settings.anthropic_base_url,
+    )

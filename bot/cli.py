@@ -1,0 +1,69 @@
+"""The `routines` command: `serve` starts the bot; `logs RUN_ID` prints a run's log.
+
+This is the entry point, the only place that reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+from bot.errors import RoutinesError, SettingsError
+from bot.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="routines", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="start the bot (Socket Mode if SLACK_APP_TOKEN is set)")
+    logs = sub.add_parser("logs", help="print a run's event log as JSON lines")
+    logs.add_argument("run_id", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            asyncio.run(serve(Settings.from_env()))
+        else:
+            print_logs(args.run_id)
+    except SettingsError as exc:
+        print(f"routines: {exc}", file=sys.stderr)
+        return 2
+    except RoutinesError as exc:
+        print(f"routines: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def serve(settings: Settings) -> None:
+    from bot.app import Bot  # imported late: `routines --help` needs no docker client
+
+    bot = Bot(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await bot.start()
+    try:
+        await stop.wait()
+    finally:
+        await bot.stop()
+
+
+def print_logs(run_id: int) -> None:
+    from bot.db import Database
+    from bot.redaction import Redactor
+    from bot.routine import RoutineLimits
+    from bot.service import RoutineService, ServicePolicy
+
+    db = Database(os.environ.get("DATABASE_URL", Settings.database_url))
+    service = RoutineService(db, ServicePolicy("", 0, RoutineLimits(0, 0, False), 0),
+                             Redactor(()))
+    for event in service.run_events(run_id):
+        print(json.dumps(event))
+    db.close()

@@ -1,0 +1,158 @@
+"""Takes queued runs from the database and executes them, a bounded number at a time.
+
+The database is the queue: a run is claimed by a conditional UPDATE, so nothing is
+lost across restarts. On start, runs left `running` by a previous process are
+reconciled with their containers (found by label): adopted if the container still
+exists, otherwise failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker.errors
+
+from bot.models import RunStatus
+from bot.run import RunOutcome, decide_outcome
+from bot.service import RoutineService, RunView
+from runner.contract import Event, RunResult
+from runner.sandbox import RunControl, Sandbox
+
+log = logging.getLogger(__name__)
+Announce = Callable[[RunView], Awaitable[None]]
+LOST_CONTAINER = "interrupted: the bot restarted and the run's container was gone"
+
+
+class Dispatcher:
+    def __init__(self, service: RoutineService, sandbox: Sandbox, announce: Announce,
+                 max_concurrent: int, poll_seconds: float = 2.0) -> None:
+        self.service = service
+        self.sandbox = sandbox
+        self.announce = announce
+        self.max_concurrent = max_concurrent
+        self.poll_seconds = poll_seconds
+        self._active: dict[int, tuple[asyncio.Task[None], RunControl]] = {}
+        self._executor = ThreadPoolExecutor(max_concurrent + 1, thread_name_prefix="run")
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self.sandbox.ensure_network)
+            await self._reconcile()
+        except docker.errors.DockerException as exc:
+            log.error("docker engine unavailable at start, runs will error: %s", exc)
+        for view in await asyncio.to_thread(self.service.runs_to_announce):
+            await self._announce(view)
+        self._task = asyncio.create_task(self._claim_loop(), name="dispatcher")
+
+    def wake(self) -> None:
+        """Thread-safe: the service calls it from whatever thread queued the run."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def stop(self) -> None:
+        """Stop waiting on runs without killing them: the next start adopts them."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _, control in self._active.values():
+            control.detach()
+        await asyncio.gather(*(task for task, _ in self._active.values()),
+                             return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def active_runs(self) -> list[int]:
+        return list(self._active)
+
+    async def _claim_loop(self) -> None:
+        while True:
+            while len(self._active) < self.max_concurrent:
+                view = await asyncio.to_thread(self.service.claim_next_run)
+                if view is None:
+                    break
+                self._spawn(view, container=None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+            self._wake.clear()
+
+    def _spawn(self, view: RunView, container: Any) -> None:
+        run_id = view.run.id
+        assert run_id is not None
+        control = RunControl()
+        task = asyncio.create_task(self._execute(view, control, container), name=f"run-{run_id}")
+        self._active[run_id] = (task, control)
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._active.pop(run_id, None)
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _execute(self, view: RunView, control: RunControl, container: Any) -> None:
+        spec = self.service.run_spec(view)
+        loop = asyncio.get_running_loop()
+
+        def on_event(seq: int, event: Event) -> None:
+            self.service.record_event(spec.run_id, seq, event)
+
+        def on_started(container_id: str) -> None:
+            self.service.record_container(spec.run_id, container_id)
+
+        try:
+            if container is None:
+                result = await loop.run_in_executor(
+                    self._executor, self.sandbox.execute, spec, on_event, on_started, control)
+            else:
+                seen = await asyncio.to_thread(self.service.last_event_seq, spec.run_id)
+                result = await loop.run_in_executor(
+                    self._executor, self.sandbox.follow, spec, container, on_event, control, seen)
+        except Exception as exc:  # a bug must not leave the run `running` forever
+            log.exception("run %s crashed in the dispatcher", spec.run_id)
+            result = RunResult(run_id=spec.run_id, infra_error=f"internal error: {exc}")
+        if result.extra.get("detached"):
+            return
+        outcome = decide_outcome(result, spec.timeout_seconds)
+        finished = await asyncio.to_thread(
+            self.service.finish_run, spec.run_id, outcome, result.input_tokens,
+            result.output_tokens, result.diff)
+        await self._announce(finished)
+
+    async def _announce(self, view: RunView) -> None:
+        try:
+            await self.announce(view)
+        except Exception:
+            # Left un-announced in the database: retried at the next start.
+            log.exception("could not announce run %s", view.run.id)
+            return
+        assert view.run.id is not None
+        await asyncio.to_thread(self.service.mark_announced, view.run.id)
+
+    async def _reconcile(self) -> None:
+        containers = await asyncio.to_thread(self.sandbox.find_run_containers)
+        running = await asyncio.to_thread(self.service.runs_with_status, RunStatus.RUNNING)
+        for view in running:
+            assert view.run.id is not None
+            container = containers.pop(view.run.id, None)
+            if container is not None:
+                log.info("adopting run %s from container %s", view.run.id, container.short_id)
+                self._spawn(view, container)
+                continue
+            log.warning("run %s was running but its container is gone", view.run.id)
+            finished = await asyncio.to_thread(
+                self.service.finish_run, view.run.id,
+                RunOutcome(RunStatus.FAILED, None, LOST_CONTAINER), 0, 0, "")
+            await self._announce(finished)
+        for run_id, container in containers.items():
+            log.info("removing leftover container of finished run %s", run_id)
+            with contextlib.suppress(docker.errors.APIError):
+                await asyncio.to_thread(container.remove, force=True)

@@ -1,0 +1,36 @@
+"""One root error for everything the bot refuses or fails at.
+
+Adapters catch `RoutinesError` and render its message; anything else is a bug and is
+logged as one.
+"""
+
+from __future__ import annotations
+
+
+class RoutinesError(Exception):
+    """Root of every error the service layer raises on purpose."""
+
+
+class SettingsError(RoutinesError, ValueError):
+    """A required setting is missing or a value cannot be parsed."""
+
+
+class RoutineNotFound(RoutinesError, LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No routine named `{name}`. `/routine list` shows the routines.")
+        self.name = name
+
+
+class RunNotFound(RoutinesError, LookupError):
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"No run #{run_id}.")
+        self.run_id = run_id
+
+
+class ValidationFailed(RoutinesError, ValueError):
+    """Input was rejected; `field_errors` maps each offending field to why."""
+
+    def __init__(self, field_errors: dict[str, str]) -> None:
+        self.field_errors = dict(field_errors)
+        details = "; ".join(f"{field}: {why}" for field, why in self.field_errors.items())
+        super().__init__(f"Invalid routine: {details}")

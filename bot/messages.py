@@ -1,0 +1,80 @@
+"""Slack layouts are data: Jinja2 templates under `templates/` rendered to Block Kit JSON.
+
+Every string from users or agents passes through `tojson` (valid JSON whatever it
+holds) and `mrkdwn` (Slack's three control characters escaped), so content cannot
+break out of the layout.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+STATUS_ICONS = {
+    "queued": ":hourglass_flowing_sand:",
+    "running": ":arrows_counterclockwise:",
+    "succeeded": ":white_check_mark:",
+    "failed": ":x:",
+    "timed_out": ":alarm_clock:",
+    "error": ":warning:",
+}
+
+
+class Messages:
+    def __init__(self, template_dir: Path = DEFAULT_TEMPLATES) -> None:
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(template_dir),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,  # noqa: S701 - JSON output; values go through tojson
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(
+            mrkdwn=escape_mrkdwn, duration=format_duration, when=format_when,
+            icon=lambda status: STATUS_ICONS.get(str(status), ":grey_question:"),
+            truncate_text=truncate_text,
+        )
+        self.env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
+
+    def render(self, template: str, **context: Any) -> dict[str, Any]:
+        """Render a `.json.j2` template into the dict Slack expects."""
+        text = self.env.get_template(template).render(**context)
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"template {template} produced invalid JSON: {exc}") from exc
+        assert isinstance(value, dict)
+        return value
+
+
+def escape_mrkdwn(value: object) -> str:
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def truncate_text(value: object, limit: int) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    total = round(seconds)
+    minutes, secs = divmod(total, 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def format_when(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")

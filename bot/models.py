@@ -1,0 +1,80 @@
+"""Database tables. The database, not memory, is the truth: a restart loses nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    ERROR = "error"
+
+    @property
+    def finished(self) -> bool:
+        return self not in {RunStatus.QUEUED, RunStatus.RUNNING}
+
+
+class TriggerKind(StrEnum):
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+    API = "api"
+    GITHUB = "github"
+
+
+class Routine(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=40)
+    prompt: str
+    repo_url: str
+    branch: str = "main"
+    setup_script: str = ""
+    channel_id: str
+    model: str
+    timeout_seconds: int
+    max_turns: int
+    created_by: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    routine_id: int = Field(foreign_key="routine.id", index=True)
+    status: RunStatus = Field(default=RunStatus.QUEUED, index=True)
+    trigger_kind: TriggerKind = TriggerKind.MANUAL
+    triggered_by: str
+    prompt: str
+    queued_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    container_id: str | None = None
+    summary: str | None = None
+    reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    diff: str = ""
+    notified_at: datetime | None = None
+
+
+class RunEvent(SQLModel, table=True):
+    """One line of a run's log, already redacted. `seq` orders it and makes replay idempotent."""
+
+    __table_args__ = (UniqueConstraint("run_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    seq: int
+    type: str
+    data: str
+    created_at: datetime = Field(default_factory=utcnow)

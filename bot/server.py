@@ -1,0 +1,30 @@
+"""HTTP adapter: Slack's request URL and the health check."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+
+from bot.db import Database
+
+MAX_BODY_BYTES = 1024 * 1024  # Slack's payloads are far smaller; refuse anything bigger
+
+
+def build_web_app(slack: AsyncApp, db: Database) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+
+    async def slack_events(request: web.Request) -> web.Response:
+        bolt_response = await slack.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(bolt_response)
+
+    async def healthz(_: web.Request) -> web.Response:
+        database = await asyncio.to_thread(db.ping)
+        return web.json_response({"ok": database, "database": database},
+                                 status=200 if database else 503)
+
+    app.router.add_post("/slack/events", slack_events)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,269 @@
+"""The service layer: every rule about routines and runs lives here.
+
+Slack listeners, HTTP handlers, the scheduler and the CLI are adapters that parse
+input, call one method here, and render what comes back; so an action behaves the
+same whichever door it came through. Methods are synchronous and short; async
+adapters call them through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+
+from bot.db import Database
+from bot.errors import RoutineNotFound, RunNotFound, ValidationFailed
+from bot.models import Routine, Run, RunEvent, RunStatus, TriggerKind, utcnow
+from bot.redaction import Redactor
+from bot.routine import RoutineDraft, RoutineLimits, validate
+from bot.run import RunOutcome
+from runner.contract import Event, RunSpec
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run with its routine, as adapters show it."""
+
+    run: Run
+    routine: Routine
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.run.started_at and self.run.finished_at:
+            return (_aware(self.run.finished_at) - _aware(self.run.started_at)).total_seconds()
+        return None
+
+
+@dataclass(frozen=True)
+class RoutineOverview:
+    routine: Routine
+    last_run: Run | None
+
+
+@dataclass(frozen=True)
+class ServicePolicy:
+    """Defaults and limits the service applies; built from `Settings` at start-up."""
+
+    default_model: str
+    default_timeout_seconds: int
+    limits: RoutineLimits
+    max_turns: int
+
+
+class RoutineService:
+    def __init__(self, db: Database, policy: ServicePolicy, redact: Redactor) -> None:
+        self.db = db
+        self.policy = policy
+        self.redact = redact
+        self._run_queued_listeners: list[Callable[[], None]] = []
+
+    def on_run_queued(self, listener: Callable[[], None]) -> None:
+        """Called after a run is durably queued (the dispatcher wakes up on it)."""
+        self._run_queued_listeners.append(listener)
+
+    # Routines ----------------------------------------------------------------------
+
+    def create_routine(self, draft: RoutineDraft, actor: str) -> Routine:
+        draft = RoutineDraft(**{k: v.strip() if isinstance(v, str) and k != "prompt" else v
+                                for k, v in draft.__dict__.items()})
+        errors = validate(draft, self.policy.limits)
+        with self.db.session() as session:
+            if "name" not in errors and self._find(session, draft.name):
+                errors["name"] = f"A routine named `{draft.name}` already exists."
+            if errors:
+                raise ValidationFailed(errors)
+            routine = Routine(
+                name=draft.name,
+                prompt=draft.prompt,
+                repo_url=draft.repo_url,
+                branch=draft.branch or "main",
+                setup_script=draft.setup_script,
+                channel_id=draft.channel_id,
+                model=draft.model or self.policy.default_model,
+                timeout_seconds=int(draft.timeout_seconds or self.policy.default_timeout_seconds),
+                max_turns=self.policy.max_turns,
+                created_by=actor,
+            )
+            session.add(routine)
+            session.flush()
+            session.refresh(routine)
+            return routine
+
+    def get_routine(self, name: str) -> Routine:
+        with self.db.session() as session:
+            routine = self._find(session, name)
+            if routine is None:
+                raise RoutineNotFound(name)
+            return routine
+
+    def list_routines(self) -> list[RoutineOverview]:
+        with self.db.session() as session:
+            routines = session.exec(select(Routine).order_by(col(Routine.name))).all()
+            return [RoutineOverview(r, self._last_run(session, r)) for r in routines]
+
+    def routine_overview(self, name: str) -> RoutineOverview:
+        with self.db.session() as session:
+            routine = self._find(session, name)
+            if routine is None:
+                raise RoutineNotFound(name)
+            return RoutineOverview(routine, self._last_run(session, routine))
+
+    def run_history(self, name: str, limit: int = 10) -> list[RunView]:
+        routine = self.get_routine(name)
+        with self.db.session() as session:
+            runs = session.exec(
+                select(Run).where(Run.routine_id == routine.id)
+                .order_by(col(Run.id).desc()).limit(limit)
+            ).all()
+            return [RunView(run, routine) for run in runs]
+
+    # Runs --------------------------------------------------------------------------
+
+    def trigger_run(self, name: str, actor: str,
+                    kind: TriggerKind = TriggerKind.MANUAL) -> RunView:
+        """Queue a run; it is written before this returns, so an ack never lies."""
+        with self.db.session() as session:
+            routine = self._find(session, name)
+            if routine is None:
+                raise RoutineNotFound(name)
+            run = Run(routine_id=_id(routine), trigger_kind=kind, triggered_by=actor,
+                      prompt=routine.prompt)
+            session.add(run)
+            session.flush()
+            session.refresh(run)
+            view = RunView(run, routine)
+        for listener in self._run_queued_listeners:
+            listener()
+        return view
+
+    def get_run(self, run_id: int) -> RunView:
+        with self.db.session() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            routine = session.get(Routine, run.routine_id)
+            assert routine is not None
+            return RunView(run, routine)
+
+    def run_events(self, run_id: int) -> list[Event]:
+        self.get_run(run_id)
+        with self.db.session() as session:
+            rows = session.exec(
+                select(RunEvent).where(RunEvent.run_id == run_id).order_by(col(RunEvent.seq))
+            ).all()
+            return [json.loads(row.data) for row in rows]
+
+    def claim_next_run(self) -> RunView | None:
+        """Move the oldest queued run to `running`; safe when several workers race."""
+        with self.db.session() as session:
+            run_id = session.exec(
+                select(Run.id).where(Run.status == RunStatus.QUEUED)
+                .order_by(col(Run.id)).limit(1)
+            ).first()
+            if run_id is None:
+                return None
+            claimed = session.execute(
+                update(Run).where(col(Run.id) == run_id, col(Run.status) == RunStatus.QUEUED)
+                .values(status=RunStatus.RUNNING, started_at=utcnow())
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+        return self.get_run(run_id)
+
+    def run_spec(self, view: RunView) -> RunSpec:
+        routine, run = view.routine, view.run
+        return RunSpec(
+            run_id=_id(run),
+            routine=routine.name,
+            prompt=run.prompt,
+            repo_url=routine.repo_url,
+            branch=routine.branch,
+            model=routine.model,
+            timeout_seconds=routine.timeout_seconds,
+            max_turns=routine.max_turns,
+            setup_script=routine.setup_script,
+        )
+
+    def runs_with_status(self, status: RunStatus) -> list[RunView]:
+        with self.db.session() as session:
+            ids = session.exec(select(Run.id).where(Run.status == status)).all()
+        return [self.get_run(run_id) for run_id in ids if run_id is not None]
+
+    def record_container(self, run_id: int, container_id: str) -> None:
+        with self.db.session() as session:
+            session.execute(update(Run).where(col(Run.id) == run_id)
+                            .values(container_id=container_id))
+
+    def record_event(self, run_id: int, seq: int, event: Event) -> None:
+        """Store one event, redacted. A replayed `seq` (after adoption) is ignored."""
+        data = self.redact(json.dumps(event))
+        with self.db.session() as session:
+            exists = session.exec(
+                select(RunEvent.id).where(RunEvent.run_id == run_id, RunEvent.seq == seq)
+            ).first()
+            if exists is None:
+                session.add(RunEvent(run_id=run_id, seq=seq, type=str(event.get("type")),
+                                     data=data))
+
+    def last_event_seq(self, run_id: int) -> int:
+        with self.db.session() as session:
+            return int(session.exec(
+                select(func.coalesce(func.max(RunEvent.seq), 0)).where(RunEvent.run_id == run_id)
+            ).one())
+
+    def finish_run(self, run_id: int, outcome: RunOutcome, input_tokens: int,
+                   output_tokens: int, diff: str) -> RunView:
+        """Record the verdict once; a run that already finished keeps its first verdict."""
+        with self.db.session() as session:
+            session.execute(
+                update(Run)
+                .where(col(Run.id) == run_id, col(Run.status).in_(
+                    [RunStatus.QUEUED, RunStatus.RUNNING]))
+                .values(status=outcome.status,
+                        summary=self.redact(outcome.summary) if outcome.summary else None,
+                        reason=self.redact(outcome.reason) if outcome.reason else None,
+                        input_tokens=input_tokens, output_tokens=output_tokens,
+                        diff=self.redact(diff), finished_at=utcnow())
+            )
+        return self.get_run(run_id)
+
+    def runs_to_announce(self) -> list[RunView]:
+        """Finished runs whose result message has not reached Slack yet."""
+        with self.db.session() as session:
+            ids = session.exec(
+                select(Run.id).where(col(Run.notified_at).is_(None),
+                                     col(Run.finished_at).is_not(None))
+            ).all()
+        return [self.get_run(run_id) for run_id in ids if run_id is not None]
+
+    def mark_announced(self, run_id: int) -> None:
+        with self.db.session() as session:
+            session.execute(update(Run).where(col(Run.id) == run_id)
+                            .values(notified_at=utcnow()))
+
+    # Helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _find(session: Session, name: str) -> Routine | None:
+        return session.exec(select(Routine).where(Routine.name == name.strip().lower())).first()
+
+    @staticmethod
+    def _last_run(session: Session, routine: Routine) -> Run | None:
+        return session.exec(
+            select(Run).where(Run.routine_id == routine.id).order_by(col(Run.id).desc()).limit(1)
+        ).first()
+
+
+def _id(row: Routine | Run) -> int:
+    assert row.id is not None, "row must be flushed before its id is used"
+    return row.id
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite drops the time zone; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,115 @@
+"""The one typed settings object, built once at start-up from the environment.
+
+Nothing below the entry point reads the environment: everything gets a `Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.errors import SettingsError
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+
+
+@dataclass(frozen=True)
+class Settings:
+    slack_bot_token: str
+    anthropic_api_key: str
+    slack_signing_secret: str = ""
+    slack_app_token: str = ""
+    slack_api_url: str = "https://slack.com/api/"
+    anthropic_base_url: str = ""
+    database_url: str = "sqlite:///routines.db"
+    docker_host: str = ""
+    host: str = "0.0.0.0"  # noqa: S104 - Slack must reach the HTTP mode server
+    port: int = 3000
+    data_dir: Path = Path("data")
+    sandbox_image: str = "routines-sandbox:latest"
+    sandbox_network: str = "routines-sandbox"
+    sandbox_memory: str = "1g"
+    sandbox_cpus: float = 1.0
+    sandbox_pids: int = 256
+    max_concurrent_runs: int = 2
+    default_model: str = DEFAULT_MODEL
+    default_timeout_seconds: int = 1800
+    min_timeout_seconds: int = 60
+    max_timeout_seconds: int = 4 * 3600
+    max_turns: int = 40
+    allow_local_repos: bool = False
+    extra_secrets: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def socket_mode(self) -> bool:
+        return bool(self.slack_app_token)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never be stored or shown in clear."""
+        values = (
+            self.slack_bot_token,
+            self.slack_signing_secret,
+            self.slack_app_token,
+            self.anthropic_api_key,
+            *self.extra_secrets,
+        )
+        return tuple(v for v in values if v)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the usual variable names; a missing required one raises one clear line."""
+        env = os.environ if env is None else env
+        required = ["SLACK_BOT_TOKEN", "ANTHROPIC_API_KEY"]
+        if not env.get("SLACK_APP_TOKEN"):
+            required.append("SLACK_SIGNING_SECRET")  # HTTP mode verifies every request
+        missing = [name for name in required if not env.get(name)]
+        if missing:
+            raise SettingsError(f"missing required setting: {', '.join(missing)}")
+        return cls(
+            slack_bot_token=env["SLACK_BOT_TOKEN"],
+            anthropic_api_key=env["ANTHROPIC_API_KEY"],
+            slack_signing_secret=env.get("SLACK_SIGNING_SECRET", ""),
+            slack_app_token=env.get("SLACK_APP_TOKEN", ""),
+            slack_api_url=env.get("SLACK_API_URL", cls.slack_api_url),
+            anthropic_base_url=env.get("ANTHROPIC_BASE_URL", ""),
+            database_url=env.get("DATABASE_URL", cls.database_url),
+            docker_host=env.get("DOCKER_HOST", ""),
+            host=env.get("ROUTINES_HOST", cls.host),
+            port=_int(env, "PORT", cls.port),
+            data_dir=Path(env.get("ROUTINES_DATA_DIR", str(cls.data_dir))),
+            sandbox_image=env.get("ROUTINES_SANDBOX_IMAGE", cls.sandbox_image),
+            sandbox_network=env.get("ROUTINES_SANDBOX_NETWORK", cls.sandbox_network),
+            sandbox_memory=env.get("ROUTINES_SANDBOX_MEMORY", cls.sandbox_memory),
+            sandbox_cpus=_float(env, "ROUTINES_SANDBOX_CPUS", cls.sandbox_cpus),
+            sandbox_pids=_int(env, "ROUTINES_SANDBOX_PIDS", cls.sandbox_pids),
+            max_concurrent_runs=_int(env, "ROUTINES_MAX_CONCURRENT_RUNS", cls.max_concurrent_runs),
+            default_model=env.get("ROUTINES_DEFAULT_MODEL", cls.default_model),
+            max_turns=_int(env, "ROUTINES_MAX_TURNS", cls.max_turns),
+            allow_local_repos=env.get("ROUTINES_ALLOW_LOCAL_REPOS", "") in {"1", "true", "yes"},
+            extra_secrets=tuple(
+                v for v in env.get("ROUTINES_REDACT", "").split(",") if v.strip()
+            ),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"setting {name} must be a whole number, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"setting {name} must be a number, got {raw!r}") from None

@@ -1,0 +1,134 @@
+"""Slack adapter: bolt listeners that parse, call the service, and render templates.
+
+No rule lives here. Blocking service calls go through `asyncio.to_thread` so one slow
+database call never delays another user's acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import commands
+from bot.errors import RoutinesError, ValidationFailed
+from bot.messages import Messages
+from bot.routine import RoutineDraft
+from bot.run_log import chunk, log_lines
+from bot.service import RoutineService, RunView
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+CREATE_CALLBACK = "routine_create"
+LOG_SECTION_CHARS = 2900
+LOG_SECTIONS = 40
+
+
+def build_slack_app(settings: Settings, service: RoutineService, messages: Messages,
+                    client: AsyncWebClient) -> AsyncApp:
+    app = AsyncApp(
+        client=client,
+        signing_secret=settings.slack_signing_secret or None,
+        request_verification_enabled=not settings.socket_mode,
+        logger=log,
+    )
+    handlers = SlackHandlers(settings, service, messages)
+    app.command("/routine")(handlers.routine_command)
+    app.view(CREATE_CALLBACK)(handlers.create_submitted)
+    app.action("view_log")(handlers.view_log)
+    return app
+
+
+class SlackHandlers:
+    def __init__(self, settings: Settings, service: RoutineService, messages: Messages) -> None:
+        self.settings = settings
+        self.service = service
+        self.messages = messages
+
+    async def routine_command(self, ack: AsyncAck, command: dict[str, Any],
+                              client: AsyncWebClient) -> None:
+        parsed = commands.parse(command.get("text", ""))
+        if parsed.action == "create":
+            await ack()
+            await client.views_open(trigger_id=command["trigger_id"],
+                                    view=self.create_modal(command.get("channel_id", "")))
+            return
+        try:
+            reply = await asyncio.to_thread(self.answer, parsed, command["user_id"])
+        except RoutinesError as exc:
+            reply = self.messages.render("error.json.j2", message=str(exc))
+        await ack(response_type="ephemeral", **reply)
+
+    def answer(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        """The reply to a command other than `create` (runs in a worker thread)."""
+        render = self.messages.render
+        if parsed.action == "run":
+            view = self.service.trigger_run(parsed.name, user_id)
+            return render("run_queued.json.j2", run=view.run, routine=view.routine)
+        if parsed.action == "list":
+            return render("routine_list.json.j2", overviews=self.service.list_routines())
+        if parsed.action == "status":
+            return render("routine_status.json.j2",
+                          overview=self.service.routine_overview(parsed.name))
+        if parsed.action == "history":
+            return render("run_history.json.j2", routine=self.service.get_routine(parsed.name),
+                          views=self.service.run_history(parsed.name))
+        return render("help.json.j2", problem=parsed.problem)
+
+    def create_modal(self, channel_id: str) -> dict[str, Any]:
+        s = self.settings
+        return self.messages.render(
+            "create_modal.json.j2", channel_id=channel_id if channel_id[:1] in "CG" else "",
+            default_model=s.default_model, default_timeout=s.default_timeout_seconds,
+            min_timeout=s.min_timeout_seconds, max_timeout=s.max_timeout_seconds)
+
+    async def create_submitted(self, ack: AsyncAck, body: dict[str, Any],
+                               view: dict[str, Any], client: AsyncWebClient) -> None:
+        draft = draft_from_modal(view["state"]["values"])
+        user_id = body["user"]["id"]
+        try:
+            routine = await asyncio.to_thread(self.service.create_routine, draft, user_id)
+        except ValidationFailed as exc:
+            await ack(response_action="errors", errors=exc.field_errors)
+            return
+        await ack()
+        await client.chat_postMessage(
+            channel=routine.channel_id,
+            **self.messages.render("routine_created.json.j2", routine=routine, actor=user_id))
+
+    async def view_log(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any],
+                       client: AsyncWebClient) -> None:
+        await ack()
+        try:
+            run_id = int(action.get("value", ""))
+            view = await asyncio.to_thread(self.service.get_run, run_id)
+            events = await asyncio.to_thread(self.service.run_events, run_id)
+        except (ValueError, RoutinesError) as exc:
+            log.warning("view_log refused: %s", exc)
+            return
+        await client.views_open(trigger_id=body["trigger_id"], view=self.log_modal(view, events))
+
+    def log_modal(self, view: RunView, events: list[dict[str, Any]]) -> dict[str, Any]:
+        lines = log_lines(events)
+        chunks, dropped = chunk(lines, LOG_SECTION_CHARS, LOG_SECTIONS)
+        diff = view.run.diff[:LOG_SECTION_CHARS - 200]
+        return self.messages.render("run_log_modal.json.j2", view=view, chunks=chunks,
+                                    dropped=dropped, line_count=len(lines), diff_excerpt=diff)
+
+
+def draft_from_modal(values: dict[str, Any]) -> RoutineDraft:
+    """Read the modal's state; block ids are the draft's field names."""
+
+    def value(block: str) -> str:
+        element = values.get(block, {}).get("value", {})
+        return str(element.get("value") or element.get("selected_conversation") or "")
+
+    return RoutineDraft(
+        name=value("name"), prompt=value("prompt"), repo_url=value("repo_url"),
+        channel_id=value("channel_id"), branch=value("branch") or "main",
+        setup_script=value("setup_script"), model=value("model"),
+        timeout_seconds=value("timeout_seconds"),
+    )

@@ -1,0 +1,258 @@
+"""The program that runs inside the sandbox container: setup script, then the agent loop.
+
+It speaks the contract in `runner.contract`: the spec arrives in an environment
+variable, every step is printed as one JSON line, and the last line is a `result`
+event. It must never end silently: whatever happens, a `result` event is attempted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anthropic
+
+from runner.contract import SPEC_ENV, WORKSPACE, Event, RunSpec
+
+MAX_TOOL_OUTPUT = 16_000
+SHELL_TIMEOUT = 600
+SECRET_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", SPEC_ENV)
+
+SYSTEM_PROMPT = """You are an engineering agent running a scheduled routine in a sandbox.
+The repository is checked out in /workspace. Use the tools to inspect and change it.
+When you are done, you MUST call report_result exactly once: outcome "success" if the
+task was achieved, "failure" otherwise, with a short summary a teammate can act on.
+A run that ends without report_result counts as failed."""
+
+TOOLS: list[dict[str, Any]] = [
+    {
+        "name": "run_shell",
+        "description": "Run a shell command in /workspace and return its exit code and output.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"command": {"type": "string"}},
+            "required": ["command"],
+        },
+    },
+    {
+        "name": "read_file",
+        "description": "Read a text file in the workspace.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"path": {"type": "string"}},
+            "required": ["path"],
+        },
+    },
+    {
+        "name": "write_file",
+        "description": "Create or overwrite a text file in the workspace.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+            "required": ["path", "content"],
+        },
+    },
+    {
+        "name": "edit_file",
+        "description": "Replace one exact occurrence of `old` with `new` in a workspace file.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "old": {"type": "string"},
+                "new": {"type": "string"},
+            },
+            "required": ["path", "old", "new"],
+        },
+    },
+    {
+        "name": "report_result",
+        "description": "Report how the routine ended. Call exactly once, as the last step.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "outcome": {"type": "string", "enum": ["success", "failure"]},
+                "summary": {"type": "string"},
+            },
+            "required": ["outcome", "summary"],
+        },
+    },
+]
+
+
+def emit(event: Event) -> None:
+    event.setdefault("ts", round(time.time(), 3))
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def truncate(text: str, limit: int = MAX_TOOL_OUTPUT) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[... truncated {len(text) - limit} characters]"
+
+
+def tool_env() -> dict[str, str]:
+    """The environment tools see: the agent's credentials are not theirs to read."""
+    return {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+
+
+def workspace_path(relative: str) -> Path:
+    """Resolve a path inside the workspace; refuse anything that escapes it."""
+    root = Path(WORKSPACE).resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise ValueError(f"path {relative!r} is outside the workspace")
+    return target
+
+
+def run_shell(command: str) -> tuple[str, bool]:
+    try:
+        proc = subprocess.run(
+            ["/bin/sh", "-c", command],
+            cwd=WORKSPACE,
+            capture_output=True,
+            text=True,
+            timeout=SHELL_TIMEOUT,
+            env=tool_env(),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"command timed out after {SHELL_TIMEOUT}s", True
+    output = f"exit code {proc.returncode}\n{proc.stdout}{proc.stderr}"
+    return truncate(output), proc.returncode != 0
+
+
+def run_tool(name: str, args: dict[str, Any]) -> tuple[str, bool]:
+    """Execute one tool call; returns (output, is_error). Errors go back to the model."""
+    try:
+        if name == "run_shell":
+            return run_shell(str(args["command"]))
+        if name == "read_file":
+            return truncate(workspace_path(str(args["path"])).read_text()), False
+        if name == "write_file":
+            path = workspace_path(str(args["path"]))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(args["content"]))
+            return f"wrote {len(str(args['content']))} characters to {args['path']}", False
+        if name == "edit_file":
+            path = workspace_path(str(args["path"]))
+            text = path.read_text()
+            if text.count(str(args["old"])) != 1:
+                return "`old` must occur exactly once in the file", True
+            path.write_text(text.replace(str(args["old"]), str(args["new"]), 1))
+            return f"edited {args['path']}", False
+    except (OSError, ValueError, KeyError) as exc:
+        return f"{type(exc).__name__}: {exc}", True
+    return f"unknown tool {name!r}", True
+
+
+def run_setup(script: str) -> int:
+    emit({"type": "setup_started"})
+    proc = subprocess.run(
+        ["/bin/sh", "-c", script],
+        cwd=WORKSPACE,
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        check=False,
+    )
+    emit(
+        {
+            "type": "setup_finished",
+            "exit_code": proc.returncode,
+            "output": truncate(proc.stdout + proc.stderr),
+        }
+    )
+    return proc.returncode
+
+
+def assistant_content(blocks: list[Any]) -> list[dict[str, Any]]:
+    """Echo the model's turn back in request form (only the fields the API accepts)."""
+    content: list[dict[str, Any]] = []
+    for block in blocks:
+        if block.type == "text":
+            content.append({"type": "text", "text": block.text})
+        elif block.type == "tool_use":
+            content.append(
+                {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+            )
+    return content
+
+
+def agent_loop(spec: RunSpec, client: anthropic.Anthropic) -> Event:
+    """Talk to the model until it reports; return the final `result` event."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": spec.prompt}]
+    reminded = False
+    for turn in range(1, spec.max_turns + 1):
+        response = client.messages.create(
+            model=spec.model,
+            max_tokens=spec.max_tokens_per_turn,
+            system=SYSTEM_PROMPT,
+            tools=TOOLS,  # type: ignore[arg-type]
+            messages=messages,  # type: ignore[arg-type]
+        )
+        emit(
+            {
+                "type": "usage",
+                "turn": turn,
+                "input_tokens": response.usage.input_tokens,
+                "output_tokens": response.usage.output_tokens,
+            }
+        )
+        messages.append({"role": "assistant", "content": assistant_content(response.content)})
+        results: list[dict[str, Any]] = []
+        for block in response.content:
+            if block.type == "text":
+                emit({"type": "assistant_text", "text": block.text})
+            elif block.type == "tool_use":
+                args = dict(block.input) if isinstance(block.input, dict) else {}
+                emit({"type": "tool_call", "id": block.id, "name": block.name, "input": args})
+                if block.name == "report_result":
+                    outcome = "success" if args.get("outcome") == "success" else "failure"
+                    summary = str(args.get("summary", ""))
+                    return {"type": "result", "kind": "report", "outcome": outcome,
+                            "summary": summary}
+                output, is_error = run_tool(block.name, args)
+                emit({"type": "tool_output", "id": block.id, "output": output,
+                      "is_error": is_error})
+                results.append({"type": "tool_result", "tool_use_id": block.id,
+                                "content": output, "is_error": is_error})
+        if results:
+            messages.append({"role": "user", "content": results})
+        elif not reminded:
+            reminded = True
+            messages.append({"role": "user", "content": "Call report_result to finish."})
+        else:
+            return {"type": "result", "kind": "no_report",
+                    "summary": "the agent stopped without calling report_result"}
+    return {"type": "result", "kind": "turn_limit",
+            "summary": f"turn limit of {spec.max_turns} reached without a self-report"}
+
+
+def main() -> int:
+    spec = RunSpec.from_json(os.environ[SPEC_ENV])
+    emit({"type": "started", "run_id": spec.run_id, "model": spec.model})
+    if spec.setup_script.strip():
+        code = run_setup(spec.setup_script)
+        if code != 0:
+            emit({"type": "result", "kind": "setup_failed", "exit_code": code,
+                  "summary": f"setup script exited with code {code}"})
+            return 3
+    client = anthropic.Anthropic(max_retries=2)
+    try:
+        final = agent_loop(spec, client)
+    except anthropic.APIError as exc:
+        final = {"type": "result", "kind": "api_error",
+                 "summary": f"Anthropic API error: {type(exc).__name__}: {exc}"}
+    emit(final)
+    return 0 if final.get("kind") == "report" else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

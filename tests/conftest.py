@@ -1,0 +1,123 @@
+"""Shared fixtures: the real Docker engine, stand-in servers, a local git repo, the bot."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import git
+import pytest
+
+from bot.app import Bot
+from bot.settings import Settings
+from tests.slack_requests import FakeSlack
+from tests.standins.anthropic_api import AnthropicStandIn
+from tests.standins.slack_api import SlackApiStandIn
+
+SANDBOX_IMAGE = os.environ.get("ROUTINES_SANDBOX_IMAGE", "routines-sandbox:latest")
+TEST_NETWORK = "routines-test"
+SIGNING_SECRET = "test-signing-secret-0123456789"
+BOT_TOKEN = "xoxb-test-bot-token-000000"
+API_KEY = "sk-ant-test-key-0123456789"
+RESULTS_CHANNEL = "C0RESULTS1"
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """The real engine. Missing means failure, not a skip: CI must never pass without it."""
+    try:
+        client = docker.from_env()
+        client.ping()
+        client.images.get(SANDBOX_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"sandbox image {SANDBOX_IMAGE} is missing: run `make images`")
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"Docker engine not reachable ({exc}): run `make images`")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox_gateway(docker_client: Any) -> str:
+    """The host's address on the project's own bridge network (where stand-ins listen)."""
+    networks = docker_client.networks.list(names=[TEST_NETWORK])
+    network = networks[0] if networks else docker_client.networks.create(
+        TEST_NETWORK, driver="bridge", labels={"org.routines": "test"})
+    network.reload()
+    return str(network.attrs["IPAM"]["Config"][0]["Gateway"])
+
+
+@pytest.fixture
+async def slack_api() -> AsyncIterator[SlackApiStandIn]:
+    server = SlackApiStandIn()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def anthropic_api(sandbox_gateway: str) -> AsyncIterator[AnthropicStandIn]:
+    server = AnthropicStandIn(sandbox_gateway, API_KEY)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> str:
+    """A local repository with one commit on `main`, as the routine's repo."""
+    path = tmp_path / "upstream"
+    repo = git.Repo.init(path, initial_branch="main")
+    with repo.config_writer() as config:
+        config.set_value("user", "name", "Test").set_value("user", "email", "t@example.test")
+    (path / "README.md").write_text("# demo\n")
+    repo.index.add(["README.md"])
+    repo.index.commit("initial")
+    repo.close()
+    return f"file://{path}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+             sandbox_gateway: str) -> Settings:
+    return Settings(
+        slack_bot_token=BOT_TOKEN,
+        anthropic_api_key=API_KEY,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_api_url=slack_api.url,
+        anthropic_base_url=anthropic_api.url,
+        database_url=f"sqlite:///{tmp_path / 'routines.db'}",
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path / "data",
+        sandbox_image=SANDBOX_IMAGE,
+        sandbox_network=TEST_NETWORK,
+        min_timeout_seconds=1,
+        allow_local_repos=True,
+        max_turns=8,
+    )
+
+
+BotFactory = Callable[..., Awaitable[tuple[Bot, FakeSlack]]]
+
+
+@pytest.fixture
+async def start_bot(settings: Settings, docker_client: Any) -> AsyncIterator[BotFactory]:
+    """Start bots in-process on an ephemeral port; every one is stopped at the end."""
+    started: list[Bot] = []
+
+    async def start(**overrides: Any) -> tuple[Bot, FakeSlack]:
+        bot = Bot(replace(settings, **overrides))
+        await bot.start()
+        started.append(bot)
+        return bot, FakeSlack(f"http://127.0.0.1:{bot.port}", SIGNING_SECRET)
+
+    yield start
+    for bot in started:
+        if bot.port:
+            await bot.stop()

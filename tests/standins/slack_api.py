@@ -1,0 +1,94 @@
+"""A Slack Web API stand-in on loopback that records every call, as bolt-python's tests do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class SlackCall:
+    method: str
+    params: dict[str, Any]
+    headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
+
+
+class SlackApiStandIn:
+    def __init__(self) -> None:
+        self.calls: list[SlackCall] = []
+        self._runner: web.AppRunner | None = None
+        self._changed = asyncio.Event()
+        self.url = ""
+        self._ts = 1_700_000_000
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/api/"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if request.content_type == "application/json":
+            params = await request.json()
+        else:
+            params = dict(await request.post())
+        self.calls.append(SlackCall(method, params, dict(request.headers)))
+        self._changed.set()
+        return web.json_response(self._answer(method, params))
+
+    def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {"ok": True, "url": "https://example.slack.com/", "team": "Team",
+                    "user": "routines", "team_id": "T0001", "user_id": "UBOT",
+                    "bot_id": "B0001", "is_enterprise_install": False}
+        if method == "chat.postMessage":
+            self._ts += 1
+            return {"ok": True, "channel": params.get("channel"), "ts": f"{self._ts}.000100",
+                    "message": {"text": params.get("text", "")}}
+        if method in {"views.open", "views.update", "views.push"}:
+            view = params.get("view")
+            view = json.loads(view) if isinstance(view, str) else view
+            return {"ok": True, "view": {"id": "V0001", **(view or {})}}
+        return {"ok": True}
+
+    def calls_to(self, method: str) -> list[SlackCall]:
+        return [call for call in self.calls if call.method == method]
+
+    def messages_in(self, channel: str) -> list[dict[str, Any]]:
+        return [c.params for c in self.calls_to("chat.postMessage")
+                if c.params.get("channel") == channel]
+
+    async def wait_for(self, method: str, match: dict[str, Any] | None = None,
+                       contains: str = "", timeout: float = 60.0) -> SlackCall:
+        """Wait until a call to `method` whose params match arrives; fail with what came."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for call in self.calls_to(method):
+                if all(call.params.get(k) == v for k, v in (match or {}).items()) and (
+                    contains in json.dumps(call.params)
+                ):
+                    return call
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                seen = [(c.method, c.params.get("text")) for c in self.calls]
+                raise AssertionError(f"no {method} {match} {contains!r} within {timeout}s; "
+                                     f"saw {seen}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+            except TimeoutError:
+                pass

@@ -1,0 +1,201 @@
+"""The spine, driven only from outside: signed Slack requests in, Slack API calls out,
+the real agent in the real container talking to the Anthropic stand-in."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bot.app import Bot
+from tests.conftest import API_KEY, RESULTS_CHANNEL, BotFactory
+from tests.slack_requests import FakeSlack, modal_values
+from tests.standins.anthropic_api import AnthropicStandIn, Turn, report, text, tool, tool_results
+from tests.standins.slack_api import SlackApiStandIn
+
+
+async def create_routine(fake: FakeSlack, slack_api: SlackApiStandIn, name: str, prompt: str,
+                         repo: str, timeout: str = "60", setup: str = "") -> None:
+    reply = await fake.slash("create")
+    assert reply.status == 200
+    opened = await slack_api.wait_for("views.open", contains="routine_create", timeout=5)
+    assert opened.params["view"]["callback_id"] == "routine_create"
+    reply = await fake.submit_view("routine_create", modal_values(
+        name=name, prompt=prompt, repo_url=repo, branch="main", setup_script=setup,
+        channel_id=RESULTS_CHANNEL, model="claude-test-1", timeout_seconds=timeout))
+    assert reply.status == 200 and reply.text == "", reply.text
+    await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
+                             contains=f"created routine *{name}*", timeout=5)
+
+
+async def run_and_wait(fake: FakeSlack, slack_api: SlackApiStandIn, name: str,
+                       status: str, timeout: float = 90) -> dict[str, Any]:
+    reply = await fake.slash(f"run {name}")
+    assert reply.status == 200
+    body = reply.json()
+    assert body["response_type"] == "ephemeral"
+    assert "queued" in body["text"], body
+    run_id = body["text"].split("#")[1].split(" ")[0]
+    call = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
+                                    contains=f"run #{run_id}: ", timeout=timeout)
+    assert call.params["text"] == f"{name} run #{run_id}: {status}", json.dumps(call.params["blocks"])[:1500]
+    return dict(call.params, run_id=run_id)
+
+
+async def test_create_run_success_reaches_the_channel(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str,
+) -> None:
+    marker = anthropic_api.script(
+        "success",
+        [text("Writing the proof file."),
+         tool("run_shell", command="echo hello-from-sandbox > proof.txt && cat proof.txt && id -u")],
+        [report("success", "Wrote proof.txt with a greeting.")],
+    )
+    _, fake = await start_bot()
+    await create_routine(fake, slack_api, "say-hello", f"Write a proof file. {marker}", git_repo)
+
+    message = await run_and_wait(fake, slack_api, "say-hello", "succeeded")
+
+    blocks = json.dumps(message["blocks"])
+    assert "Wrote proof.txt with a greeting." in blocks
+    assert "Triggered by manual <@U0ALICE01>" in blocks
+    assert "tokens 201 in / 41 out" in blocks
+    # The shell tool really ran in the container, as the non-root sandbox user.
+    second = anthropic_api.requests_for("success")[1]
+    output = tool_results(second.body)[0]["content"]
+    assert "hello-from-sandbox" in output and "10001" in output
+    assert API_KEY in {second.headers.get("x-api-key"), second.headers.get("Authorization")[7:]}
+    # The log, through the View log button, shows the tool call, its output and the diff.
+    reply = await fake.click("view_log", message["run_id"])
+    assert reply.status == 200
+    modal = await slack_api.wait_for("views.open", contains="Log of run", timeout=5)
+    shown = json.dumps(modal.params["view"])
+    assert "proof.txt" in shown and "hello-from-sandbox" in shown
+    assert "+hello-from-sandbox" in shown  # the workspace diff is kept
+
+
+async def test_exit_without_report_is_a_failure(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str,
+) -> None:
+    marker = anthropic_api.script("silent", [text("All done!")], [text("Really, done.")])
+    _, fake = await start_bot()
+    await create_routine(fake, slack_api, "silent", f"Do it. {marker}", git_repo)
+
+    message = await run_and_wait(fake, slack_api, "silent", "failed")
+
+    assert "no self-report" in json.dumps(message["blocks"])
+
+
+async def test_reported_failure_carries_the_agents_reason(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str,
+) -> None:
+    marker = anthropic_api.script("red", [report("failure", "3 tests fail in test_api.py")])
+    _, fake = await start_bot()
+    await create_routine(fake, slack_api, "red-tests", f"Run tests. {marker}", git_repo)
+
+    message = await run_and_wait(fake, slack_api, "red-tests", "failed")
+
+    assert "3 tests fail in test_api.py" in json.dumps(message["blocks"])
+
+
+async def test_timeout_kills_the_container_and_keeps_the_work(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str, docker_client: Any,
+) -> None:
+    marker = anthropic_api.script(
+        "slow", [tool("run_shell", command="echo partial > work.txt && sleep 120")])
+    bot, fake = await start_bot()
+    await create_routine(fake, slack_api, "slowpoke", f"Take forever. {marker}", git_repo,
+                         timeout="4")
+
+    message = await run_and_wait(fake, slack_api, "slowpoke", "timed_out")
+
+    assert "timed out after 4s" in json.dumps(message["blocks"])
+    run = bot.service.get_run(int(message["run_id"])).run
+    assert "+partial" in run.diff
+    leftovers = docker_client.containers.list(
+        all=True, filters={"label": f"org.routines.run_id={message['run_id']}"})
+    assert leftovers == []
+
+
+async def test_setup_script_runs_before_the_agent(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str,
+) -> None:
+    marker = anthropic_api.script(
+        "setup", [tool("read_file", path="prepared.txt")], [report("success", "read it")])
+    _, fake = await start_bot()
+    await create_routine(fake, slack_api, "with-setup", f"Read. {marker}", git_repo,
+                         setup="echo prepared-by-setup > prepared.txt")
+
+    await run_and_wait(fake, slack_api, "with-setup", "succeeded")
+
+    second = anthropic_api.requests_for("setup")[1]
+    assert tool_results(second.body)[0]["content"].strip() == "prepared-by-setup"
+
+
+async def test_missing_image_is_an_infrastructure_error(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, git_repo: str,
+) -> None:
+    _, fake = await start_bot(sandbox_image="routines-sandbox:does-not-exist")
+    await create_routine(fake, slack_api, "no-image", "Anything.", git_repo)
+
+    message = await run_and_wait(fake, slack_api, "no-image", "error")
+
+    assert "sandbox image not found" in json.dumps(message["blocks"])
+
+
+async def test_queued_and_running_runs_survive_a_restart(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str,
+) -> None:
+    marker = anthropic_api.script(
+        "restart", [tool("run_shell", command="sleep 3; echo survived > s.txt")],
+        [report("success", "survived the restart")])
+    first, fake = await start_bot()
+    await create_routine(fake, slack_api, "survivor", f"Hold on. {marker}", git_repo)
+    reply = await fake.slash("run survivor")
+    run_id = int(reply.json()["text"].split("#")[1].split(" ")[0])
+    await wait_until(lambda: len(anthropic_api.requests_for("restart")) >= 1)
+    await first.stop()  # the container keeps running without the bot
+
+    _, fake = await start_bot()
+
+    call = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
+                                    contains=f"run #{run_id}: ", timeout=60)
+    assert call.params["text"] == f"survivor run #{run_id}: succeeded"
+    assert "survived the restart" in json.dumps(call.params["blocks"])
+
+
+async def test_a_running_run_whose_container_vanished_is_failed_on_start(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, git_repo: str,
+) -> None:
+    first, fake = await start_bot()
+    await create_routine(fake, slack_api, "orphan", "Anything.", git_repo)
+    await first.stop()
+    # A crash between claiming the run and starting its container.
+    first.service.trigger_run("orphan", "U0ALICE01")
+    claimed = first.service.claim_next_run()
+    assert claimed is not None and claimed.run.status == "running"
+
+    second, _ = await start_bot()
+
+    call = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
+                                    contains=f"run #{claimed.run.id}: ", timeout=10)
+    assert call.params["text"] == f"orphan run #{claimed.run.id}: failed"
+    assert "container was gone" in json.dumps(call.params["blocks"])
+
+
+async def wait_until(predicate: Any, timeout: float = 30) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+__all__ = ["Bot", "Turn"]
