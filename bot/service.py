@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from bot.db import Database
@@ -201,14 +202,13 @@ class RoutineService:
 
     def record_event(self, run_id: int, seq: int, event: Event) -> None:
         """Store one event, redacted. A replayed `seq` (after adoption) is ignored."""
-        data = self.redact(json.dumps(event))
-        with self.db.session() as session:
-            exists = session.exec(
-                select(RunEvent.id).where(RunEvent.run_id == run_id, RunEvent.seq == seq)
-            ).first()
-            if exists is None:
-                session.add(RunEvent(run_id=run_id, seq=seq, type=str(event.get("type")),
-                                     data=data))
+        row = RunEvent(run_id=run_id, seq=seq, type=str(event.get("type")),
+                       data=self.redact(json.dumps(event)))
+        try:
+            with self.db.session() as session:
+                session.add(row)
+        except IntegrityError:
+            pass  # already stored by an earlier process following the same container
 
     def last_event_seq(self, run_id: int) -> int:
         with self.db.session() as session:

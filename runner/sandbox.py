@@ -105,12 +105,15 @@ class Sandbox:
         """
         result = RunResult(run_id=spec.run_id)
         started = _started_at(container)
+        stream = container.logs(stream=True, follow=True, stdout=True, stderr=False)
         reader = threading.Thread(target=self._read_events,
-                                  args=(container, result, on_event, skip_events), daemon=True)
+                                  args=(stream, result, on_event, skip_events), daemon=True)
         reader.start()
         deadline = started + spec.timeout_seconds
         while True:
             if control.detached.is_set():
+                stream.close()  # the next bot process replays the log from the start
+                reader.join(timeout=10)
                 result.extra["detached"] = True
                 return result
             if control.kill_requested.is_set():
@@ -139,9 +142,9 @@ class Sandbox:
         if cfg.anthropic_base_url:
             env["ANTHROPIC_BASE_URL"] = cfg.anthropic_base_url
         user = f"{SANDBOX_UID}:{SANDBOX_UID}" if os.geteuid() == 0 else f"{os.geteuid()}"
-        return self.client.containers.run(
+        # `create` never pulls (unlike `run`): a missing image is an error, not a download.
+        container = self.client.containers.create(
             cfg.image,
-            detach=True,
             name=f"routines-run-{spec.run_id}",
             labels={LABEL_RUN_ID: str(spec.run_id), LABEL_ROUTINE: spec.routine},
             environment=env,
@@ -159,13 +162,19 @@ class Sandbox:
             nano_cpus=int(cfg.cpus * 1e9),
             pids_limit=cfg.pids,
         )
+        try:
+            container.start()
+        except docker.errors.APIError:
+            container.remove(force=True)
+            raise
+        return container
 
     @staticmethod
-    def _read_events(container: Any, result: RunResult, on_event: EventSink,
+    def _read_events(stream: Any, result: RunResult, on_event: EventSink,
                      skip_events: int) -> None:
         buffer = b""
         seq = 0
-        for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=False):
+        for chunk in _chunks(stream):
             buffer += chunk
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
@@ -189,6 +198,14 @@ class Sandbox:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
             workspace.remove(self.config.workspace_root, run_id)
+
+
+def _chunks(stream: Any) -> Any:
+    """The log stream's chunks, ending quietly when another thread closes the stream."""
+    try:
+        yield from stream
+    except (OSError, ValueError, AttributeError, requests.exceptions.RequestException):
+        return
 
 
 def _account(result: RunResult, event: Event) -> None:
