@@ -8,6 +8,7 @@ break out of the layout.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,21 @@ class Messages:
         return value
 
 
-def escape_mrkdwn(value: object) -> str:
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def escape_mrkdwn(value: object, limit: int | None = None) -> str:
+    """Escape Slack's control characters, then cut to `limit` without splitting an entity
+    (escaping first, so the limit holds for what Slack receives)."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if limit is None or len(text) <= limit:
+        return text
+    return _PARTIAL_ENTITY.sub("", text[: limit - 1]) + "…"
 
 
 def truncate_text(value: object, limit: int) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_PARTIAL_ENTITY = re.compile(r"&[a-z]{0,3}$")
 
 
 def format_duration(seconds: float | None) -> str:

@@ -15,7 +15,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands
 from bot.errors import RoutinesError, ValidationFailed
-from bot.messages import Messages
+from bot.messages import Messages, escape_mrkdwn
 from bot.routine import RoutineDraft
 from bot.run_log import chunk, log_lines
 from bot.service import RoutineService, RunView
@@ -112,11 +112,12 @@ class SlackHandlers:
         await client.views_open(trigger_id=body["trigger_id"], view=self.log_modal(view, events))
 
     def log_modal(self, view: RunView, events: list[dict[str, Any]]) -> dict[str, Any]:
-        lines = log_lines(events)
+        # Escaped before chunking, so each chunk's size is what Slack receives.
+        lines = [escape_mrkdwn(line) for line in log_lines(events)]
         chunks, dropped = chunk(lines, LOG_SECTION_CHARS, LOG_SECTIONS)
-        diff = view.run.diff[:LOG_SECTION_CHARS - 200]
         return self.messages.render("run_log_modal.json.j2", view=view, chunks=chunks,
-                                    dropped=dropped, line_count=len(lines), diff_excerpt=diff)
+                                    dropped=dropped, line_count=len(lines),
+                                    diff_excerpt=view.run.diff)
 
 
 def draft_from_modal(values: dict[str, Any]) -> RoutineDraft:

@@ -34,11 +34,11 @@ class FakeSlack:
     async def post(self, body: str, *, timestamp: int | None = None,
                    signature: str | None = None) -> Reply:
         ts = str(int(time.time()) if timestamp is None else timestamp)
+        signed = self.verifier.generate_signature(timestamp=ts, body=body)
         headers = {
             "Content-Type": "application/x-www-form-urlencoded",
             "X-Slack-Request-Timestamp": ts,
-            "X-Slack-Signature": signature or self.verifier.generate_signature(
-                timestamp=ts, body=body),
+            "X-Slack-Signature": signature or str(signed),
         }
         async with aiohttp.ClientSession() as session, session.post(
             self.url, data=body.encode(), headers=headers

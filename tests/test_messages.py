@@ -1,0 +1,113 @@
+"""Every layout the bot sends, checked against slack_sdk's Block Kit models (Slack's limits)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from slack_sdk.models.blocks import Block
+from slack_sdk.models.views import View
+
+from bot.messages import Messages
+from bot.models import Routine, Run, RunStatus, TriggerKind
+from bot.service import RoutineOverview, RunView
+from bot.settings import Settings
+from bot.slack import SlackHandlers
+
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+messages = Messages()
+
+
+def routine(**overrides: Any) -> Routine:
+    fields: dict[str, Any] = dict(id=1, name="nightly", prompt="Check <things> & more",
+                                  repo_url="https://github.com/o/r.git", channel_id="C0123ABC",
+                                  model="claude-sonnet-4-5", timeout_seconds=600, max_turns=10,
+                                  created_by="U0ALICE01", created_at=NOW)
+    fields.update(overrides)
+    return Routine(**fields)
+
+
+def run(**overrides: Any) -> Run:
+    fields: dict[str, Any] = dict(id=7, routine_id=1, status=RunStatus.SUCCEEDED,
+                                  trigger_kind=TriggerKind.MANUAL, triggered_by="U0ALICE01",
+                                  prompt="p", queued_at=NOW, started_at=NOW,
+                                  finished_at=NOW + timedelta(seconds=83), summary="All good",
+                                  input_tokens=1200, output_tokens=300)
+    fields.update(overrides)
+    return Run(**fields)
+
+
+def check_blocks(message: dict[str, Any]) -> list[Block]:
+    assert message["text"], "every message needs fallback text (notifications, screen readers)"
+    assert len(message["blocks"]) <= 50
+    blocks = Block.parse_all(message["blocks"])
+    for block in blocks:
+        block.validate_json()  # raises SlackObjectFormationError past Slack's limits
+    return blocks
+
+
+def check_view(view: dict[str, Any]) -> None:
+    View(**view).validate_json()
+    assert len(view["blocks"]) <= 100
+
+
+def test_run_finished_fits_slack_even_with_a_huge_summary() -> None:
+    view = RunView(run(summary="x" * 10_000, reason="y" * 10_000, status=RunStatus.FAILED),
+                   routine())
+    message = messages.render("run_finished.json.j2", view=view)
+    check_blocks(message)
+    assert message["text"] == "nightly run #7: failed"
+
+
+def test_escaping_cannot_push_a_section_past_slacks_limit() -> None:
+    view = RunView(run(summary="<&>" * 3000), routine())
+    blocks = check_blocks(messages.render("run_finished.json.j2", view=view))
+    shown = blocks[1].to_dict()["text"]["text"]
+    assert shown.endswith("…") and not shown[:-1].endswith(("&", "&l", "&lt", "&am", "&amp"))
+
+
+def test_agent_text_cannot_mention_everyone_or_break_the_layout() -> None:
+    view = RunView(run(summary='<!channel> "quoted" </code>\n```'), routine())
+    message = messages.render("run_finished.json.j2", view=view)
+    check_blocks(message)
+    shown = message["blocks"][1]["text"]["text"]
+    assert "&lt;!channel&gt;" in shown and "<!channel>" not in shown
+
+
+@pytest.mark.parametrize("count", [0, 1, 60])
+def test_routine_list_stays_within_fifty_blocks(count: int) -> None:
+    overviews = [RoutineOverview(routine(name=f"r-{i}"), run() if i % 2 else None)
+                 for i in range(count)]
+    message = messages.render("routine_list.json.j2", overviews=overviews)
+    check_blocks(message)
+    if count == 60:
+        assert "15 more" in message["blocks"][-1]["elements"][0]["text"]
+
+
+def test_status_history_help_and_errors_are_valid() -> None:
+    check_blocks(messages.render("routine_status.json.j2",
+                                 overview=RoutineOverview(routine(prompt="p" * 20_000), run())))
+    check_blocks(messages.render("run_history.json.j2", routine=routine(),
+                                 views=[RunView(run(id=i), routine()) for i in range(10)]))
+    check_blocks(messages.render("help.json.j2", problem="Unknown subcommand `x`."))
+    check_blocks(messages.render("error.json.j2", message="No routine named `x`."))
+    check_blocks(messages.render("run_queued.json.j2", run=run(), routine=routine()))
+    check_blocks(messages.render("routine_created.json.j2", routine=routine(), actor="U1"))
+
+
+def handlers() -> SlackHandlers:
+    settings = Settings(slack_bot_token="x", anthropic_api_key="k")
+    return SlackHandlers(settings, service=None, messages=messages)  # type: ignore[arg-type]
+
+
+def test_create_modal_is_a_valid_view() -> None:
+    check_view(handlers().create_modal("C0123ABC"))
+    check_view(handlers().create_modal("D0DIRECT1"))  # a DM is not a results channel
+
+
+def test_log_modal_fits_however_long_the_log() -> None:
+    events = [{"type": "tool_output", "output": "<z>" * 2000, "is_error": False}] * 500
+    view = handlers().log_modal(RunView(run(diff="+<>" * 9000), routine()), events)
+    check_view(view)
+    assert "earlier lines not shown" in view["blocks"][0]["elements"][0]["text"]

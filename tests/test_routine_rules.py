@@ -1,0 +1,144 @@
+"""Unit tests of the pure core: validation, verdicts, parsing, redaction, settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot import commands
+from bot.errors import SettingsError
+from bot.models import RunStatus
+from bot.redaction import MASK, Redactor
+from bot.routine import RoutineDraft, RoutineLimits, validate
+from bot.run import decide_outcome
+from bot.run_log import chunk, log_lines
+from bot.settings import Settings
+from runner.contract import RunResult, RunSpec, parse_event_line
+
+LIMITS = RoutineLimits(min_timeout=60, max_timeout=3600, allow_local_repos=False)
+
+
+def draft(**overrides: str) -> RoutineDraft:
+    fields = {"name": "deps-check", "prompt": "Check deps.", "repo_url":
+              "https://github.com/org/repo.git", "channel_id": "C0123ABC", "branch": "main",
+              "model": "claude-sonnet-4-5", "timeout_seconds": "600"}
+    fields.update(overrides)
+    return RoutineDraft(**fields)
+
+
+def test_a_good_draft_has_no_errors() -> None:
+    assert validate(draft(), LIMITS) == {}
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("name", "Deps"), ("name", "x"), ("name", "1abc"), ("name", "a" * 41), ("name", "a b"),
+    ("prompt", "   "), ("prompt", "x" * 20_001),
+    ("repo_url", "ext::sh -c id"), ("repo_url", "http://insecure.example/repo"),
+    ("repo_url", "/srv/git/repo"), ("repo_url", "file:///srv/git/repo"),
+    ("repo_url", "--upload-pack=id"),
+    ("branch", "-x"), ("branch", "a..b"), ("branch", "feature/"), ("branch", "a b"),
+    ("channel_id", ""), ("channel_id", "general"),
+    ("model", "bad model"), ("timeout_seconds", "59"), ("timeout_seconds", "3601"),
+    ("timeout_seconds", "ten"),
+])
+def test_bad_fields_are_named(field: str, value: str) -> None:
+    assert set(validate(draft(**{field: value}), LIMITS)) == {field}
+
+
+@pytest.mark.parametrize("url", [
+    "https://github.com/org/repo.git", "ssh://git@github.com/org/repo.git",
+    "git@github.com:org/repo.git", "https://git.internal:8443/team/repo",
+])
+def test_remote_urls_are_accepted(url: str) -> None:
+    assert validate(draft(repo_url=url), LIMITS) == {}
+
+
+def test_local_repos_only_when_allowed() -> None:
+    allowed = RoutineLimits(60, 3600, allow_local_repos=True)
+    assert validate(draft(repo_url="file:///srv/git/repo"), allowed) == {}
+
+
+def result(**kwargs: object) -> RunResult:
+    return RunResult(run_id=1, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("observed", "status", "reason"), [
+    (result(exit_code=0, final={"kind": "report", "outcome": "success", "summary": "ok"}),
+     RunStatus.SUCCEEDED, None),
+    (result(exit_code=0), RunStatus.FAILED, "no self-report (exit code 0)"),
+    (result(exit_code=137), RunStatus.FAILED, "no self-report (exit code 137)"),
+    (result(exit_code=2, final={"kind": "report", "outcome": "failure", "summary": "red"}),
+     RunStatus.FAILED, "red"),
+    (result(timed_out=True, final={"kind": "report", "outcome": "success"}),
+     RunStatus.TIMED_OUT, "timed out after 30s"),
+    (result(infra_error="clone failed"), RunStatus.ERROR, "clone failed"),
+    (result(exit_code=2, final={"kind": "api_error", "summary": "overloaded"}),
+     RunStatus.ERROR, "overloaded"),
+    (result(exit_code=3, final={"kind": "setup_failed", "summary": "setup exited 1"}),
+     RunStatus.FAILED, "setup exited 1"),
+    (result(exit_code=2, final={"kind": "turn_limit", "summary": "turn limit"}),
+     RunStatus.FAILED, "turn limit"),
+])
+def test_only_an_explicit_success_report_succeeds(
+    observed: RunResult, status: RunStatus, reason: str | None,
+) -> None:
+    outcome = decide_outcome(observed, timeout_seconds=30)
+    assert (outcome.status, outcome.reason) == (status, reason)
+
+
+@pytest.mark.parametrize(("text", "action", "name", "problem"), [
+    ("", "help", "", ""),
+    ("run Nightly", "run", "nightly", ""),
+    ("status nightly", "status", "nightly", ""),
+    ("run", "help", "", "Usage: `/routine run NAME`."),
+    ("run a b", "help", "", "Usage: `/routine run NAME`."),
+    ("frobnicate", "help", "", "Unknown subcommand `frobnicate`."),
+    ('run "unterminated', "help", "", "I could not read that command (unbalanced quotes?)."),
+    ("CREATE", "create", "", ""),
+])
+def test_command_parsing(text: str, action: str, name: str, problem: str) -> None:
+    assert commands.parse(text) == commands.Command(action, name, problem)
+
+
+def test_redaction_masks_known_values_and_token_shapes() -> None:
+    redact = Redactor(["s3cret-value-123"])
+    text = redact("key=s3cret-value-123 bot=xoxb-1234-5678-abcdefgh ant=sk-ant-api03-abcdefghij")
+    assert text == f"key={MASK} bot={MASK} ant={MASK}"
+
+
+def test_missing_settings_are_named_in_one_line() -> None:
+    with pytest.raises(SettingsError, match=r"^missing required setting: SLACK_BOT_TOKEN, "
+                       r"ANTHROPIC_API_KEY, SLACK_SIGNING_SECRET$"):
+        Settings.from_env({})
+
+
+def test_socket_mode_does_not_need_a_signing_secret() -> None:
+    settings = Settings.from_env({"SLACK_BOT_TOKEN": "xoxb-1", "ANTHROPIC_API_KEY": "k",
+                                  "SLACK_APP_TOKEN": "xapp-1", "PORT": "8080"})
+    assert settings.socket_mode and settings.port == 8080
+
+
+def test_a_bad_number_is_a_clear_error() -> None:
+    with pytest.raises(SettingsError, match="PORT must be a whole number"):
+        Settings.from_env({"SLACK_BOT_TOKEN": "x", "ANTHROPIC_API_KEY": "k",
+                           "SLACK_SIGNING_SECRET": "s", "PORT": "eighty"})
+
+
+def test_stray_output_lines_are_kept_as_text() -> None:
+    assert parse_event_line('{"type": "usage", "input_tokens": 3}')["type"] == "usage"
+    assert parse_event_line("pip: installing...") == {"type": "output",
+                                                      "text": "pip: installing..."}
+    assert parse_event_line("[1, 2]") == {"type": "output", "text": "[1, 2]"}
+
+
+def test_run_spec_round_trips_as_json() -> None:
+    spec = RunSpec(1, "r", "p", "https://h/o/r", "main", "m", 60, 5, "make")
+    assert RunSpec.from_json(spec.to_json()) == spec
+
+
+def test_log_chunks_keep_the_end_and_count_what_was_dropped() -> None:
+    lines = log_lines([{"type": "assistant_text", "text": f"line {i} " + "x" * 80}
+                       for i in range(100)])
+    chunks, dropped = chunk(lines, max_chars=500, max_chunks=3)
+    assert len(chunks) == 3 and all(len(c) <= 500 for c in chunks)
+    assert "line 99" in chunks[-1]
+    assert dropped == 100 - sum(c.count("\n") + 1 for c in chunks)
