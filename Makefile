@@ -2,7 +2,7 @@
 #   make venv     create .venv and install the project with its dev extra
 #   make images   start Docker if needed; build routines-base:bookworm and routines-sandbox:latest
 #   make lint     ruff + mypy
-#   make test     the test suite (expects `make venv` and `make images` done first)
+#   make test     the test suite (installs the venv and builds the images first if needed)
 #   make serve    run the bot
 #   make bench    measure per-run container overhead
 
@@ -30,8 +30,7 @@ lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# Depends on nothing on purpose: CI decides the order (.ci/run).
-test:
+test: venv images
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 serve:

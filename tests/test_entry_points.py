@@ -1,0 +1,62 @@
+"""The manifest installs as is, and the `routines` command fails clearly or prints logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.db import Database
+from bot.redaction import Redactor
+from bot.routine import RoutineDraft, RoutineLimits
+from bot.service import RoutineService, ServicePolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_manifest_declares_what_the_bot_uses_and_no_more() -> None:
+    manifest = json.loads((ROOT / "manifest.json").read_text())
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/routine"]
+    assert manifest["settings"]["socket_mode_enabled"] is True
+    assert manifest["settings"]["interactivity"]["is_enabled"] is True
+    assert manifest["features"]["app_home"]["home_tab_enabled"] is True
+    assert set(manifest["oauth_config"]["scopes"]["bot"]) == {
+        "commands", "chat:write", "chat:write.public"}
+
+
+def test_serve_without_settings_stops_with_one_clear_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLACK_", "ANTHROPIC_"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from bot.cli import main; raise SystemExit(main(['serve']))"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == ("routines: missing required setting: SLACK_BOT_TOKEN, "
+                           "ANTHROPIC_API_KEY, SLACK_SIGNING_SECRET\n")
+
+
+def test_logs_prints_a_runs_redacted_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    db = Database(url)
+    db.create_schema()
+    service = RoutineService(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
+                             Redactor(["planted-secret-42"]))
+    service.create_routine(RoutineDraft(name="demo", prompt="p", repo_url="file:///r",
+                                        channel_id="C0123ABC"), "U1")
+    run = service.trigger_run("demo", "U1").run
+    assert run.id is not None
+    service.record_event(run.id, 1, {"type": "tool_output", "output": "planted-secret-42"})
+    monkeypatch.setenv("DATABASE_URL", url)
+
+    assert main(["logs", str(run.id)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"type": "tool_output",
+                                                    "output": "[REDACTED]"}
+    assert main(["logs", "999"]) == 1
+    assert capsys.readouterr().err == "routines: No run #999.\n"
