@@ -84,7 +84,8 @@ def _sandbox_config(settings: Settings) -> SandboxConfig:
     return SandboxConfig(
         image=settings.sandbox_image,
         network=settings.sandbox_network,
-        workspace_root=settings.data_dir.resolve() / "workspaces",
+        workspace_root=settings.data_dir.resolve() / "workspaces" / settings.instance,
+        instance=settings.instance,
         memory=settings.sandbox_memory,
         cpus=settings.sandbox_cpus,
         pids=settings.sandbox_pids,

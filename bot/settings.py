@@ -5,6 +5,7 @@ Nothing below the entry point reads the environment: everything gets a `Settings
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,12 @@ class Settings:
     @property
     def socket_mode(self) -> bool:
         return bool(self.slack_app_token)
+
+    @property
+    def instance(self) -> str:
+        """Names this deployment's containers: stable across restarts (same database),
+        distinct between deployments that share a Docker engine."""
+        return hashlib.sha256(self.database_url.encode()).hexdigest()[:12]
 
     @property
     def secrets(self) -> tuple[str, ...]:

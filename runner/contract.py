@@ -18,6 +18,7 @@ from typing import Any
 
 SPEC_ENV = "ROUTINE_RUN_SPEC"
 WORKSPACE = "/workspace"
+LABEL_INSTANCE = "org.routines.instance"  # which bot deployment owns the container
 LABEL_RUN_ID = "org.routines.run_id"
 LABEL_ROUTINE = "org.routines.routine"
 

@@ -22,6 +22,7 @@ import requests.exceptions
 
 from runner import workspace
 from runner.contract import (
+    LABEL_INSTANCE,
     LABEL_ROUTINE,
     LABEL_RUN_ID,
     SPEC_ENV,
@@ -41,6 +42,7 @@ class SandboxConfig:
     image: str
     network: str
     workspace_root: Path
+    instance: str = "default"
     memory: str = "1g"
     cpus: float = 1.0
     pids: int = 256
@@ -89,9 +91,13 @@ class Sandbox:
         return self.follow(spec, container, on_event, control, skip_events=0)
 
     def find_run_containers(self) -> dict[int, Any]:
-        """Every container this project started, by run id (for reconciliation)."""
+        """Every container this bot instance started, by run id (for reconciliation).
+
+        Filtered by instance, so two deployments sharing an engine never adopt or remove
+        each other's runs."""
         found: dict[int, Any] = {}
-        for container in self.client.containers.list(all=True, filters={"label": LABEL_RUN_ID}):
+        labels = [f"{LABEL_INSTANCE}={self.config.instance}", LABEL_RUN_ID]
+        for container in self.client.containers.list(all=True, filters={"label": labels}):
             with contextlib.suppress(ValueError):
                 found[int(container.labels[LABEL_RUN_ID])] = container
         return found
@@ -145,8 +151,9 @@ class Sandbox:
         # `create` never pulls (unlike `run`): a missing image is an error, not a download.
         container = self.client.containers.create(
             cfg.image,
-            name=f"routines-run-{spec.run_id}",
-            labels={LABEL_RUN_ID: str(spec.run_id), LABEL_ROUTINE: spec.routine},
+            name=f"routines-{cfg.instance}-run-{spec.run_id}",
+            labels={LABEL_INSTANCE: cfg.instance, LABEL_RUN_ID: str(spec.run_id),
+                    LABEL_ROUTINE: spec.routine},
             environment=env,
             user=user,
             network=cfg.network,

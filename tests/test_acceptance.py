@@ -119,8 +119,9 @@ async def test_timeout_kills_the_container_and_keeps_the_work(
     assert "timed out after 4s" in json.dumps(message["blocks"])
     run = bot.service.get_run(int(message["run_id"])).run
     assert "+partial" in run.diff
-    leftovers = docker_client.containers.list(
-        all=True, filters={"label": f"org.routines.run_id={message['run_id']}"})
+    leftovers = docker_client.containers.list(all=True, filters={"label": [
+        f"org.routines.run_id={message['run_id']}",
+        f"org.routines.instance={bot.settings.instance}"]})
     assert leftovers == []
 
 
@@ -198,3 +199,23 @@ async def wait_until(predicate: Any, timeout: float = 30) -> None:
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.1)
 
+
+
+async def test_another_deployment_on_the_same_engine_leaves_our_runs_alone(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str, tmp_path: Any,
+) -> None:
+    marker = anthropic_api.script(
+        "neighbour", [tool("run_shell", command="sleep 3")], [report("success", "undisturbed")])
+    _, fake = await start_bot()
+    await create_routine(fake, slack_api, "ours", f"Wait. {marker}", git_repo)
+    reply = await fake.slash("run ours")
+    run_id = int(reply.json()["text"].split("#")[1].split(" ")[0])
+    await wait_until(lambda: len(anthropic_api.requests_for("neighbour")) >= 1)
+
+    # Another bot with its own database reconciles on start: run #1 there is not ours.
+    await start_bot(database_url=f"sqlite:///{tmp_path / 'other.db'}")
+
+    call = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
+                                    contains=f"run #{run_id}: ", timeout=60)
+    assert call.params["text"] == f"ours run #{run_id}: succeeded"
