@@ -139,6 +139,10 @@ class Sandbox:
             with contextlib.suppress(docker.errors.APIError):
                 container.kill()
         reader.join(timeout=10)
+        if result.final is None:  # why it died matters most when it never reported
+            tail = _stderr_tail(container)
+            if tail:
+                on_event(result.events_seen + 1, {"type": "stderr", "text": tail})
         self._finish(spec.run_id, container, result)
         return result
 
@@ -196,9 +200,6 @@ class Sandbox:
 
     def _finish(self, run_id: int, container: Any, result: RunResult) -> None:
         try:
-            if result.final is None:
-                stderr = container.logs(stdout=False, stderr=True, tail=20)
-                result.extra["stderr_tail"] = stderr.decode("utf-8", errors="replace")
             result.diff = workspace.diff(self.config.workspace_root, run_id,
                                          self.config.max_diff_chars)
         finally:
@@ -213,6 +214,14 @@ def _chunks(stream: Any) -> Any:
         yield from stream
     except (OSError, ValueError, AttributeError, requests.exceptions.RequestException):
         return
+
+
+def _stderr_tail(container: Any) -> str:
+    try:
+        raw = container.logs(stdout=False, stderr=True, tail=20)
+    except docker.errors.APIError:
+        return ""
+    return str(raw.decode("utf-8", errors="replace")).strip()
 
 
 def _account(result: RunResult, event: Event) -> None:

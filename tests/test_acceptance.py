@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import API_KEY, RESULTS_CHANNEL, BotFactory
@@ -219,3 +220,32 @@ async def test_another_deployment_on_the_same_engine_leaves_our_runs_alone(
     call = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
                                     contains=f"run #{run_id}: ", timeout=60)
     assert call.params["text"] == f"ours run #{run_id}: succeeded"
+
+
+async def test_a_leaked_key_is_redacted_in_slack_and_in_the_database(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str, settings: Any,
+) -> None:
+    marker = anthropic_api.script(
+        "leak",
+        [tool("run_shell", command="tr '\\0' '\\n' < /proc/1/environ | grep ANTHROPIC_API_KEY")],
+        [report("success", f"found {API_KEY} in the environment")],
+    )
+    bot, fake = await start_bot()
+    await create_routine(fake, slack_api, "leaky", f"Leak it. {marker}", git_repo)
+
+    message = await run_and_wait(fake, slack_api, "leaky", "succeeded")
+    await fake.click("view_log", message["run_id"])
+    await slack_api.wait_for("views.open", contains="Log of run", timeout=5)
+
+    # The agent did see the key (so redaction, not luck, keeps it out)...
+    output = tool_results(anthropic_api.requests_for("leak")[1].body)[0]["content"]
+    assert API_KEY in output
+    # ...but no Slack call and no byte of the database holds it in clear.
+    assert API_KEY not in json.dumps([call.params for call in slack_api.calls])
+    assert "found [REDACTED] in the environment" in json.dumps(message["blocks"])
+    await bot.stop()
+    bot.port = 0
+    database = Path(settings.database_url.removeprefix("sqlite:///"))
+    stored = [p.read_bytes() for p in database.parent.glob(database.name + "*")]
+    assert stored and all(API_KEY.encode() not in data for data in stored)
