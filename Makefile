@@ -15,7 +15,7 @@ PIP    := $(VENV)/bin/pip --disable-pip-version-check
 
 venv:
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,postgres]'
 
 images:
 	.ci/docker-up.sh

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def timestamp_field(*, required: bool = False) -> Any:
+    """A time-zone-aware column: every time is stored and compared in UTC."""
+    if required:
+        return Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    return Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class RunStatus(StrEnum):
@@ -45,7 +53,7 @@ class Routine(SQLModel, table=True):
     timeout_seconds: int
     max_turns: int
     created_by: str
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = timestamp_field(required=True)
 
 
 class Run(SQLModel, table=True):
@@ -55,16 +63,16 @@ class Run(SQLModel, table=True):
     trigger_kind: TriggerKind = TriggerKind.MANUAL
     triggered_by: str
     prompt: str
-    queued_at: datetime = Field(default_factory=utcnow)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    queued_at: datetime = timestamp_field(required=True)
+    started_at: datetime | None = timestamp_field()
+    finished_at: datetime | None = timestamp_field()
     container_id: str | None = None
     summary: str | None = None
     reason: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     diff: str = ""
-    notified_at: datetime | None = None
+    notified_at: datetime | None = timestamp_field()
 
 
 class RunEvent(SQLModel, table=True):
@@ -77,4 +85,4 @@ class RunEvent(SQLModel, table=True):
     seq: int
     type: str
     data: str
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = timestamp_field(required=True)

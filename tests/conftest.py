@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import docker
 import docker.errors
 import git
 import pytest
+import sqlalchemy
 
 from bot.app import Bot
 from bot.settings import Settings
@@ -83,15 +85,33 @@ def git_repo(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh database per test: SQLite by default; PostgreSQL when
+    ROUTINES_TEST_POSTGRES holds an admin URL (CI runs the acceptance suites on both)."""
+    admin = os.environ.get("ROUTINES_TEST_POSTGRES")
+    if not admin:
+        yield f"sqlite:///{tmp_path / 'routines.db'}"
+        return
+    name = f"routines_test_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield f"{admin.rsplit('/', 1)[0]}/{name}"
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    engine.dispose()
+
+
+@pytest.fixture
 def settings(tmp_path: Path, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
-             sandbox_gateway: str) -> Settings:
+             sandbox_gateway: str, database_url: str) -> Settings:
     return Settings(
         slack_bot_token=BOT_TOKEN,
         anthropic_api_key=API_KEY,
         slack_signing_secret=SIGNING_SECRET,
         slack_api_url=slack_api.url,
         anthropic_base_url=anthropic_api.url,
-        database_url=f"sqlite:///{tmp_path / 'routines.db'}",
+        database_url=database_url,
         host="127.0.0.1",
         port=0,
         data_dir=tmp_path / "data",
