@@ -16,7 +16,6 @@ from bot.db import Database
 from bot.dispatcher import Dispatcher
 from bot.messages import Messages
 from bot.redaction import Redactor
-from bot.routine import RoutineLimits
 from bot.server import build_web_app
 from bot.service import RoutineService, ServicePolicy
 from bot.settings import Settings
@@ -30,7 +29,8 @@ class Bot:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
-        self.service = RoutineService(self.db, _policy(settings), Redactor(settings.secrets))
+        self.service = RoutineService(self.db, ServicePolicy.from_settings(settings),
+                                      Redactor(settings.secrets))
         self.messages = Messages()
         self.slack_client = AsyncWebClient(token=settings.slack_bot_token,
                                            base_url=settings.slack_api_url)
@@ -68,16 +68,6 @@ class Bot:
         await self.dispatcher.stop()
         self.docker.close()
         self.db.close()
-
-
-def _policy(settings: Settings) -> ServicePolicy:
-    return ServicePolicy(
-        default_model=settings.default_model,
-        default_timeout_seconds=settings.default_timeout_seconds,
-        limits=RoutineLimits(settings.min_timeout_seconds, settings.max_timeout_seconds,
-                             settings.allow_local_repos),
-        max_turns=settings.max_turns,
-    )
 
 
 def _sandbox_config(settings: Settings) -> SandboxConfig:

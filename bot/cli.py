@@ -56,14 +56,15 @@ async def serve(settings: Settings) -> None:
 
 
 def print_logs(run_id: int) -> None:
+    """Needs only the database: events were redacted when they were stored."""
     from bot.db import Database
     from bot.redaction import Redactor
-    from bot.routine import RoutineLimits
     from bot.service import RoutineService, ServicePolicy
 
-    db = Database(os.environ.get("DATABASE_URL", Settings.database_url))
-    service = RoutineService(db, ServicePolicy("", 0, RoutineLimits(0, 0, False), 0),
-                             Redactor(()))
+    settings = Settings(slack_bot_token="", anthropic_api_key="",
+                        database_url=os.environ.get("DATABASE_URL", Settings.database_url))
+    db = Database(settings.database_url)
+    service = RoutineService(db, ServicePolicy.from_settings(settings), Redactor(()))
     for event in service.run_events(run_id):
         print(json.dumps(event))
     db.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{1,99}$")
@@ -35,6 +35,13 @@ class RoutineLimits:
     min_timeout: int
     max_timeout: int
     allow_local_repos: bool
+
+
+def normalized(draft: RoutineDraft) -> RoutineDraft:
+    """Trim what users paste with stray spaces; the prompt and script keep their layout."""
+    return replace(draft, name=draft.name.strip().lower(), repo_url=draft.repo_url.strip(),
+                   channel_id=draft.channel_id.strip(), branch=draft.branch.strip() or "main",
+                   model=draft.model.strip(), timeout_seconds=str(draft.timeout_seconds).strip())
 
 
 def validate(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, str]:

@@ -21,8 +21,9 @@ from bot.db import Database
 from bot.errors import RoutineNotFound, RunNotFound, ValidationFailed
 from bot.models import Routine, Run, RunEvent, RunStatus, TriggerKind, utcnow
 from bot.redaction import Redactor
-from bot.routine import RoutineDraft, RoutineLimits, validate
+from bot.routine import RoutineDraft, RoutineLimits, normalized, validate
 from bot.run import RunOutcome
+from bot.settings import Settings
 from runner.contract import Event, RunSpec
 
 
@@ -55,6 +56,16 @@ class ServicePolicy:
     limits: RoutineLimits
     max_turns: int
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServicePolicy:
+        return cls(
+            default_model=settings.default_model,
+            default_timeout_seconds=settings.default_timeout_seconds,
+            limits=RoutineLimits(settings.min_timeout_seconds, settings.max_timeout_seconds,
+                                 settings.allow_local_repos),
+            max_turns=settings.max_turns,
+        )
+
 
 class RoutineService:
     def __init__(self, db: Database, policy: ServicePolicy, redact: Redactor) -> None:
@@ -70,8 +81,7 @@ class RoutineService:
     # Routines ----------------------------------------------------------------------
 
     def create_routine(self, draft: RoutineDraft, actor: str) -> Routine:
-        draft = RoutineDraft(**{k: v.strip() if isinstance(v, str) and k != "prompt" else v
-                                for k, v in draft.__dict__.items()})
+        draft = normalized(draft)
         errors = validate(draft, self.policy.limits)
         with self.db.session() as session:
             if "name" not in errors and self._find(session, draft.name):
@@ -82,7 +92,7 @@ class RoutineService:
                 name=draft.name,
                 prompt=draft.prompt,
                 repo_url=draft.repo_url,
-                branch=draft.branch or "main",
+                branch=draft.branch,
                 setup_script=draft.setup_script,
                 channel_id=draft.channel_id,
                 model=draft.model or self.policy.default_model,
