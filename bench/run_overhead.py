@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import statistics
@@ -44,36 +43,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import aiohttp  # noqa: E402
 import docker  # noqa: E402
 import docker.errors  # noqa: E402
-import git  # noqa: E402
-from slack_sdk.signature import SignatureVerifier  # noqa: E402
 
 from bot.app import Bot  # noqa: E402
-from bot.settings import Settings  # noqa: E402
 from runner.contract import LABEL_ROUTINE, LABEL_RUN_ID  # noqa: E402
+from tests.slack_requests import FakeSlack, modal_values  # noqa: E402
 from tests.standins.anthropic_api import AnthropicStandIn, Recorded, report  # noqa: E402
+from tests.standins.environment import (  # noqa: E402
+    API_KEY,
+    SIGNING_SECRET,
+    local_settings,
+    make_git_repo,
+    network_gateway,
+)
 from tests.standins.slack_api import SlackApiStandIn  # noqa: E402
 
 MIN_RUNS = 10
 DEFAULT_IMAGE = os.environ.get("ROUTINES_SANDBOX_IMAGE", "routines-sandbox:latest")
-TEST_NETWORK = "routines-test"
-SIGNING_SECRET = "bench-signing-secret-0123456789"
-BOT_TOKEN = "xoxb-bench-bot-token-000000"
-API_KEY = "sk-ant-bench-key-0123456789"
 RESULTS_CHANNEL = "C0RESULTS1"
 ROUTINE = "bench-overhead"
 SCENARIO = "bench-overhead"
 RUN_TIMEOUT = 120.0
-TEAM = "T0001"
-USER = "U0ALICE01"
 
 
 class BenchError(Exception):
@@ -138,64 +134,6 @@ class ContainerEvents:
             self._times.setdefault((run_id, str(event.get("Action", ""))), at)
 
 
-class SignedSlack:
-    """Sends the bot signed requests as Slack does (as tests/slack_requests.FakeSlack).
-
-    Kept here, small, so the benchmark type-checks on its own.
-    """
-
-    def __init__(self, session: aiohttp.ClientSession, base_url: str,
-                 signing_secret: str) -> None:
-        self.session = session
-        self.url = base_url.rstrip("/") + "/slack/events"
-        self.verifier = SignatureVerifier(signing_secret)
-        self._triggers = 0
-
-    async def post(self, body: str) -> tuple[int, str]:
-        ts = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/x-www-form-urlencoded",
-            "X-Slack-Request-Timestamp": ts,
-            "X-Slack-Signature": self.verifier.generate_signature(timestamp=ts, body=body) or "",
-        }
-        async with self.session.post(self.url, data=body.encode(), headers=headers) as response:
-            return response.status, await response.text()
-
-    def _trigger_id(self) -> str:
-        self._triggers += 1
-        return f"{self._triggers}.1.trigger"
-
-    async def slash(self, text: str) -> tuple[int, str]:
-        return await self.post(urlencode({
-            "token": "legacy", "team_id": TEAM, "team_domain": "team",
-            "channel_id": "C0GENERAL1", "channel_name": "general", "user_id": USER,
-            "user_name": USER.lower(), "command": "/routine", "text": text,
-            "api_app_id": "A0001", "response_url": "http://127.0.0.1:9/commands/1",
-            "trigger_id": self._trigger_id(),
-        }))
-
-    async def submit_create(self, fields: dict[str, str]) -> tuple[int, str]:
-        """Submit the create modal with these fields (block id = field name)."""
-        values: dict[str, dict[str, Any]] = {}
-        for name, value in fields.items():
-            if name == "channel_id":
-                values[name] = {"value": {"type": "conversations_select",
-                                          "selected_conversation": value}}
-            elif name == "timeout_seconds":
-                values[name] = {"value": {"type": "number_input", "value": value}}
-            else:
-                values[name] = {"value": {"type": "plain_text_input", "value": value}}
-        payload = {
-            "type": "view_submission", "team": {"id": TEAM, "domain": "team"},
-            "user": {"id": USER, "team_id": TEAM}, "api_app_id": "A0001",
-            "trigger_id": self._trigger_id(),
-            "view": {"id": "V0001", "team_id": TEAM, "type": "modal",
-                     "callback_id": "routine_create", "state": {"values": values},
-                     "hash": "1", "private_metadata": "", "blocks": []},
-        }
-        return await self.post(urlencode({"payload": json.dumps(payload)}))
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time from `/routine run` to the agent's first API call, "
@@ -223,60 +161,21 @@ def docker_setup(client: Any, image: str) -> tuple[str, str]:
         raise BenchError(f"sandbox image {image} is missing: run `make images`") from None
     except docker.errors.DockerException as exc:
         raise BenchError(f"Docker engine not reachable ({exc}): run `make images`") from None
-    # `names` filters by substring: keep only the exact network.
-    found = [n for n in client.networks.list(names=[TEST_NETWORK]) if n.name == TEST_NETWORK]
-    network = found[0] if found else client.networks.create(
-        TEST_NETWORK, driver="bridge", labels={"org.routines": "test"})
-    network.reload()
-    return image_id, str(network.attrs["IPAM"]["Config"][0]["Gateway"])
+    return image_id, network_gateway(client)
 
 
-def make_git_repo(path: Path) -> str:
-    """A local repository with one commit on `main`, as the routine's repo."""
-    repo = git.Repo.init(path, initial_branch="main")
-    with repo.config_writer() as config:
-        config.set_value("user", "name", "Bench").set_value("user", "email", "b@example.test")
-    (path / "README.md").write_text("# bench\n")
-    repo.index.add(["README.md"])
-    repo.index.commit("initial")
-    repo.close()
-    return f"file://{path}"
-
-
-def bench_settings(tmp: Path, image: str, slack_api: SlackApiStandIn,
-                   anthropic_api: AnthropicStandIn) -> Settings:
-    return Settings(
-        slack_bot_token=BOT_TOKEN,
-        anthropic_api_key=API_KEY,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_api_url=slack_api.url,
-        anthropic_base_url=anthropic_api.url,
-        database_url=f"sqlite:///{tmp / 'routines.db'}",
-        host="127.0.0.1",
-        port=0,
-        data_dir=tmp / "data",
-        sandbox_image=image,
-        sandbox_network=TEST_NETWORK,
-        min_timeout_seconds=1,
-        allow_local_repos=True,
-        max_turns=8,
-        max_concurrent_runs=1,
-    )
-
-
-async def create_routine(fake: SignedSlack, slack_api: SlackApiStandIn, prompt: str,
+async def create_routine(fake: FakeSlack, slack_api: SlackApiStandIn, prompt: str,
                          repo: str) -> None:
     """The create modal, as a user fills it in (the acceptance tests' flow)."""
-    status, text = await fake.slash("create")
-    if status != 200:
-        raise BenchError(f"/routine create answered {status}: {text}")
+    reply = await fake.slash("create")
+    if reply.status != 200:
+        raise BenchError(f"/routine create answered {reply.status}: {reply.text}")
     await slack_api.wait_for("views.open", contains="routine_create", timeout=10)
-    status, text = await fake.submit_create({
-        "name": ROUTINE, "prompt": prompt, "repo_url": repo, "branch": "main",
-        "setup_script": "", "channel_id": RESULTS_CHANNEL, "model": "claude-test-1",
-        "timeout_seconds": "60"})
-    if status != 200 or text:
-        raise BenchError(f"create modal refused ({status}): {text}")
+    reply = await fake.submit_view("routine_create", modal_values(
+        name=ROUTINE, prompt=prompt, repo_url=repo, branch="main", setup_script="",
+        channel_id=RESULTS_CHANNEL, model="claude-test-1", timeout_seconds="60"))
+    if reply.status != 200 or reply.text:
+        raise BenchError(f"create modal refused ({reply.status}): {reply.text}")
     await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
                              contains=f"created routine *{ROUTINE}*", timeout=10)
 
@@ -292,15 +191,15 @@ async def first_request_after(anthropic_api: AnthropicStandIn, seen: int,
     return anthropic_api.requests[seen]
 
 
-async def one_run(fake: SignedSlack, slack_api: SlackApiStandIn,
+async def one_run(fake: FakeSlack, slack_api: SlackApiStandIn,
                   anthropic_api: AnthropicStandIn, events: ContainerEvents) -> RunSample:
     seen = len(anthropic_api.requests)
     t0 = time.monotonic()
-    status, body = await fake.slash(f"run {ROUTINE}")
+    reply = await fake.slash(f"run {ROUTINE}")
     ack = time.monotonic() - t0
-    text = str(json.loads(body).get("text", "")) if status == 200 and body else ""
+    text = str(reply.json().get("text", "")) if reply.status == 200 else ""
     if "queued" not in text:
-        raise BenchError(f"/routine run answered {status}: {body[:300]}")
+        raise BenchError(f"/routine run answered {reply.status}: {reply.text[:300]}")
     run_id = int(text.split("#")[1].split(" ")[0])
     first = await first_request_after(anthropic_api, seen, RUN_TIMEOUT)
     if first.scenario != SCENARIO:
@@ -331,16 +230,16 @@ async def bench_bot_runs(runs: int, image: str, gateway: str, tmp: Path,
         await anthropic_api.start()
         marker = anthropic_api.script(SCENARIO, [report("success", "Nothing to do.")])
         repo = make_git_repo(tmp / "upstream")
-        bot = Bot(bench_settings(tmp, image, slack_api, anthropic_api))
+        bot = Bot(local_settings(tmp, slack_api.url, anthropic_api.url, sandbox_image=image,
+                                 max_concurrent_runs=1))
         await bot.start()
+        fake = FakeSlack(f"http://127.0.0.1:{bot.port}", SIGNING_SECRET)
+        await create_routine(fake, slack_api, f"Report success at once. {marker}", repo)
         samples: list[RunSample] = []
-        async with aiohttp.ClientSession() as session:
-            fake = SignedSlack(session, f"http://127.0.0.1:{bot.port}", SIGNING_SECRET)
-            await create_routine(fake, slack_api, f"Report success at once. {marker}", repo)
-            for index in range(runs):
-                samples.append(await one_run(fake, slack_api, anthropic_api, events))
-                print(f"  bot run {index + 1}/{runs}: {samples[-1].first_api_call:.3f}s",
-                      file=sys.stderr, flush=True)
+        for index in range(runs):
+            samples.append(await one_run(fake, slack_api, anthropic_api, events))
+            print(f"  bot run {index + 1}/{runs}: {samples[-1].first_api_call:.3f}s",
+                  file=sys.stderr, flush=True)
         return samples
     finally:
         if bot is not None:
@@ -429,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             events.stop()
         bare = bench_bare_docker(args.runs, args.image)
-    except BenchError as exc:
+    except (BenchError, AssertionError) as exc:  # the Slack stand-in's waits assert
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -81,8 +81,11 @@ class Dispatcher:
                 if view is None:
                     break
                 self._spawn(view, container=None)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
+            # stop() sends when it lands as the event fires, and stop() then hangs.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
             self._wake.clear()
 
     def _spawn(self, view: RunView, container: Any) -> None:

@@ -72,7 +72,8 @@ class Sandbox:
 
     def ensure_network(self) -> None:
         """Create the runs' bridge network once; runs never share the default bridge."""
-        if not self.client.networks.list(names=[self.config.network]):
+        existing = self.client.networks.list(names=[self.config.network])  # substring match
+        if not any(network.name == self.config.network for network in existing):
             self.client.networks.create(self.config.network, driver="bridge",
                                         labels={"org.routines": "sandbox"})
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import docker
 import docker.errors
-import git
 import pytest
 import sqlalchemy
 
@@ -19,13 +18,16 @@ from bot.app import Bot
 from bot.settings import Settings
 from tests.slack_requests import FakeSlack
 from tests.standins.anthropic_api import AnthropicStandIn
+from tests.standins.environment import (
+    API_KEY,
+    SIGNING_SECRET,
+    local_settings,
+    make_git_repo,
+    network_gateway,
+)
 from tests.standins.slack_api import SlackApiStandIn
 
 SANDBOX_IMAGE = os.environ.get("ROUTINES_SANDBOX_IMAGE", "routines-sandbox:latest")
-TEST_NETWORK = "routines-test"
-SIGNING_SECRET = "test-signing-secret-0123456789"
-BOT_TOKEN = "xoxb-test-bot-token-000000"
-API_KEY = "sk-ant-test-key-0123456789"
 RESULTS_CHANNEL = "C0RESULTS1"
 
 
@@ -46,12 +48,7 @@ def docker_client() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def sandbox_gateway(docker_client: Any) -> str:
-    """The host's address on the project's own bridge network (where stand-ins listen)."""
-    networks = docker_client.networks.list(names=[TEST_NETWORK])
-    network = networks[0] if networks else docker_client.networks.create(
-        TEST_NETWORK, driver="bridge", labels={"org.routines": "test"})
-    network.reload()
-    return str(network.attrs["IPAM"]["Config"][0]["Gateway"])
+    return network_gateway(docker_client)
 
 
 @pytest.fixture
@@ -72,16 +69,7 @@ async def anthropic_api(sandbox_gateway: str) -> AsyncIterator[AnthropicStandIn]
 
 @pytest.fixture
 def git_repo(tmp_path: Path) -> str:
-    """A local repository with one commit on `main`, as the routine's repo."""
-    path = tmp_path / "upstream"
-    repo = git.Repo.init(path, initial_branch="main")
-    with repo.config_writer() as config:
-        config.set_value("user", "name", "Test").set_value("user", "email", "t@example.test")
-    (path / "README.md").write_text("# demo\n")
-    repo.index.add(["README.md"])
-    repo.index.commit("initial")
-    repo.close()
-    return f"file://{path}"
+    return make_git_repo(tmp_path / "upstream")
 
 
 @pytest.fixture
@@ -105,22 +93,8 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def settings(tmp_path: Path, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
              sandbox_gateway: str, database_url: str) -> Settings:
-    return Settings(
-        slack_bot_token=BOT_TOKEN,
-        anthropic_api_key=API_KEY,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_api_url=slack_api.url,
-        anthropic_base_url=anthropic_api.url,
-        database_url=database_url,
-        host="127.0.0.1",
-        port=0,
-        data_dir=tmp_path / "data",
-        sandbox_image=SANDBOX_IMAGE,
-        sandbox_network=TEST_NETWORK,
-        min_timeout_seconds=1,
-        allow_local_repos=True,
-        max_turns=8,
-    )
+    return local_settings(tmp_path, slack_api.url, anthropic_api.url,
+                          database_url=database_url, sandbox_image=SANDBOX_IMAGE)
 
 
 BotFactory = Callable[..., Awaitable[tuple[Bot, FakeSlack]]]

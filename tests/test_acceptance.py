@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import API_KEY, RESULTS_CHANNEL, BotFactory
+from tests.conftest import RESULTS_CHANNEL, BotFactory
 from tests.slack_requests import FakeSlack, modal_values
 from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool, tool_results
+from tests.standins.environment import API_KEY
 from tests.standins.slack_api import SlackApiStandIn
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 
 @dataclass
@@ -23,6 +24,10 @@ class SlackCall:
 class SlackApiStandIn:
     def __init__(self) -> None:
         self.calls: list[SlackCall] = []
+        self.socket: web.WebSocketResponse | None = None
+        self._connected = asyncio.Event()
+        self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._envelopes = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Event()
         self.url = ""
@@ -31,6 +36,7 @@ class SlackApiStandIn:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/api/{method}", self._handle)
+        app.router.add_get("/socket", self._socket_mode)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -56,6 +62,9 @@ class SlackApiStandIn:
             return {"ok": True, "url": "https://example.slack.com/", "team": "Team",
                     "user": "routines", "team_id": "T0001", "user_id": "UBOT",
                     "bot_id": "B0001", "is_enterprise_install": False}
+        if method == "apps.connections.open":
+            return {"ok": True, "url": self.url.replace("http://", "ws://")[:-len("api/")]
+                    + "socket"}
         if method == "chat.postMessage":
             self._ts += 1
             return {"ok": True, "channel": params.get("channel"), "ts": f"{self._ts}.000100",
@@ -65,6 +74,34 @@ class SlackApiStandIn:
             view = json.loads(view) if isinstance(view, str) else view
             return {"ok": True, "view": {"id": "V0001", **(view or {})}}
         return {"ok": True}
+
+    async def _socket_mode(self, request: web.Request) -> web.WebSocketResponse:
+        """Slack's Socket Mode: hello, then envelopes out and acks (by envelope id) in."""
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        await socket.send_json({"type": "hello", "num_connections": 1,
+                                "connection_info": {"app_id": "A0001"}})
+        self.socket = socket
+        self._connected.set()
+        async for message in socket:
+            if message.type == WSMsgType.TEXT:
+                ack = json.loads(message.data)
+                future = self._acks.pop(ack.get("envelope_id", ""), None)
+                if future is not None and not future.done():
+                    future.set_result(ack)
+        return socket
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any],
+                            timeout: float = 10.0) -> dict[str, Any]:
+        """Deliver one event as Slack does over the socket; return the bot's ack."""
+        await asyncio.wait_for(self._connected.wait(), timeout)
+        assert self.socket is not None
+        envelope_id = f"env-{next(self._envelopes)}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._acks[envelope_id] = future
+        await self.socket.send_json({"envelope_id": envelope_id, "type": kind,
+                                     "payload": payload, "accepts_response_payload": True})
+        return await asyncio.wait_for(future, timeout)
 
     def calls_to(self, method: str) -> list[SlackCall]:
         return [call for call in self.calls if call.method == method]

@@ -1,0 +1,50 @@
+"""The local pieces a run needs, shared by the tests and the benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import git
+
+from bot.settings import Settings
+
+TEST_NETWORK = "routines-test"
+SIGNING_SECRET = "test-signing-secret-0123456789"
+BOT_TOKEN = "xoxb-test-bot-token-000000"
+API_KEY = "sk-ant-test-key-0123456789"
+
+
+def local_settings(tmp: Path, slack_api_url: str, anthropic_base_url: str,
+                   **overrides: Any) -> Settings:
+    """Settings for a bot that talks only to stand-ins and keeps its state under `tmp`."""
+    defaults: dict[str, Any] = dict(
+        slack_bot_token=BOT_TOKEN, anthropic_api_key=API_KEY,
+        slack_signing_secret=SIGNING_SECRET, slack_api_url=slack_api_url,
+        anthropic_base_url=anthropic_base_url,
+        database_url=f"sqlite:///{tmp / 'routines.db'}", host="127.0.0.1", port=0,
+        data_dir=tmp / "data", sandbox_network=TEST_NETWORK, min_timeout_seconds=1,
+        allow_local_repos=True, max_turns=8,
+    )
+    return Settings(**{**defaults, **overrides})
+
+
+def make_git_repo(path: Path) -> str:
+    """A local repository with one commit on `main`, as a routine's repo; returns its URL."""
+    repo = git.Repo.init(path, initial_branch="main")
+    with repo.config_writer() as config:
+        config.set_value("user", "name", "Test").set_value("user", "email", "t@example.test")
+    (path / "README.md").write_text("# demo\n")
+    repo.index.add(["README.md"])
+    repo.index.commit("initial")
+    repo.close()
+    return f"file://{path}"
+
+
+def network_gateway(client: Any, name: str = TEST_NETWORK) -> str:
+    """The host's address on the project's own bridge network (where stand-ins listen)."""
+    found = [n for n in client.networks.list(names=[name]) if n.name == name]  # substring filter
+    network = found[0] if found else client.networks.create(
+        name, driver="bridge", labels={"org.routines": "test"})
+    network.reload()
+    return str(network.attrs["IPAM"]["Config"][0]["Gateway"])
