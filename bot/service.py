@@ -101,16 +101,17 @@ class RoutineService:
                 created_by=actor,
             )
             session.add(routine)
-            session.flush()
+            try:
+                session.flush()
+            except IntegrityError:  # the same name created at the same moment elsewhere
+                raise ValidationFailed(
+                    {"name": f"A routine named `{draft.name}` already exists."}) from None
             session.refresh(routine)
             return routine
 
     def get_routine(self, name: str) -> Routine:
         with self.db.session() as session:
-            routine = self._find(session, name)
-            if routine is None:
-                raise RoutineNotFound(name)
-            return routine
+            return self._require(session, name)
 
     def list_routines(self) -> list[RoutineOverview]:
         with self.db.session() as session:
@@ -119,9 +120,7 @@ class RoutineService:
 
     def routine_overview(self, name: str) -> RoutineOverview:
         with self.db.session() as session:
-            routine = self._find(session, name)
-            if routine is None:
-                raise RoutineNotFound(name)
+            routine = self._require(session, name)
             return RoutineOverview(routine, self._last_run(session, routine))
 
     def run_history(self, name: str, limit: int = 10) -> list[RunView]:
@@ -139,9 +138,7 @@ class RoutineService:
                     kind: TriggerKind = TriggerKind.MANUAL) -> RunView:
         """Queue a run; it is written before this returns, so an ack never lies."""
         with self.db.session() as session:
-            routine = self._find(session, name)
-            if routine is None:
-                raise RoutineNotFound(name)
+            routine = self._require(session, name)
             run = Run(routine_id=_id(routine), trigger_kind=kind, triggered_by=actor,
                       prompt=routine.prompt)
             session.add(run)
@@ -261,6 +258,13 @@ class RoutineService:
     @staticmethod
     def _find(session: Session, name: str) -> Routine | None:
         return session.exec(select(Routine).where(Routine.name == name.strip().lower())).first()
+
+    @classmethod
+    def _require(cls, session: Session, name: str) -> Routine:
+        routine = cls._find(session, name)
+        if routine is None:
+            raise RoutineNotFound(name)
+        return routine
 
     @staticmethod
     def _last_run(session: Session, routine: Routine) -> Run | None:

@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from bot.cli import main
 from bot.db import Database
+from bot.errors import ValidationFailed
 from bot.redaction import Redactor
 from bot.routine import RoutineDraft, RoutineLimits
 from bot.service import RoutineService, ServicePolicy
@@ -60,3 +62,30 @@ def test_logs_prints_a_runs_redacted_events(
                                                     "output": "[REDACTED]"}
     assert main(["logs", "999"]) == 1
     assert capsys.readouterr().err == "routines: No run #999.\n"
+
+
+def test_two_creates_racing_for_one_name_give_one_routine_and_one_field_error(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    db.create_schema()
+    service = RoutineService(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
+                             Redactor(()))
+    draft = RoutineDraft(name="twin", prompt="p", repo_url="file:///r", channel_id="C0123ABC")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            service.create_routine(draft, "U1")
+            outcomes.append("created")
+        except ValidationFailed as exc:
+            outcomes.append(exc.field_errors["name"])
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["A routine named `twin` already exists."] * 7 + ["created"]
