@@ -34,3 +34,27 @@ class ValidationFailed(RoutinesError, ValueError):
         self.field_errors = dict(field_errors)
         details = "; ".join(f"{field}: {why}" for field, why in self.field_errors.items())
         super().__init__(f"Invalid routine: {details}")
+
+
+class RoutinePaused(RoutinesError):
+    def __init__(self, name: str, paused_by: str | None) -> None:
+        who = f" by {paused_by}" if paused_by else ""
+        super().__init__(f"Routine `{name}` is paused{who}; `/routine resume {name}` "
+                         "restores its triggers.")
+        self.name = name
+
+
+class InvalidToken(RoutinesError, PermissionError):
+    def __init__(self) -> None:
+        super().__init__("missing, wrong or revoked API token")
+
+
+class RateLimited(RoutinesError):
+    def __init__(self, name: str, retry_after: int) -> None:
+        super().__init__(f"Routine `{name}` was triggered too often; retry in {retry_after}s.")
+        self.retry_after = retry_after
+
+
+class TokenNotFound(RoutinesError, LookupError):
+    def __init__(self, routine: str, token_name: str) -> None:
+        super().__init__(f"Routine `{routine}` has no token named `{token_name}`.")

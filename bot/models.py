@@ -52,16 +52,32 @@ class Routine(SQLModel, table=True):
     model: str
     timeout_seconds: int
     max_turns: int
+    payload_template: str = ""
     created_by: str
     created_at: datetime = timestamp_field(required=True)
+    paused_at: datetime | None = timestamp_field()
+    paused_by: str | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
 
 
 class Run(SQLModel, table=True):
+    """One execution of a routine, with its provenance: which door, who, and what came in.
+
+    `trigger_ref` is the caller's Idempotency-Key or GitHub's delivery id: unique per
+    routine and trigger kind, so a retried call or a redelivery never runs twice."""
+
+    __table_args__ = (UniqueConstraint("routine_id", "trigger_kind", "trigger_ref"),)
+
     id: int | None = Field(default=None, primary_key=True)
     routine_id: int = Field(foreign_key="routine.id", index=True)
     status: RunStatus = Field(default=RunStatus.QUEUED, index=True)
     trigger_kind: TriggerKind = TriggerKind.MANUAL
     triggered_by: str
+    trigger_ref: str | None = None
+    payload_hash: str | None = None
     prompt: str
     queued_at: datetime = timestamp_field(required=True)
     started_at: datetime | None = timestamp_field()
@@ -86,3 +102,30 @@ class RunEvent(SQLModel, table=True):
     type: str
     data: str
     created_at: datetime = timestamp_field(required=True)
+
+
+class ApiToken(SQLModel, table=True):
+    """A routine's API token. Only a hash is stored: the value is shown once, at creation."""
+
+    __table_args__ = (UniqueConstraint("routine_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    routine_id: int = Field(foreign_key="routine.id", index=True)
+    name: str
+    token_hash: str = Field(index=True, unique=True)
+    created_by: str
+    created_at: datetime = timestamp_field(required=True)
+    revoked_at: datetime | None = timestamp_field()
+    revoked_by: str | None = None
+    last_used_at: datetime | None = timestamp_field()
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who did what, when: every change of a routine's state is recorded here."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = timestamp_field(required=True)
+    actor: str
+    action: str = Field(index=True)
+    routine: str | None = Field(default=None, index=True)
+    details: str = ""

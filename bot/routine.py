@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from bot.payload import template_error
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{1,99}$")
 CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
@@ -28,6 +30,7 @@ class RoutineDraft:
     setup_script: str = ""
     model: str = ""
     timeout_seconds: int | str = ""
+    payload_template: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,30 +49,30 @@ def normalized(draft: RoutineDraft) -> RoutineDraft:
 
 def validate(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, str]:
     """Every problem with the draft, by field name; empty when it is acceptable."""
-    errors: dict[str, str] = {}
-    if not NAME_RE.match(draft.name):
-        errors["name"] = (
-            "Use 2-40 characters: lowercase letters, digits and dashes, starting with a letter."
-        )
-    if not draft.prompt.strip():
-        errors["prompt"] = "Say what the agent should do."
-    elif len(draft.prompt) > MAX_PROMPT:
-        errors["prompt"] = f"Keep the prompt under {MAX_PROMPT} characters."
-    repo_error = _repo_url_error(draft.repo_url, limits.allow_local_repos)
-    if repo_error:
-        errors["repo_url"] = repo_error
-    if not valid_branch(draft.branch):
-        errors["branch"] = "Not a valid branch name."
-    if len(draft.setup_script) > MAX_SETUP:
-        errors["setup_script"] = f"Keep the setup script under {MAX_SETUP} characters."
-    if not CHANNEL_RE.match(draft.channel_id):
-        errors["channel_id"] = "Pick a channel for the results."
-    if draft.model and not MODEL_RE.match(draft.model):
-        errors["model"] = "Not a model id (for example claude-sonnet-4-5)."
-    timeout_error = _timeout_error(draft.timeout_seconds, limits)
-    if timeout_error:
-        errors["timeout_seconds"] = timeout_error
-    return errors
+    problems = {
+        "name": None if NAME_RE.match(draft.name) else (
+            "Use 2-40 characters: lowercase letters, digits and dashes, starting with a letter."),
+        "prompt": _prompt_error(draft.prompt),
+        "repo_url": _repo_url_error(draft.repo_url, limits.allow_local_repos),
+        "branch": None if valid_branch(draft.branch) else "Not a valid branch name.",
+        "setup_script": None if len(draft.setup_script) <= MAX_SETUP else (
+            f"Keep the setup script under {MAX_SETUP} characters."),
+        "channel_id": None if CHANNEL_RE.match(draft.channel_id) else (
+            "Pick a channel for the results."),
+        "model": None if not draft.model or MODEL_RE.match(draft.model) else (
+            "Not a model id (for example claude-sonnet-4-5)."),
+        "timeout_seconds": _timeout_error(draft.timeout_seconds, limits),
+        "payload_template": template_error(draft.payload_template),
+    }
+    return {field: why for field, why in problems.items() if why}
+
+
+def _prompt_error(prompt: str) -> str | None:
+    if not prompt.strip():
+        return "Say what the agent should do."
+    if len(prompt) > MAX_PROMPT:
+        return f"Keep the prompt under {MAX_PROMPT} characters."
+    return None
 
 
 def valid_branch(branch: str) -> bool:

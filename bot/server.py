@@ -1,4 +1,4 @@
-"""HTTP adapter: Slack's request URL and the health check."""
+"""HTTP adapter: Slack's request URL, the API door and the health check."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
+from bot.api import add_api_routes
 from bot.db import Database
+from bot.service import RoutineService
+from bot.settings import Settings
 
 MAX_BODY_BYTES = 1024 * 1024  # Slack's payloads are far smaller; refuse anything bigger
 
 
-def build_web_app(slack: AsyncApp, db: Database) -> web.Application:
+def build_web_app(slack: AsyncApp, db: Database, service: RoutineService,
+                  settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
+    add_api_routes(app, service, settings)
 
     async def slack_events(request: web.Request) -> web.Response:
         bolt_response = await slack.async_dispatch(await to_bolt_request(request))

@@ -8,7 +8,9 @@ adapters call them through `asyncio.to_thread`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,13 +19,34 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from bot import payload as payloads
 from bot.db import Database
-from bot.errors import RoutineNotFound, RunNotFound, ValidationFailed
-from bot.models import Routine, Run, RunEvent, RunStatus, TriggerKind, utcnow
+from bot.errors import (
+    InvalidToken,
+    RateLimited,
+    RoutineNotFound,
+    RoutinePaused,
+    RoutinesError,
+    RunNotFound,
+    TokenNotFound,
+    ValidationFailed,
+)
+from bot.models import (
+    ApiToken,
+    AuditEntry,
+    Routine,
+    Run,
+    RunEvent,
+    RunStatus,
+    TriggerKind,
+    utcnow,
+)
+from bot.ratelimit import SlidingWindow
 from bot.redaction import Redactor
-from bot.routine import RoutineDraft, RoutineLimits, normalized, validate
+from bot.routine import NAME_RE, RoutineDraft, RoutineLimits, normalized, validate
 from bot.run import RunOutcome
 from bot.settings import Settings
+from bot.trigger import Trigger
 from runner.contract import Event, RunSpec
 
 
@@ -55,6 +78,7 @@ class ServicePolicy:
     default_timeout_seconds: int
     limits: RoutineLimits
     max_turns: int
+    triggers_per_minute: int = 30
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServicePolicy:
@@ -64,7 +88,14 @@ class ServicePolicy:
             limits=RoutineLimits(settings.min_timeout_seconds, settings.max_timeout_seconds,
                                  settings.allow_local_repos),
             max_turns=settings.max_turns,
+            triggers_per_minute=settings.triggers_per_minute,
         )
+
+
+@dataclass(frozen=True)
+class Triggered:
+    view: RunView
+    replayed: bool  # an earlier run with the same Idempotency-Key or delivery id
 
 
 class RoutineService:
@@ -72,6 +103,7 @@ class RoutineService:
         self.db = db
         self.policy = policy
         self.redact = redact
+        self.rate_limit = SlidingWindow(policy.triggers_per_minute, 60)
         self._run_queued_listeners: list[Callable[[], None]] = []
 
     def on_run_queued(self, listener: Callable[[], None]) -> None:
@@ -98,6 +130,7 @@ class RoutineService:
                 model=draft.model or self.policy.default_model,
                 timeout_seconds=int(draft.timeout_seconds or self.policy.default_timeout_seconds),
                 max_turns=self.policy.max_turns,
+                payload_template=draft.payload_template,
                 created_by=actor,
             )
             session.add(routine)
@@ -107,6 +140,27 @@ class RoutineService:
                 raise ValidationFailed(
                     {"name": f"A routine named `{draft.name}` already exists."}) from None
             session.refresh(routine)
+            _audit(session, actor, "create", routine.name, f"repo {routine.repo_url}")
+            return routine
+
+    def pause_routine(self, name: str, actor: str) -> Routine:
+        """Hold every trigger of the routine (schedules skip, doors refuse) until resumed."""
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            if routine.paused:
+                raise RoutinesError(f"Routine `{routine.name}` is already paused "
+                                    f"(by {routine.paused_by}).")
+            routine.paused_at, routine.paused_by = utcnow(), actor
+            _audit(session, actor, "pause", routine.name)
+            return routine
+
+    def resume_routine(self, name: str, actor: str) -> Routine:
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            if not routine.paused:
+                raise RoutinesError(f"Routine `{routine.name}` is not paused.")
+            routine.paused_at, routine.paused_by = None, None
+            _audit(session, actor, "resume", routine.name)
             return routine
 
     def get_routine(self, name: str) -> Routine:
@@ -134,19 +188,96 @@ class RoutineService:
 
     # Runs --------------------------------------------------------------------------
 
-    def trigger_run(self, name: str, actor: str,
-                    kind: TriggerKind = TriggerKind.MANUAL) -> RunView:
-        """Queue a run; it is written before this returns, so an ack never lies."""
+    def trigger_run(self, name: str, trigger: Trigger) -> Triggered:
+        """Queue a run, whichever door it came through. Written before this returns, so an
+        acknowledgement never lies; a repeated `trigger.ref` returns the first run."""
         with self.db.session() as session:
             routine = self._require(session, name)
-            run = Run(routine_id=_id(routine), trigger_kind=kind, triggered_by=actor,
+            if routine.paused:
+                raise RoutinePaused(routine.name, routine.paused_by)
+            earlier = self._run_for_ref(session, routine, trigger)
+            if earlier is not None:
+                return Triggered(RunView(earlier, routine), replayed=True)
+            retry_after = self.rate_limit.hit(routine.name)
+            if retry_after is not None:
+                raise RateLimited(routine.name, retry_after)
+            run = Run(routine_id=_id(routine), trigger_kind=trigger.kind,
+                      triggered_by=trigger.actor, trigger_ref=trigger.ref,
                       prompt=routine.prompt)
+            if trigger.has_payload:
+                rendered = payloads.render(routine.payload_template, trigger.payload)
+                run.prompt = payloads.compose_prompt(routine.prompt, trigger.describe(),
+                                                     rendered)
+                run.payload_hash = payloads.payload_hash(trigger.payload)
             session.add(run)
-            session.flush()
+            try:
+                session.flush()
+            except IntegrityError:  # the same ref, committed a moment ago by another call
+                session.rollback()
+                earlier = self._run_for_ref(session, routine, trigger)
+                assert earlier is not None
+                return Triggered(RunView(earlier, routine), replayed=True)
             session.refresh(run)
             view = RunView(run, routine)
         for listener in self._run_queued_listeners:
             listener()
+        return Triggered(view, replayed=False)
+
+    # API tokens ---------------------------------------------------------------------
+
+    def create_token(self, name: str, token_name: str, actor: str) -> str:
+        """A new token for the routine's API door; the value is returned once, never stored."""
+        if not NAME_RE.match(token_name):
+            raise ValidationFailed({"token": "Name tokens with 2-40 lowercase letters, digits "
+                                             "and dashes."})
+        value = "rt_" + secrets.token_urlsafe(32)
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            session.add(ApiToken(routine_id=_id(routine), name=token_name,
+                                 token_hash=_token_hash(value), created_by=actor))
+            try:
+                session.flush()
+            except IntegrityError:
+                raise ValidationFailed({"token": f"Routine `{routine.name}` already has a "
+                                                 f"token named `{token_name}`."}) from None
+            _audit(session, actor, "token_created", routine.name, token_name)
+        return value
+
+    def list_tokens(self, name: str) -> list[ApiToken]:
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            return list(session.exec(select(ApiToken).where(ApiToken.routine_id == routine.id)
+                                     .order_by(col(ApiToken.name))).all())
+
+    def revoke_token(self, name: str, token_name: str, actor: str) -> None:
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            token = session.exec(select(ApiToken).where(
+                ApiToken.routine_id == routine.id, ApiToken.name == token_name,
+                col(ApiToken.revoked_at).is_(None))).first()
+            if token is None:
+                raise TokenNotFound(routine.name, token_name)
+            token.revoked_at, token.revoked_by = utcnow(), actor
+            _audit(session, actor, "token_revoked", routine.name, token_name)
+
+    def api_trigger(self, name: str, bearer: str, payload: object,
+                    idempotency_key: str | None) -> Triggered:
+        """The API door's rule: a live token of this very routine, then a normal trigger."""
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            token = self._authenticate(session, bearer)
+            if token.routine_id != routine.id:
+                raise InvalidToken()
+        return self.trigger_run(name, Trigger(TriggerKind.API, f"token:{token.name}",
+                                              ref=idempotency_key, payload=payload))
+
+    def api_run(self, run_id: int, bearer: str) -> RunView:
+        """A run, for a token of its routine; another routine's run is simply not found."""
+        with self.db.session() as session:
+            token = self._authenticate(session, bearer)
+        view = self.get_run(run_id)
+        if view.run.routine_id != token.routine_id:
+            raise RunNotFound(run_id)
         return view
 
     def get_run(self, run_id: int) -> RunView:
@@ -267,10 +398,38 @@ class RoutineService:
         return routine
 
     @staticmethod
+    def _run_for_ref(session: Session, routine: Routine, trigger: Trigger) -> Run | None:
+        if trigger.ref is None:
+            return None
+        return session.exec(select(Run).where(
+            Run.routine_id == routine.id, Run.trigger_kind == trigger.kind,
+            Run.trigger_ref == trigger.ref)).first()
+
+    @staticmethod
+    def _authenticate(session: Session, bearer: str) -> ApiToken:
+        token = session.exec(select(ApiToken).where(
+            ApiToken.token_hash == _token_hash(bearer),
+            col(ApiToken.revoked_at).is_(None))).first() if bearer else None
+        if token is None:
+            raise InvalidToken()
+        token.last_used_at = utcnow()
+        return token
+
+    @staticmethod
     def _last_run(session: Session, routine: Routine) -> Run | None:
         return session.exec(
             select(Run).where(Run.routine_id == routine.id).order_by(col(Run.id).desc()).limit(1)
         ).first()
+
+
+def _audit(session: Session, actor: str, action: str, routine: str | None,
+           details: str = "") -> None:
+    session.add(AuditEntry(actor=actor, action=action, routine=routine, details=details))
+
+
+def _token_hash(value: str) -> str:
+    # Tokens are 256-bit random values: a fast hash is enough (no dictionary to guess from).
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def _id(row: Routine | Run) -> int:

@@ -41,6 +41,8 @@ class Settings:
     max_timeout_seconds: int = 4 * 3600
     max_turns: int = 40
     allow_local_repos: bool = False
+    triggers_per_minute: int = 30
+    api_max_body_bytes: int = 256 * 1024
     extra_secrets: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -96,6 +98,8 @@ class Settings:
             default_model=env.get("ROUTINES_DEFAULT_MODEL", cls.default_model),
             max_turns=_int(env, "ROUTINES_MAX_TURNS", cls.max_turns),
             allow_local_repos=env.get("ROUTINES_ALLOW_LOCAL_REPOS", "") in {"1", "true", "yes"},
+            triggers_per_minute=_int(env, "ROUTINES_TRIGGERS_PER_MINUTE", cls.triggers_per_minute),
+            api_max_body_bytes=_int(env, "ROUTINES_API_MAX_BODY_BYTES", cls.api_max_body_bytes),
             extra_secrets=tuple(
                 v for v in env.get("ROUTINES_REDACT", "").split(",") if v.strip()
             ),

@@ -13,7 +13,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import commands
+from bot import commands, trigger
 from bot.errors import RoutinesError, ValidationFailed
 from bot.messages import Messages, escape_mrkdwn
 from bot.routine import RoutineDraft
@@ -66,8 +66,23 @@ class SlackHandlers:
         """The reply to a command other than `create` (runs in a worker thread)."""
         render = self.messages.render
         if parsed.action == "run":
-            view = self.service.trigger_run(parsed.name, user_id)
+            view = self.service.trigger_run(parsed.name, trigger.manual(user_id)).view
             return render("run_queued.json.j2", run=view.run, routine=view.routine)
+        if parsed.action in {"pause", "resume"}:
+            change = (self.service.pause_routine if parsed.action == "pause"
+                      else self.service.resume_routine)
+            return render("routine_paused.json.j2", routine=change(parsed.name, user_id))
+        if parsed.action == "token":
+            value = self.service.create_token(parsed.name, parsed.arg, user_id)
+            return render("token_created.json.j2", routine=parsed.name, token_name=parsed.arg,
+                          value=value, api_url=f"/api/v1/routines/{parsed.name}/runs")
+        if parsed.action == "tokens":
+            return render("token_list.json.j2", routine=parsed.name,
+                          tokens=self.service.list_tokens(parsed.name))
+        if parsed.action == "revoke":
+            self.service.revoke_token(parsed.name, parsed.arg, user_id)
+            return render("error.json.j2", message=f"Token `{parsed.arg}` of `{parsed.name}` "
+                                                   "revoked: it no longer works.")
         if parsed.action == "list":
             return render("routine_list.json.j2", overviews=self.service.list_routines())
         if parsed.action == "status":
@@ -131,5 +146,5 @@ def draft_from_modal(values: dict[str, Any]) -> RoutineDraft:
         name=value("name"), prompt=value("prompt"), repo_url=value("repo_url"),
         channel_id=value("channel_id"), branch=value("branch") or "main",
         setup_script=value("setup_script"), model=value("model"),
-        timeout_seconds=value("timeout_seconds"),
+        timeout_seconds=value("timeout_seconds"), payload_template=value("payload_template"),
     )

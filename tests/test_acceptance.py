@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bot.trigger import manual
 from tests.conftest import RESULTS_CHANNEL, BotFactory
 from tests.slack_requests import FakeSlack, modal_values
 from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool, tool_results
@@ -183,7 +184,7 @@ async def test_a_running_run_whose_container_vanished_is_failed_on_start(
     await create_routine(fake, slack_api, "orphan", "Anything.", git_repo)
     await first.stop()
     # A crash between claiming the run and starting its container.
-    first.service.trigger_run("orphan", "U0ALICE01")
+    first.service.trigger_run("orphan", manual("U0ALICE01"))
     claimed = first.service.claim_next_run()
     assert claimed is not None and claimed.run.status == "running"
 

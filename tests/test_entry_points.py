@@ -17,6 +17,7 @@ from bot.errors import ValidationFailed
 from bot.redaction import Redactor
 from bot.routine import RoutineDraft, RoutineLimits
 from bot.service import RoutineService, ServicePolicy
+from bot.trigger import manual
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +53,7 @@ def test_logs_prints_a_runs_redacted_events(
                              Redactor(["planted-secret-42"]))
     service.create_routine(RoutineDraft(name="demo", prompt="p", repo_url="file:///r",
                                         channel_id="C0123ABC"), "U1")
-    run = service.trigger_run("demo", "U1").run
+    run = service.trigger_run("demo", manual("U1")).view.run
     assert run.id is not None
     service.record_event(run.id, 1, {"type": "tool_output", "output": "planted-secret-42"})
     monkeypatch.setenv("DATABASE_URL", url)
