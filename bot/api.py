@@ -31,17 +31,17 @@ MAX_KEY_CHARS = 200
 def add_api_routes(app: web.Application, service: RoutineService, settings: Settings) -> None:
     async def queue_run(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        body = await _read_limited(request, settings.api_max_body_bytes)
+        body = await read_limited(request, settings.api_max_body_bytes)
         if body is None:
-            return _error(413, "too_large",
+            return refusal_body(413, "too_large",
                           f"body over the {settings.api_max_body_bytes}-byte limit")
         try:
             payload = json.loads(body) if body.strip() else {}
         except ValueError as exc:
-            return _error(400, "invalid_json", f"body is not valid JSON: {exc}")
+            return refusal_body(400, "invalid_json", f"body is not valid JSON: {exc}")
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 0 < len(key) <= MAX_KEY_CHARS:
-            return _error(400, "invalid_idempotency_key",
+            return refusal_body(400, "invalid_idempotency_key",
                           f"Idempotency-Key must be 1-{MAX_KEY_CHARS} characters")
         try:
             triggered = await asyncio.to_thread(
@@ -61,7 +61,7 @@ def add_api_routes(app: web.Application, service: RoutineService, settings: Sett
             run_id = int(request.match_info["run_id"])
             view = await asyncio.to_thread(service.api_run, run_id, _bearer(request))
         except ValueError:
-            return _error(404, "not_found", "no such run")
+            return refusal_body(404, "not_found", "no such run")
         except RoutinesError as exc:
             return _refusal(exc)
         return web.json_response(run_document(view))
@@ -98,11 +98,11 @@ def _refusal(exc: RoutinesError) -> web.Response:
         if isinstance(exc, kind):
             headers = ({"Retry-After": str(exc.retry_after)}
                        if isinstance(exc, RateLimited) else None)
-            return _error(status, code, str(exc), headers)
-    return _error(400, "refused", str(exc))
+            return refusal_body(status, code, str(exc), headers)
+    return refusal_body(400, "refused", str(exc))
 
 
-def _error(status: int, code: str, message: str,
+def refusal_body(status: int, code: str, message: str,
            headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status,
                              headers=headers)
@@ -113,7 +113,7 @@ def _bearer(request: web.Request) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
     """The body, or None past `limit` (checked before reading when the length is declared)."""
     if request.content_length is not None and request.content_length > limit:
         return None

@@ -5,11 +5,19 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-SUBCOMMANDS_WITH_NAME = {"run", "status", "history", "pause", "resume", "tokens"}
-SUBCOMMANDS_WITH_NAME_AND_ARG = {"token": "TOKEN_NAME", "revoke": "TOKEN_NAME"}
-SUBCOMMANDS = (SUBCOMMANDS_WITH_NAME | set(SUBCOMMANDS_WITH_NAME_AND_ARG)
-               | {"create", "list", "help"})
 DEFAULT_TOKEN_NAME = "api"  # noqa: S105 - a label, not a secret
+
+# subcommand -> usage after the subcommand word ("" = takes nothing)
+USAGE = {
+    "create": "", "list": "", "help": "",
+    "run": "NAME", "status": "NAME", "history": "NAME", "pause": "NAME", "resume": "NAME",
+    "tokens": "NAME",
+    "token": "NAME [TOKEN_NAME]",
+    "revoke": "NAME TOKEN_NAME",
+    "github": 'NAME "EVENT[.ACTION] [repo=ORG/REPO] [branch=GLOB] ..." | NAME off',
+    "schedule": 'NAME "CRON or every 5m" [TIMEZONE] | NAME off',
+}
+FREE_TEXT = {"github", "schedule"}  # the rest of the line is one argument
 
 
 @dataclass(frozen=True)
@@ -29,18 +37,20 @@ def parse(text: str) -> Command:
     if not words:
         return Command("help")
     action = words[0].lower()
-    if action not in SUBCOMMANDS:
+    if action not in USAGE:
         return Command("help", problem=f"Unknown subcommand `{words[0]}`.")
-    if action in SUBCOMMANDS_WITH_NAME:
-        if len(words) != 2:
-            return Command("help", problem=f"Usage: `/routine {action} NAME`.")
-        return Command(action, name=words[1].lower())
-    if action in SUBCOMMANDS_WITH_NAME_AND_ARG:
-        arg_name = SUBCOMMANDS_WITH_NAME_AND_ARG[action]
-        optional = action == "token"
-        if not 2 + (not optional) <= len(words) <= 3:
-            shown = f"[{arg_name}]" if optional else arg_name
-            return Command("help", problem=f"Usage: `/routine {action} NAME {shown}`.")
-        arg = words[2].lower() if len(words) == 3 else DEFAULT_TOKEN_NAME
-        return Command(action, name=words[1].lower(), arg=arg)
-    return Command(action)
+    usage = Command("help", problem=f"Usage: `/routine {action} {USAGE[action]}`.".replace(
+        " `.", "`."))
+    rest = words[1:]
+    if not USAGE[action]:
+        return Command(action) if not rest else usage
+    if not rest:
+        return usage
+    name, args = rest[0].lower(), rest[1:]
+    if action in FREE_TEXT:
+        return Command(action, name=name, arg=" ".join(args)) if args else usage
+    if action == "token" and len(args) <= 1:
+        return Command(action, name=name, arg=args[0].lower() if args else DEFAULT_TOKEN_NAME)
+    if action == "revoke" and len(args) == 1:
+        return Command(action, name=name, arg=args[0].lower())
+    return Command(action, name=name) if not args and action not in {"revoke"} else usage

@@ -129,3 +129,15 @@ class AuditEntry(SQLModel, table=True):
     action: str = Field(index=True)
     routine: str | None = Field(default=None, index=True)
     details: str = ""
+
+
+class GitHubSubscription(SQLModel, table=True):
+    """A routine listens to GitHub events matching `spec` (see `bot.github.parse_filter`)."""
+
+    __table_args__ = (UniqueConstraint("routine_id", "spec"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    routine_id: int = Field(foreign_key="routine.id", index=True)
+    spec: str
+    created_by: str
+    created_at: datetime = timestamp_field(required=True)

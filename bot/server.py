@@ -12,14 +12,17 @@ from bot.api import add_api_routes
 from bot.db import Database
 from bot.service import RoutineService
 from bot.settings import Settings
+from bot.webhook import add_webhook_route
 
-MAX_BODY_BYTES = 1024 * 1024  # Slack's payloads are far smaller; refuse anything bigger
+MAX_BODY_BYTES = 1024 * 1024  # Slack's payloads are far smaller (the API and GitHub doors
+# read their bodies themselves, under their own limits)
 
 
 def build_web_app(slack: AsyncApp, db: Database, service: RoutineService,
                   settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     add_api_routes(app, service, settings)
+    add_webhook_route(app, service, settings)
 
     async def slack_events(request: web.Request) -> web.Response:
         bolt_response = await slack.async_dispatch(await to_bolt_request(request))

@@ -19,6 +19,7 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from bot import github
 from bot import payload as payloads
 from bot.db import Database
 from bot.errors import (
@@ -34,6 +35,7 @@ from bot.errors import (
 from bot.models import (
     ApiToken,
     AuditEntry,
+    GitHubSubscription,
     Routine,
     Run,
     RunEvent,
@@ -90,6 +92,16 @@ class ServicePolicy:
             max_turns=settings.max_turns,
             triggers_per_minute=settings.triggers_per_minute,
         )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one GitHub delivery did, routine by routine."""
+
+    event: str
+    fired: list[RunView]
+    duplicates: list[RunView]
+    refused: dict[str, str]  # routine -> why (paused, rate limited, template failed)
 
 
 @dataclass(frozen=True)
@@ -222,6 +234,60 @@ class RoutineService:
         for listener in self._run_queued_listeners:
             listener()
         return Triggered(view, replayed=False)
+
+    # GitHub -------------------------------------------------------------------------
+
+    def subscribe_github(self, name: str, spec: str, actor: str) -> github.EventFilter:
+        """Add an event filter; the spec is stored in canonical form."""
+        wanted = github.parse_filter(spec)
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            session.add(GitHubSubscription(routine_id=_id(routine), spec=wanted.describe(),
+                                           created_by=actor))
+            try:
+                session.flush()
+            except IntegrityError:
+                raise RoutinesError(f"Routine `{routine.name}` already listens to "
+                                    f"`{wanted.describe()}`.") from None
+            _audit(session, actor, "github_subscribed", routine.name, wanted.describe())
+        return wanted
+
+    def unsubscribe_github(self, name: str, actor: str) -> int:
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            rows = session.exec(select(GitHubSubscription).where(
+                GitHubSubscription.routine_id == routine.id)).all()
+            for row in rows:
+                session.delete(row)
+            _audit(session, actor, "github_unsubscribed", routine.name, f"{len(rows)} filters")
+            return len(rows)
+
+    def github_filters(self, name: str) -> list[str]:
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            return list(session.exec(select(GitHubSubscription.spec).where(
+                GitHubSubscription.routine_id == routine.id)).all())
+
+    def github_delivery(self, event_name: str, delivery_id: str, payload: object) -> Delivery:
+        """Fire every routine whose filters match; a redelivered id fires nothing new."""
+        event = github.GitHubEvent.from_payload(event_name, payload)
+        with self.db.session() as session:
+            rows = session.exec(select(Routine.name, GitHubSubscription.spec).join(
+                GitHubSubscription, col(GitHubSubscription.routine_id) == col(Routine.id))).all()
+        filters: dict[str, list[github.EventFilter]] = {}
+        for routine_name, spec in rows:
+            filters.setdefault(routine_name, []).append(github.parse_filter(spec))
+        outcome = Delivery(event.kind, [], [], {})
+        trigger = Trigger(TriggerKind.GITHUB, event.sender or "github", ref=delivery_id,
+                          payload=payload, detail=event.kind)
+        for routine_name in github.routines_to_fire(filters, event):
+            try:
+                triggered = self.trigger_run(routine_name, trigger)
+            except RoutinesError as exc:
+                outcome.refused[routine_name] = str(exc)
+                continue
+            (outcome.duplicates if triggered.replayed else outcome.fired).append(triggered.view)
+        return outcome
 
     # API tokens ---------------------------------------------------------------------
 

@@ -43,6 +43,8 @@ class Settings:
     allow_local_repos: bool = False
     triggers_per_minute: int = 30
     api_max_body_bytes: int = 256 * 1024
+    github_webhook_secret: str = ""
+    github_max_body_bytes: int = 25 * 1024 * 1024  # GitHub's own cap on a delivery
     extra_secrets: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -63,6 +65,7 @@ class Settings:
             self.slack_signing_secret,
             self.slack_app_token,
             self.anthropic_api_key,
+            self.github_webhook_secret,
             *self.extra_secrets,
         )
         return tuple(v for v in values if v)
@@ -100,6 +103,7 @@ class Settings:
             allow_local_repos=env.get("ROUTINES_ALLOW_LOCAL_REPOS", "") in {"1", "true", "yes"},
             triggers_per_minute=_int(env, "ROUTINES_TRIGGERS_PER_MINUTE", cls.triggers_per_minute),
             api_max_body_bytes=_int(env, "ROUTINES_API_MAX_BODY_BYTES", cls.api_max_body_bytes),
+            github_webhook_secret=env.get("GITHUB_WEBHOOK_SECRET", ""),
             extra_secrets=tuple(
                 v for v in env.get("ROUTINES_REDACT", "").split(",") if v.strip()
             ),

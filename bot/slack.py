@@ -64,34 +64,67 @@ class SlackHandlers:
 
     def answer(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         """The reply to a command other than `create` (runs in a worker thread)."""
-        render = self.messages.render
-        if parsed.action == "run":
-            view = self.service.trigger_run(parsed.name, trigger.manual(user_id)).view
-            return render("run_queued.json.j2", run=view.run, routine=view.routine)
-        if parsed.action in {"pause", "resume"}:
-            change = (self.service.pause_routine if parsed.action == "pause"
-                      else self.service.resume_routine)
-            return render("routine_paused.json.j2", routine=change(parsed.name, user_id))
-        if parsed.action == "token":
-            value = self.service.create_token(parsed.name, parsed.arg, user_id)
-            return render("token_created.json.j2", routine=parsed.name, token_name=parsed.arg,
-                          value=value, api_url=f"/api/v1/routines/{parsed.name}/runs")
-        if parsed.action == "tokens":
-            return render("token_list.json.j2", routine=parsed.name,
-                          tokens=self.service.list_tokens(parsed.name))
-        if parsed.action == "revoke":
-            self.service.revoke_token(parsed.name, parsed.arg, user_id)
-            return render("error.json.j2", message=f"Token `{parsed.arg}` of `{parsed.name}` "
-                                                   "revoked: it no longer works.")
-        if parsed.action == "list":
-            return render("routine_list.json.j2", overviews=self.service.list_routines())
-        if parsed.action == "status":
-            return render("routine_status.json.j2",
-                          overview=self.service.routine_overview(parsed.name))
-        if parsed.action == "history":
-            return render("run_history.json.j2", routine=self.service.get_routine(parsed.name),
-                          views=self.service.run_history(parsed.name))
-        return render("help.json.j2", problem=parsed.problem)
+        handler = {
+            "run": self._run, "list": self._list, "status": self._status,
+            "history": self._history, "pause": self._pause, "resume": self._resume,
+            "token": self._token, "tokens": self._tokens, "revoke": self._revoke,
+            "github": self._github,
+        }.get(parsed.action)
+        if handler is None:
+            return self.messages.render("help.json.j2", problem=parsed.problem)
+        return handler(parsed, user_id)
+
+    def _say(self, message: str) -> dict[str, Any]:
+        return self.messages.render("error.json.j2", message=message)
+
+    def _run(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        view = self.service.trigger_run(parsed.name, trigger.manual(user_id)).view
+        return self.messages.render("run_queued.json.j2", run=view.run, routine=view.routine)
+
+    def _list(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        return self.messages.render("routine_list.json.j2",
+                                    overviews=self.service.list_routines())
+
+    def _status(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        return self.messages.render("routine_status.json.j2",
+                                    overview=self.service.routine_overview(parsed.name),
+                                    github=self.service.github_filters(parsed.name))
+
+    def _history(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        return self.messages.render("run_history.json.j2",
+                                    routine=self.service.get_routine(parsed.name),
+                                    views=self.service.run_history(parsed.name))
+
+    def _pause(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        routine = self.service.pause_routine(parsed.name, user_id)
+        return self.messages.render("routine_paused.json.j2", routine=routine)
+
+    def _resume(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        routine = self.service.resume_routine(parsed.name, user_id)
+        return self.messages.render("routine_paused.json.j2", routine=routine)
+
+    def _token(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        value = self.service.create_token(parsed.name, parsed.arg, user_id)
+        return self.messages.render(
+            "token_created.json.j2", routine=parsed.name, token_name=parsed.arg, value=value,
+            api_url=f"/api/v1/routines/{parsed.name}/runs")
+
+    def _tokens(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        return self.messages.render("token_list.json.j2", routine=parsed.name,
+                                    tokens=self.service.list_tokens(parsed.name))
+
+    def _revoke(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        self.service.revoke_token(parsed.name, parsed.arg, user_id)
+        return self._say(f"Token `{parsed.arg}` of `{parsed.name}` revoked: it no longer works.")
+
+    def _github(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        if parsed.arg.lower() == "off":
+            count = self.service.unsubscribe_github(parsed.name, user_id)
+            return self._say(f"`{parsed.name}` no longer listens to GitHub "
+                             f"({count} filters removed).")
+        wanted = self.service.subscribe_github(parsed.name, parsed.arg, user_id)
+        return self._say(f"`{parsed.name}` now runs on GitHub events matching "
+                         f"`{wanted.describe()}`.")
 
     def create_modal(self, channel_id: str) -> dict[str, Any]:
         s = self.settings

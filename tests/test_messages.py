@@ -10,7 +10,7 @@ from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
 from bot.messages import Messages
-from bot.models import Routine, Run, RunStatus, TriggerKind
+from bot.models import ApiToken, Routine, Run, RunStatus, TriggerKind
 from bot.service import RoutineOverview, RunView
 from bot.settings import Settings
 from bot.slack import SlackHandlers
@@ -87,13 +87,25 @@ def test_routine_list_stays_within_fifty_blocks(count: int) -> None:
 
 def test_status_history_help_and_errors_are_valid() -> None:
     check_blocks(messages.render("routine_status.json.j2",
-                                 overview=RoutineOverview(routine(prompt="p" * 20_000), run())))
+                                 overview=RoutineOverview(routine(prompt="p" * 20_000), run()),
+                                 github=["pull_request.opened repo=o/r <&>" * 20] * 50))
+    check_blocks(messages.render("routine_status.json.j2", github=[],
+                                 overview=RoutineOverview(routine(paused_at=NOW), None)))
     check_blocks(messages.render("run_history.json.j2", routine=routine(),
                                  views=[RunView(run(id=i), routine()) for i in range(10)]))
     check_blocks(messages.render("help.json.j2", problem="Unknown subcommand `x`."))
     check_blocks(messages.render("error.json.j2", message="No routine named `x`."))
     check_blocks(messages.render("run_queued.json.j2", run=run(), routine=routine()))
     check_blocks(messages.render("routine_created.json.j2", routine=routine(), actor="U1"))
+    check_blocks(messages.render("routine_paused.json.j2", routine=routine(paused_at=NOW,
+                                                                           paused_by="U1")))
+    check_blocks(messages.render("routine_paused.json.j2", routine=routine()))
+    check_blocks(messages.render("token_created.json.j2", routine="nightly", token_name="ci",
+                                 value="rt_" + "x" * 43, api_url="/api/v1/routines/n/runs"))
+    tokens = [ApiToken(routine_id=1, name=f"t-{i}", token_hash=str(i), created_by="U1",
+                       created_at=NOW, revoked_at=NOW if i % 2 else None) for i in range(60)]
+    check_blocks(messages.render("token_list.json.j2", routine="nightly", tokens=tokens))
+    check_blocks(messages.render("token_list.json.j2", routine="nightly", tokens=[]))
 
 
 def handlers() -> SlackHandlers:

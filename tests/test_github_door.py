@@ -1,0 +1,128 @@
+"""The GitHub door over real HTTP, with GitHub's real payloads, signed as GitHub signs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import aiohttp
+
+from bot.app import Bot
+from tests.conftest import RESULTS_CHANNEL, BotFactory
+from tests.slack_requests import FakeSlack, modal_values
+from tests.test_github import raw
+
+SECRET = "github-webhook-secret-0123456789"
+
+
+def fixture(name: str) -> bytes:
+    return raw(name)
+
+
+async def deliver(bot: Bot, event: str, body: bytes, delivery: str,
+                  secret: str = SECRET, signature: str | None = None,
+                  ) -> tuple[int, dict[str, Any]]:
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/json", "X-GitHub-Event": event,
+               "X-GitHub-Delivery": delivery,
+               "X-Hub-Signature-256": signature if signature is not None else f"sha256={digest}"}
+    async with aiohttp.ClientSession() as session, session.post(
+        f"http://127.0.0.1:{bot.port}/github/webhook", data=body, headers=headers,
+    ) as response:
+        return response.status, await response.json()
+
+
+async def routine_listening(fake: FakeSlack, name: str, spec: str, git_repo: str,
+                            template: str = "") -> None:
+    reply = await fake.submit_view("routine_create", modal_values(
+        name=name, prompt=f"Handle it ({name}).", repo_url=git_repo, branch="main",
+        channel_id=RESULTS_CHANNEL, model="claude-test-1", timeout_seconds="60",
+        payload_template=template))
+    assert reply.status == 200 and reply.text == "", reply.text
+    answer = (await fake.slash(f'github {name} "{spec}"')).json()["text"]
+    assert "now runs on GitHub events matching" in answer, answer
+
+
+async def start(start_bot: BotFactory) -> tuple[Bot, FakeSlack]:
+    return await start_bot(max_concurrent_runs=0, github_webhook_secret=SECRET)
+
+
+async def test_bad_or_missing_signatures_are_refused_and_fire_nothing(
+    start_bot: BotFactory, git_repo: str,
+) -> None:
+    bot, fake = await start(start_bot)
+    await routine_listening(fake, "triage", "pull_request.opened", git_repo)
+    body = fixture("pull_request.opened")
+
+    forged = await deliver(bot, "pull_request", body, "d-1", secret="not-the-secret")
+    missing = await deliver(bot, "pull_request", body, "d-2", signature="")
+    tampered = await deliver(bot, "pull_request", body + b" ", "d-3",
+                             signature="sha256=" + hmac.new(SECRET.encode(), body,
+                                                            hashlib.sha256).hexdigest())
+
+    assert [forged[0], missing[0], tampered[0]] == [401, 401, 401]
+    assert bot.service.run_history("triage") == []
+
+
+async def test_ping_answers_200(start_bot: BotFactory) -> None:
+    bot, _ = await start(start_bot)
+    status, body = await deliver(bot, "ping", fixture("ping"), "d-ping")
+    assert (status, body["ok"]) == (200, True)
+
+
+async def test_one_delivery_fires_every_matching_routine_once(
+    start_bot: BotFactory, git_repo: str,
+) -> None:
+    bot, fake = await start(start_bot)
+    await routine_listening(fake, "triage", "pull_request.opened repo=Codertocat/Hello-World",
+                            git_repo, template="PR: {{ payload.pull_request.title }}")
+    await routine_listening(fake, "reviewer", "pull_request author=codertocat base=master",
+                            git_repo)
+    await routine_listening(fake, "someone-else", "pull_request.opened author=octocat",
+                            git_repo)
+    await routine_listening(fake, "on-push", "push branch=main", git_repo)
+    body = fixture("pull_request.opened")
+
+    status, first = await deliver(bot, "pull_request", body, "delivery-72d3162e")
+    again_status, again = await deliver(bot, "pull_request", body, "delivery-72d3162e")
+
+    assert status == 202
+    assert sorted(f["routine"] for f in first["fired"]) == ["reviewer", "triage"]
+    assert first["event"] == "pull_request.opened"
+    assert (again_status, again["fired"]) == (200, [])
+    assert sorted(d["run_id"] for d in again["duplicate"]) == sorted(
+        f["run_id"] for f in first["fired"])
+    run = bot.service.run_history("triage")[0].run
+    assert (run.trigger_kind, run.triggered_by, run.trigger_ref) == (
+        "github", "Codertocat", "delivery-72d3162e")
+    title = json.loads(body)["pull_request"]["title"]
+    assert f"PR: {title}" in run.prompt and "untrusted-data-" in run.prompt
+    assert bot.service.run_history("someone-else") == []
+    assert bot.service.run_history("on-push") == []
+
+
+async def test_a_paused_routine_is_refused_with_a_clear_body(
+    start_bot: BotFactory, git_repo: str,
+) -> None:
+    bot, fake = await start(start_bot)
+    await routine_listening(fake, "releaser", "release.published", git_repo)
+    await fake.slash("pause releaser")
+
+    status, body = await deliver(bot, "release", fixture("release.published"), "d-rel")
+
+    assert (status, body["error"]) == (409, "refused")
+    assert "is paused" in body["refused"]["releaser"]
+    assert bot.service.run_history("releaser") == []
+
+
+async def test_bad_filters_are_refused_in_slack(start_bot: BotFactory, git_repo: str) -> None:
+    _, fake = await start(start_bot)
+    await routine_listening(fake, "triage", "issues.opened", git_repo)
+
+    answer = (await fake.slash('github triage "push author=me"')).json()["text"]
+    status = json.dumps((await fake.slash("status triage")).json())
+
+    assert "author" in answer and "now runs" not in answer
+    assert "issues.opened" in status
