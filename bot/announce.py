@@ -1,11 +1,11 @@
-"""Posts a finished run's result in its routine's channel."""
+"""Posts what a routine's channel must hear: a finished run, missed scheduled fires."""
 
 from __future__ import annotations
 
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.messages import Messages
-from bot.service import RunView
+from bot.service import MissedFires, RunView
 
 
 class RunAnnouncer:
@@ -16,3 +16,7 @@ class RunAnnouncer:
     async def __call__(self, view: RunView) -> None:
         message = self.messages.render("run_finished.json.j2", view=view)
         await self.client.chat_postMessage(channel=view.routine.channel_id, **message)
+
+    async def missed(self, missed: MissedFires) -> None:
+        message = self.messages.render("schedule_missed.json.j2", missed=missed)
+        await self.client.chat_postMessage(channel=missed.routine.channel_id, **message)

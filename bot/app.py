@@ -16,6 +16,7 @@ from bot.db import Database
 from bot.dispatcher import Dispatcher
 from bot.messages import Messages
 from bot.redaction import Redactor
+from bot.scheduler import Scheduler
 from bot.server import build_web_app
 from bot.service import RoutineService, ServicePolicy
 from bot.settings import Settings
@@ -36,9 +37,11 @@ class Bot:
                                            base_url=settings.slack_api_url)
         self.docker = docker.DockerClient(base_url=settings.docker_host or None)
         self.sandbox = Sandbox(self.docker, _sandbox_config(settings))
-        self.dispatcher = Dispatcher(self.service, self.sandbox,
-                                     RunAnnouncer(self.slack_client, self.messages),
+        announcer = RunAnnouncer(self.slack_client, self.messages)
+        self.dispatcher = Dispatcher(self.service, self.sandbox, announcer,
                                      settings.max_concurrent_runs)
+        self.scheduler = Scheduler(self.service, announcer.missed,
+                                   settings.schedule_grace_seconds)
         self.service.on_run_queued(self.dispatcher.wake)
         self.slack = build_slack_app(settings, self.service, self.messages, self.slack_client)
         self._web: web.AppRunner | None = None
@@ -49,6 +52,7 @@ class Bot:
         await asyncio.to_thread(self.db.create_schema)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.dispatcher.start()
+        await self.scheduler.start()
         web_app = build_web_app(self.slack, self.db, self.service, self.settings)
         self._web = web.AppRunner(web_app, access_log=None)
         await self._web.setup()
@@ -66,6 +70,7 @@ class Bot:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
         if self._web is not None:
             await self._web.cleanup()
+        self.scheduler.stop()
         await self.dispatcher.stop()
         self.docker.close()
         self.db.close()

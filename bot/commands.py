@@ -26,6 +26,7 @@ class Command:
     name: str = ""
     problem: str = ""
     arg: str = ""
+    option: str = ""  # the time zone of `schedule`
 
 
 def parse(text: str) -> Command:
@@ -47,6 +48,9 @@ def parse(text: str) -> Command:
     if not rest:
         return usage
     name, args = rest[0].lower(), rest[1:]
+    if action == "schedule" and args:
+        expression, zone = split_schedule(args)
+        return Command(action, name=name, arg=expression, option=zone)
     if action in FREE_TEXT:
         return Command(action, name=name, arg=" ".join(args)) if args else usage
     if action == "token" and len(args) <= 1:
@@ -54,3 +58,15 @@ def parse(text: str) -> Command:
     if action == "revoke" and len(args) == 1:
         return Command(action, name=name, arg=args[0].lower())
     return Command(action, name=name) if not args and action not in {"revoke"} else usage
+
+
+def split_schedule(args: list[str]) -> tuple[str, str]:
+    """The expression and the optional time zone, quoted (`"0 9 * * 1" Europe/Paris`) or
+    not (`0 9 * * 1 Europe/Paris`, `every 5m UTC`)."""
+    if args[0].lower() in {"every", "@every"}:
+        size = 2
+    elif len(args) >= 5:
+        size = 5
+    else:
+        size = 1
+    return " ".join(args[:size]), " ".join(args[size:])

@@ -53,6 +53,9 @@ class Routine(SQLModel, table=True):
     timeout_seconds: int
     max_turns: int
     payload_template: str = ""
+    schedule: str | None = None  # see bot.schedule.parse_schedule
+    schedule_tz: str = "UTC"
+    last_fire_at: datetime | None = timestamp_field()  # the last scheduled time dealt with
     created_by: str
     created_at: datetime = timestamp_field(required=True)
     paused_at: datetime | None = timestamp_field()

@@ -157,16 +157,20 @@ def trigger_for(schedule: Schedule) -> BaseTrigger:
 
 
 def next_fire_times(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
-    """The next `count` fire times strictly after `after`, as aware datetimes in the zone."""
-    return list(islice(_fires_after(trigger_for(schedule), _aware(after, "after")), count))
+    """The next `count` fire times strictly after `after`, as aware datetimes in the zone.
+
+    To measure time between two of them, convert them to UTC first: Python subtracts two
+    datetimes of the same zone by wall clock, ignoring a daylight-saving change in between.
+    """
+    return list(islice(_fires_after(trigger_for(schedule), _utc(after, "after")), count))
 
 
 def fires_between(schedule: Schedule, start: datetime, end: datetime,
                   limit: int = 1000) -> list[datetime]:
     """Fire times in (start, end], oldest first, at most the first `limit` of them."""
-    _aware(end, "end")
+    end = _utc(end, "end")
     fires: list[datetime] = []
-    for when in _fires_after(trigger_for(schedule), _aware(start, "start")):
+    for when in _fires_after(trigger_for(schedule), _utc(start, "start")):
         if when > end or len(fires) >= limit:
             break
         fires.append(when)
@@ -185,8 +189,8 @@ def catch_up(schedule: Schedule, last_fire: datetime | None, now: datetime,
     `missed` is capped at the latest `CATCH_UP_CAP` fire times (`capped` says so), so a
     routine down for a year does not compute or report half a million fire times.
     """
-    _aware(now, "now")
-    if last_fire is None or _aware(last_fire, "last_fire") >= now:
+    now = _utc(now, "now")
+    if last_fire is None or (last_fire := _utc(last_fire, "last_fire")) >= now:
         return CatchUp(None, ())
     due, dropped = _latest_fires(schedule, last_fire, now, CATCH_UP_CAP + 1)
     if not due:
@@ -243,6 +247,8 @@ class ScheduleRunner:
         A first fire time already past when the job is added still runs if it is within the
         grace period, so `after` closes the gap between a start-up `catch_up` and this call.
         """
+        if not self._started:  # before start, APScheduler's replace_existing keeps both jobs
+            self.remove(name)
         timing: dict[str, Any] = {}
         if after is not None:
             timing["next_run_time"] = next_fire_times(schedule, after, 1)[0]
@@ -252,8 +258,10 @@ class ScheduleRunner:
             misfire_grace_time=self._grace_seconds, **timing)
 
     def remove(self, name: str) -> None:
-        """Stop firing the routine; removing an unknown name does nothing."""
-        self._due.pop(name, None)
+        """Stop firing the routine; removing an unknown name does nothing.
+
+        A fire already submitted still runs: it was due before the removal.
+        """
         with contextlib.suppress(JobLookupError):
             self._scheduler.remove_job(name)
 
@@ -448,7 +456,7 @@ def _latest_fires(schedule: Schedule, after: datetime, until: datetime,
     """
     window = timedelta(minutes=1)
     while True:
-        start = max(after, until - window)
+        start = after if window >= until - after else until - window  # no underflow
         latest: deque[datetime] = deque(maxlen=keep)
         total = 0
         for when in _fires_after(trigger_for(schedule), start):
@@ -462,7 +470,9 @@ def _latest_fires(schedule: Schedule, after: datetime, until: datetime,
         window *= 2
 
 
-def _aware(value: datetime, name: str) -> datetime:
+def _utc(value: datetime, name: str) -> datetime:
+    """An aware datetime in UTC: Python compares and subtracts two datetimes of the same zone
+    by wall clock (a day across a DST change is then 24 h, not 23), and UTC has no DST."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be an aware datetime, got {value!r}")
-    return value
+    return value.astimezone(UTC)

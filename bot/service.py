@@ -19,7 +19,7 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from bot import github
+from bot import github, schedule
 from bot import payload as payloads
 from bot.db import Database
 from bot.errors import (
@@ -70,6 +70,7 @@ class RunView:
 class RoutineOverview:
     routine: Routine
     last_run: Run | None
+    next_fires: tuple[datetime, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class ServicePolicy:
     limits: RoutineLimits
     max_turns: int
     triggers_per_minute: int = 30
+    min_schedule_interval_seconds: int = 60
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServicePolicy:
@@ -91,6 +93,7 @@ class ServicePolicy:
                                  settings.allow_local_repos),
             max_turns=settings.max_turns,
             triggers_per_minute=settings.triggers_per_minute,
+            min_schedule_interval_seconds=settings.min_schedule_interval_seconds,
         )
 
 
@@ -102,6 +105,19 @@ class Delivery:
     fired: list[RunView]
     duplicates: list[RunView]
     refused: dict[str, str]  # routine -> why (paused, rate limited, template failed)
+
+
+@dataclass(frozen=True)
+class MissedFires:
+    """Scheduled times that will not run: said in the routine's channel, never silent."""
+
+    routine: Routine
+    times: tuple[datetime, ...]
+    why: str
+    more: bool = False  # older missed times were left out
+
+
+ScheduleListener = Callable[[str, "schedule.Schedule | None"], None]
 
 
 @dataclass(frozen=True)
@@ -117,10 +133,15 @@ class RoutineService:
         self.redact = redact
         self.rate_limit = SlidingWindow(policy.triggers_per_minute, 60)
         self._run_queued_listeners: list[Callable[[], None]] = []
+        self._schedule_listeners: list[ScheduleListener] = []
 
     def on_run_queued(self, listener: Callable[[], None]) -> None:
         """Called after a run is durably queued (the dispatcher wakes up on it)."""
         self._run_queued_listeners.append(listener)
+
+    def on_schedule_changed(self, listener: ScheduleListener) -> None:
+        """Called after a routine's schedule is saved or removed (the scheduler follows)."""
+        self._schedule_listeners.append(listener)
 
     # Routines ----------------------------------------------------------------------
 
@@ -187,7 +208,12 @@ class RoutineService:
     def routine_overview(self, name: str) -> RoutineOverview:
         with self.db.session() as session:
             routine = self._require(session, name)
-            return RoutineOverview(routine, self._last_run(session, routine))
+            last_run = self._last_run(session, routine)
+        next_fires: tuple[datetime, ...] = ()
+        if routine.schedule and not routine.paused:
+            when = schedule.Schedule(routine.schedule, routine.schedule_tz)
+            next_fires = tuple(schedule.next_fire_times(when, utcnow(), 3))
+        return RoutineOverview(routine, last_run, next_fires)
 
     def run_history(self, name: str, limit: int = 10) -> list[RunView]:
         routine = self.get_routine(name)
@@ -234,6 +260,82 @@ class RoutineService:
         for listener in self._run_queued_listeners:
             listener()
         return Triggered(view, replayed=False)
+
+    # Schedules ----------------------------------------------------------------------
+
+    def set_schedule(self, name: str, expression: str, timezone: str,
+                     actor: str) -> tuple[Routine, schedule.Schedule]:
+        """Validate and save; fires before now are not owed (the schedule starts now)."""
+        when = schedule.parse_schedule(expression, timezone or "UTC",
+                                       self.policy.min_schedule_interval_seconds)
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            routine.schedule, routine.schedule_tz = when.expression, when.timezone
+            routine.last_fire_at = utcnow()
+            _audit(session, actor, "schedule_set", routine.name,
+                   f"{when.expression} ({when.timezone})")
+        for listener in self._schedule_listeners:
+            listener(routine.name, when)
+        return routine, when
+
+    def clear_schedule(self, name: str, actor: str) -> Routine:
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            if routine.schedule is None:
+                raise RoutinesError(f"Routine `{routine.name}` has no schedule.")
+            routine.schedule = None
+            _audit(session, actor, "schedule_cleared", routine.name)
+        for listener in self._schedule_listeners:
+            listener(routine.name, None)
+        return routine
+
+    def schedules(self) -> dict[str, schedule.Schedule]:
+        """Every saved schedule: the scheduler is rebuilt from these at start-up."""
+        with self.db.session() as session:
+            rows = session.exec(select(Routine).where(col(Routine.schedule).is_not(None))).all()
+        return {r.name: schedule.Schedule(r.schedule or "", r.schedule_tz) for r in rows}
+
+    def schedule_fired(self, name: str, scheduled_for: datetime) -> Triggered | None:
+        """A scheduled time came: queue a run, unless the routine is paused (then skip).
+
+        The scheduled time is the run's reference, so the same time never runs twice."""
+        self._advance_schedule(name, scheduled_for)
+        try:
+            return self.trigger_run(name, Trigger(TriggerKind.SCHEDULE, "schedule",
+                                                  ref=scheduled_for.isoformat()))
+        except RoutinePaused:
+            return None
+
+    def schedule_missed(self, name: str, times: tuple[datetime, ...], why: str,
+                        more: bool = False) -> MissedFires:
+        """Scheduled times that will not run: recorded, and returned to be announced."""
+        routine = self._advance_schedule(name, times[-1], missed=times)
+        return MissedFires(routine, times, why, more)
+
+    def catch_up_schedules(self, now: datetime, grace_seconds: int) -> list[MissedFires]:
+        """At start-up: at most one run per routine for fires missed while the bot was down
+        (within the grace period); every other missed fire is returned to be announced."""
+        missed: list[MissedFires] = []
+        for name, when in self.schedules().items():
+            last = self.get_routine(name).last_fire_at
+            decision = schedule.catch_up(when, last and _aware(last), now, grace_seconds)
+            if decision.missed:
+                missed.append(self.schedule_missed(name, decision.missed,
+                                                   "the bot was not running", decision.capped))
+            if decision.run_for is not None:
+                self.schedule_fired(name, decision.run_for)
+        return missed
+
+    def _advance_schedule(self, name: str, scheduled_for: datetime,
+                          missed: tuple[datetime, ...] = ()) -> Routine:
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            last = _aware(routine.last_fire_at) if routine.last_fire_at else scheduled_for
+            routine.last_fire_at = max(last, scheduled_for)
+            if missed:
+                _audit(session, "schedule", "schedule_missed", routine.name,
+                       f"{len(missed)} fire(s), last {missed[-1].isoformat()}")
+            return routine
 
     # GitHub -------------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ class Settings:
     triggers_per_minute: int = 30
     api_max_body_bytes: int = 256 * 1024
     github_webhook_secret: str = ""
+    min_schedule_interval_seconds: int = 60
+    schedule_grace_seconds: int = 300
     github_max_body_bytes: int = 25 * 1024 * 1024  # GitHub's own cap on a delivery
     extra_secrets: tuple[str, ...] = field(default_factory=tuple)
 
@@ -104,6 +106,10 @@ class Settings:
             triggers_per_minute=_int(env, "ROUTINES_TRIGGERS_PER_MINUTE", cls.triggers_per_minute),
             api_max_body_bytes=_int(env, "ROUTINES_API_MAX_BODY_BYTES", cls.api_max_body_bytes),
             github_webhook_secret=env.get("GITHUB_WEBHOOK_SECRET", ""),
+            min_schedule_interval_seconds=_int(env, "ROUTINES_MIN_INTERVAL_SECONDS",
+                                               cls.min_schedule_interval_seconds),
+            schedule_grace_seconds=_int(env, "ROUTINES_SCHEDULE_GRACE_SECONDS",
+                                        cls.schedule_grace_seconds),
             extra_secrets=tuple(
                 v for v in env.get("ROUTINES_REDACT", "").split(",") if v.strip()
             ),

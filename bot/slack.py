@@ -68,7 +68,7 @@ class SlackHandlers:
             "run": self._run, "list": self._list, "status": self._status,
             "history": self._history, "pause": self._pause, "resume": self._resume,
             "token": self._token, "tokens": self._tokens, "revoke": self._revoke,
-            "github": self._github,
+            "github": self._github, "schedule": self._schedule,
         }.get(parsed.action)
         if handler is None:
             return self.messages.render("help.json.j2", problem=parsed.problem)
@@ -116,6 +116,14 @@ class SlackHandlers:
     def _revoke(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         self.service.revoke_token(parsed.name, parsed.arg, user_id)
         return self._say(f"Token `{parsed.arg}` of `{parsed.name}` revoked: it no longer works.")
+
+    def _schedule(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        if parsed.arg.lower() == "off":
+            self.service.clear_schedule(parsed.name, user_id)
+            return self._say(f"`{parsed.name}` no longer runs on a schedule.")
+        self.service.set_schedule(parsed.name, parsed.arg, parsed.option, user_id)
+        return self.messages.render("routine_status.json.j2", github=[],
+                                    overview=self.service.routine_overview(parsed.name))
 
     def _github(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         if parsed.arg.lower() == "off":
