@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, replace
 
 from bot.payload import template_error
+from bot.schedule import ScheduleError, parse_schedule
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{1,99}$")
@@ -31,6 +32,8 @@ class RoutineDraft:
     model: str = ""
     timeout_seconds: int | str = ""
     payload_template: str = ""
+    schedule: str = ""
+    schedule_tz: str = ""
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,15 @@ class RoutineLimits:
     min_timeout: int
     max_timeout: int
     allow_local_repos: bool
+    min_schedule_interval: int = 60
 
 
 def normalized(draft: RoutineDraft) -> RoutineDraft:
     """Trim what users paste with stray spaces; the prompt and script keep their layout."""
     return replace(draft, name=draft.name.strip().lower(), repo_url=draft.repo_url.strip(),
                    channel_id=draft.channel_id.strip(), branch=draft.branch.strip() or "main",
-                   model=draft.model.strip(), timeout_seconds=str(draft.timeout_seconds).strip())
+                   model=draft.model.strip(), timeout_seconds=str(draft.timeout_seconds).strip(),
+                   schedule=draft.schedule.strip(), schedule_tz=draft.schedule_tz.strip())
 
 
 def validate(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, str]:
@@ -63,8 +68,24 @@ def validate(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, str]:
             "Not a model id (for example claude-sonnet-4-5)."),
         "timeout_seconds": _timeout_error(draft.timeout_seconds, limits),
         "payload_template": template_error(draft.payload_template),
+        **_schedule_errors(draft, limits),
     }
     return {field: why for field, why in problems.items() if why}
+
+
+def _schedule_errors(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, str | None]:
+    """A bad time zone is said on its own field, anything else on the schedule."""
+    if not draft.schedule:
+        return {}
+    try:
+        parse_schedule("every 1d", draft.schedule_tz or "UTC")
+    except ScheduleError as exc:
+        return {"schedule_tz": str(exc)}
+    try:
+        parse_schedule(draft.schedule, draft.schedule_tz or "UTC", limits.min_schedule_interval)
+    except ScheduleError as exc:
+        return {"schedule": str(exc)}
+    return {}
 
 
 def _prompt_error(prompt: str) -> str | None:

@@ -82,7 +82,6 @@ class ServicePolicy:
     limits: RoutineLimits
     max_turns: int
     triggers_per_minute: int = 30
-    min_schedule_interval_seconds: int = 60
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServicePolicy:
@@ -90,10 +89,10 @@ class ServicePolicy:
             default_model=settings.default_model,
             default_timeout_seconds=settings.default_timeout_seconds,
             limits=RoutineLimits(settings.min_timeout_seconds, settings.max_timeout_seconds,
-                                 settings.allow_local_repos),
+                                 settings.allow_local_repos,
+                                 settings.min_schedule_interval_seconds),
             max_turns=settings.max_turns,
             triggers_per_minute=settings.triggers_per_minute,
-            min_schedule_interval_seconds=settings.min_schedule_interval_seconds,
         )
 
 
@@ -166,6 +165,11 @@ class RoutineService:
                 payload_template=draft.payload_template,
                 created_by=actor,
             )
+            if draft.schedule:
+                when = schedule.parse_schedule(draft.schedule, draft.schedule_tz or "UTC",
+                                               self.policy.limits.min_schedule_interval)
+                routine.schedule, routine.schedule_tz = when.expression, when.timezone
+                routine.last_fire_at = utcnow()
             session.add(routine)
             try:
                 session.flush()
@@ -174,7 +178,10 @@ class RoutineService:
                     {"name": f"A routine named `{draft.name}` already exists."}) from None
             session.refresh(routine)
             _audit(session, actor, "create", routine.name, f"repo {routine.repo_url}")
-            return routine
+        if routine.schedule:
+            for listener in self._schedule_listeners:
+                listener(routine.name, schedule.Schedule(routine.schedule, routine.schedule_tz))
+        return routine
 
     def pause_routine(self, name: str, actor: str) -> Routine:
         """Hold every trigger of the routine (schedules skip, doors refuse) until resumed."""
@@ -267,7 +274,7 @@ class RoutineService:
                      actor: str) -> tuple[Routine, schedule.Schedule]:
         """Validate and save; fires before now are not owed (the schedule starts now)."""
         when = schedule.parse_schedule(expression, timezone or "UTC",
-                                       self.policy.min_schedule_interval_seconds)
+                                       self.policy.limits.min_schedule_interval)
         with self.db.session() as session:
             routine = self._require(session, name)
             routine.schedule, routine.schedule_tz = when.expression, when.timezone

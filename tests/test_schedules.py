@@ -133,3 +133,26 @@ async def test_schedules_survive_a_restart(start_bot: BotFactory, git_repo: str)
 
     await wait_for_runs(second, len(schedule_runs(second)) + 2)
     assert "every 1s" in json.dumps((await fake.slash("status tick")).json())
+
+
+async def test_the_create_form_takes_a_schedule_and_checks_it_inline(
+    start_bot: BotFactory, git_repo: str,
+) -> None:
+    bot, fake = await start_bot(max_concurrent_runs=0, min_schedule_interval_seconds=1)
+    fields = dict(name="formed", prompt="Tick.", repo_url=git_repo, branch="main",
+                  channel_id=RESULTS_CHANNEL, model="claude-test-1", timeout_seconds="60")
+
+    bad = await fake.submit_view("routine_create", modal_values(
+        **fields, schedule="every 1s", schedule_tz="Nowhere/Atlantis"))
+    worse = await fake.submit_view("routine_create", modal_values(
+        **fields, schedule="* * *", schedule_tz="Europe/Paris"))
+    good = await fake.submit_view("routine_create", modal_values(
+        **fields, schedule="every 1s", schedule_tz="Europe/Paris"))
+
+    assert list(bad.json()["errors"]) == ["schedule_tz"]
+    assert list(worse.json()["errors"]) == ["schedule"]
+    assert good.status == 200 and good.text == ""
+    deadline = time.monotonic() + 10
+    while not [v for v in bot.service.run_history("formed") if v.run.trigger_kind == "schedule"]:
+        assert time.monotonic() < deadline, "the schedule from the form never fired"
+        await asyncio.sleep(0.1)
