@@ -10,6 +10,7 @@ The payload comes from outside (an API caller, a GitHub event), so:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -43,9 +44,14 @@ def template_error(template: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(template: str) -> jinja2.Template:
+    return _env.from_string(template)
+
+
 def render(template: str, payload: Any) -> str:
     try:
-        text = _env.from_string(template or DEFAULT_TEMPLATE).render(payload=payload)
+        text = _compiled(template or DEFAULT_TEMPLATE).render(payload=payload)
     except jinja2.exceptions.SecurityError as exc:
         raise PayloadRejected(f"template refused by the sandbox: {exc}") from None
     except jinja2.TemplateError as exc:

@@ -237,36 +237,40 @@ class RoutineService:
         """Queue a run, whichever door it came through. Written before this returns, so an
         acknowledgement never lies; a repeated `trigger.ref` returns the first run."""
         with self.db.session() as session:
-            routine = self._require(session, name)
-            if routine.paused:
-                raise RoutinePaused(routine.name, routine.paused_by)
+            triggered = self._trigger(session, self._require(session, name), trigger)
+        self._queued(triggered)
+        return triggered
+
+    def _trigger(self, session: Session, routine: Routine, trigger: Trigger) -> Triggered:
+        """The rules of every trigger, inside the caller's unit of work (one commit)."""
+        if routine.paused:
+            raise RoutinePaused(routine.name, routine.paused_by)
+        earlier = self._run_for_ref(session, routine, trigger)
+        if earlier is not None:
+            return Triggered(RunView(earlier, routine), replayed=True)
+        retry_after = self.rate_limit.hit(routine.name)
+        if retry_after is not None:
+            raise RateLimited(routine.name, retry_after)
+        run = Run(routine_id=_id(routine), trigger_kind=trigger.kind,
+                  triggered_by=trigger.actor, trigger_ref=trigger.ref, prompt=routine.prompt)
+        if trigger.has_payload:
+            rendered = payloads.render(routine.payload_template, trigger.payload)
+            run.prompt = payloads.compose_prompt(routine.prompt, trigger.describe(), rendered)
+            run.payload_hash = payloads.payload_hash(trigger.payload)
+        session.add(run)
+        try:
+            session.flush()  # assigns the id; the row's other values are already known
+        except IntegrityError:  # the same ref, committed a moment ago by another call
+            session.rollback()
             earlier = self._run_for_ref(session, routine, trigger)
-            if earlier is not None:
-                return Triggered(RunView(earlier, routine), replayed=True)
-            retry_after = self.rate_limit.hit(routine.name)
-            if retry_after is not None:
-                raise RateLimited(routine.name, retry_after)
-            run = Run(routine_id=_id(routine), trigger_kind=trigger.kind,
-                      triggered_by=trigger.actor, trigger_ref=trigger.ref,
-                      prompt=routine.prompt)
-            if trigger.has_payload:
-                rendered = payloads.render(routine.payload_template, trigger.payload)
-                run.prompt = payloads.compose_prompt(routine.prompt, trigger.describe(),
-                                                     rendered)
-                run.payload_hash = payloads.payload_hash(trigger.payload)
-            session.add(run)
-            try:
-                session.flush()
-            except IntegrityError:  # the same ref, committed a moment ago by another call
-                session.rollback()
-                earlier = self._run_for_ref(session, routine, trigger)
-                assert earlier is not None
-                return Triggered(RunView(earlier, routine), replayed=True)
-            session.refresh(run)
-            view = RunView(run, routine)
-        for listener in self._run_queued_listeners:
-            listener()
-        return Triggered(view, replayed=False)
+            assert earlier is not None
+            return Triggered(RunView(earlier, routine), replayed=True)
+        return Triggered(RunView(run, routine), replayed=False)
+
+    def _queued(self, triggered: Triggered) -> None:
+        if not triggered.replayed:
+            for listener in self._run_queued_listeners:
+                listener()
 
     # Schedules ----------------------------------------------------------------------
 
@@ -437,14 +441,20 @@ class RoutineService:
 
     def api_trigger(self, name: str, bearer: str, payload: object,
                     idempotency_key: str | None) -> Triggered:
-        """The API door's rule: a live token of this very routine, then a normal trigger."""
+        """The API door's rule: a live token of this very routine, then a normal trigger,
+        all in one unit of work (the token's last use is written with the run)."""
         with self.db.session() as session:
             routine = self._require(session, name)
             token = self._authenticate(session, bearer)
             if token.routine_id != routine.id:
                 raise InvalidToken()
-        return self.trigger_run(name, Trigger(TriggerKind.API, f"token:{token.name}",
-                                              ref=idempotency_key, payload=payload))
+            token_id, token_name = token.id, token.name
+            triggered = self._trigger(session, routine, Trigger(
+                TriggerKind.API, f"token:{token_name}", ref=idempotency_key, payload=payload))
+            session.execute(update(ApiToken).where(col(ApiToken.id) == token_id)
+                            .values(last_used_at=utcnow()))
+        self._queued(triggered)
+        return triggered
 
     def api_run(self, run_id: int, bearer: str) -> RunView:
         """A run, for a token of its routine; another routine's run is simply not found."""
@@ -587,7 +597,6 @@ class RoutineService:
             col(ApiToken.revoked_at).is_(None))).first() if bearer else None
         if token is None:
             raise InvalidToken()
-        token.last_used_at = utcnow()
         return token
 
     @staticmethod

@@ -1,0 +1,528 @@
+"""Trigger throughput of the API door, and fire lateness of 1,000 schedules due together.
+
+What it measures:
+
+* API trigger throughput: requests per second that the bot answers 202 *and* records
+  durably. The bot runs in-process on loopback with `max_concurrent_runs=0`, so runs are
+  queued and never executed: what is timed is the door (`POST /api/v1/routines/NAME/runs`
+  with a bearer token, a JSON body and a unique `Idempotency-Key`) plus the database write.
+  `--requests N` requests go out from one aiohttp ClientSession, `--concurrency C` in
+  flight, after a short untimed warm-up. Every answer must be 202, and once the bot has
+  stopped a fresh database connection must find exactly N timed runs: "recorded" is
+  checked, not assumed. Measured on SQLite (a file in a temp dir), and also on PostgreSQL
+  when `DATABASE_URL` is a PostgreSQL URL: a scratch database is created on that server for
+  the run and dropped at the end (the URL's own database is not touched).
+* Baseline, in the same process run: a bare aiohttp handler that reads the body and
+  answers 202, hit by the same client code with the same N and concurrency. Both rates
+  and the ratio (bot / bare) are printed. The client shares the process and event loop
+  with the server in both cases, so the ratio compares like with like.
+* Fire lateness: a fresh bot on SQLite gets 1,000 routines scheduled `* * * * *`, all due
+  at the same minute boundary. Lateness of each fire = the run's `queued_at` minus its
+  scheduled time (the run's `trigger_ref`). Prints count, p50, p99 and max; if fewer than
+  1,000 runs were queued within 120 s of the boundary, it says how many.
+
+Everything is local: the bot, a Slack API stand-in and the bare server listen on
+127.0.0.1; PostgreSQL only if `DATABASE_URL` points at one. Docker must be reachable (the
+bot opens a client at start-up) but no container is started.
+
+Run from the repository root:
+
+    python bench/trigger_throughput.py
+    DATABASE_URL=postgresql+psycopg://USER:PASSWORD@127.0.0.1:5432/postgres \\
+        python bench/trigger_throughput.py
+
+Options: `--requests N` (default 2000), `--concurrency C` (default 32), `--skip-lateness`
+(the lateness part waits for a minute boundary: up to about two minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import aiohttp  # noqa: E402
+import docker.errors  # noqa: E402
+import sqlalchemy  # noqa: E402
+from aiohttp import web  # noqa: E402
+from sqlalchemy.engine import Connection, make_url  # noqa: E402
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError  # noqa: E402
+from sqlmodel import col, func, select  # noqa: E402
+
+from bot.app import Bot  # noqa: E402
+from bot.models import AuditEntry, Run, TriggerKind, utcnow  # noqa: E402
+from bot.routine import RoutineDraft  # noqa: E402
+from bot.service import RoutineService  # noqa: E402
+from bot.settings import Settings  # noqa: E402
+from tests.standins.environment import local_settings  # noqa: E402
+from tests.standins.slack_api import SlackApiStandIn  # noqa: E402
+
+DEFAULT_REQUESTS = 2000
+DEFAULT_CONCURRENCY = 32
+WARMUP_REQUESTS = 50
+ROUTINE = "bench-trigger"
+TOKEN_NAME = "bench"
+ACTOR = "UBENCH0001"
+RESULTS_CHANNEL = "C0RESULTS1"
+# Runs are never executed (max_concurrent_runs=0): nothing ever calls this address.
+NO_ANTHROPIC = "http://127.0.0.1:9"
+SCHEDULES = 1000
+EVERY_MINUTE = "* * * * *"
+LATENESS_TIMEOUT = 120.0  # seconds after the boundary to wait for every fire
+BOUNDARY_MARGIN = 5.0  # seconds: a boundary closer than this after set-up is skipped
+REQUEST_TIMEOUT = 60.0
+TIMED_PREFIX = "timed-"
+
+
+class BenchError(Exception):
+    """The benchmark could not run; the message says why."""
+
+
+@dataclass
+class Batch:
+    """One timed batch of POSTs against one target."""
+
+    label: str
+    requests: int
+    seconds: float
+    statuses: Counter[int]  # 0 counts transport errors (no HTTP answer)
+    recorded: int | None = None  # timed runs a fresh connection found (None: not the bot)
+    total_runs: int | None = None
+    durability: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def accepted(self) -> int:
+        return self.statuses[202]
+
+    @property
+    def ok(self) -> bool:
+        return self.accepted == self.requests and self.recorded in (None, self.requests)
+
+
+@dataclass
+class Lateness:
+    """The fires of the `SCHEDULES` routines at one minute boundary."""
+
+    due: datetime
+    routines: int
+    setup_seconds: float
+    jobs: int  # scheduler jobs in place before the boundary
+    late_seconds: list[float] = field(default_factory=list)  # sorted
+    other_fires: int = 0  # scheduled runs for another time (a boundary crossed in set-up)
+    missed: int = 0  # fires the scheduler reported missed (audit entries)
+
+    @property
+    def ok(self) -> bool:
+        return len(self.late_seconds) == self.routines
+
+
+# The client, the same for every target ---------------------------------------------------
+
+
+def client_session(concurrency: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency),
+        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+
+
+async def post_batch(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                     requests: int, concurrency: int, key_prefix: str) -> Counter[int]:
+    """POST `requests` JSON bodies, `concurrency` in flight, each with its own key."""
+    statuses: Counter[int] = Counter()
+    indexes = iter(range(requests))  # shared by the workers: one loop, no lock needed
+
+    async def worker() -> None:
+        for index in indexes:
+            try:
+                async with session.post(url, json={"n": index}, headers={
+                        **headers, "Idempotency-Key": f"{key_prefix}{index}"}) as reply:
+                    await reply.read()
+                    statuses[reply.status] += 1
+            except (aiohttp.ClientError, TimeoutError):
+                statuses[0] += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+async def measure(label: str, url: str, headers: dict[str, str], requests: int,
+                  concurrency: int) -> Batch:
+    """An untimed warm-up (connections, caches), then the timed batch."""
+    async with client_session(concurrency) as session:
+        warmup = await post_batch(session, url, headers, min(WARMUP_REQUESTS, requests),
+                                  concurrency, "warmup-")
+        if set(warmup) != {202}:
+            raise BenchError(f"{label}: warm-up answers were {dict(warmup)}, not all 202")
+        t0 = time.monotonic()
+        statuses = await post_batch(session, url, headers, requests, concurrency,
+                                    TIMED_PREFIX)
+        seconds = time.monotonic() - t0
+    print(f"  {label}: {requests} requests in {seconds:.3f}s", file=sys.stderr, flush=True)
+    return Batch(label, requests, seconds, statuses)
+
+
+# The baseline: a bare aiohttp handler ----------------------------------------------------
+
+
+async def bench_bare(requests: int, concurrency: int) -> Batch:
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"ok": True}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/routines/{name}/runs", accept)
+    runner = web.AppRunner(app, access_log=None)  # as the bot's own server
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        return await measure("bare aiohttp", f"http://127.0.0.1:{port}/api/v1/routines/"
+                             f"{ROUTINE}/runs", {"Authorization": "Bearer none"},
+                             requests, concurrency)
+    finally:
+        await runner.cleanup()
+
+
+# The bot ---------------------------------------------------------------------------------
+
+
+def bot_settings(tmp: Path, slack_url: str, database_url: str, **overrides: object) -> Settings:
+    return local_settings(tmp, slack_url, NO_ANTHROPIC, database_url=database_url,
+                          data_dir=tmp / "data", max_concurrent_runs=0, **overrides)
+
+
+def make_bot(settings: Settings) -> Bot:
+    try:
+        return Bot(settings)
+    except docker.errors.DockerException as exc:
+        raise BenchError(f"the bot needs a reachable Docker engine at start-up ({exc}); "
+                         "no container is started") from None
+
+
+def draft(name: str, tmp: Path) -> RoutineDraft:
+    # allow_local_repos is on in local settings; the repository is never cloned.
+    return RoutineDraft(name=name, prompt="Benchmark routine: never executed.",
+                        repo_url=f"file://{tmp / 'repo'}", channel_id=RESULTS_CHANNEL)
+
+
+def create_api_routine(service: RoutineService, tmp: Path) -> str:
+    service.create_routine(draft(ROUTINE, tmp), ACTOR)
+    return service.create_token(ROUTINE, TOKEN_NAME, ACTOR)
+
+
+async def bench_bot_door(label: str, database_url: str, tmp: Path, requests: int,
+                         concurrency: int) -> Batch:
+    """The bot's API door on `database_url`, one routine, one token."""
+    slack_api = SlackApiStandIn()
+    bot: Bot | None = None
+    try:
+        await slack_api.start()
+        bot = make_bot(bot_settings(tmp, slack_api.url, database_url,
+                                    triggers_per_minute=10**9))
+        await bot.start()
+        token = await asyncio.to_thread(create_api_routine, bot.service, tmp)
+        url = f"http://127.0.0.1:{bot.port}/api/v1/routines/{ROUTINE}/runs"
+        return await measure(label, url, {"Authorization": f"Bearer {token}"}, requests,
+                             concurrency)
+    finally:
+        if bot is not None:
+            await bot.stop()
+        await slack_api.stop()
+
+
+def check_recorded(batch: Batch, database_url: str) -> None:
+    """Count the runs through a fresh connection, after the bot has stopped."""
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            batch.recorded = int(conn.execute(sqlalchemy.text(
+                "SELECT count(*) FROM run WHERE trigger_ref LIKE :prefix"),
+                {"prefix": f"{TIMED_PREFIX}%"}).scalar_one())
+            batch.total_runs = int(conn.execute(sqlalchemy.text(
+                "SELECT count(*) FROM run")).scalar_one())
+            batch.durability = durability(conn)
+    finally:
+        engine.dispose()
+
+
+def durability(conn: Connection) -> str:
+    """The settings that decide whether a commit has reached the disk."""
+    def show(statement: str) -> str:
+        return str(conn.exec_driver_sql(statement).scalar_one())
+
+    if conn.dialect.name == "sqlite":
+        levels = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
+        sync = show("PRAGMA synchronous")
+        return f"journal_mode={show('PRAGMA journal_mode')} synchronous={levels.get(sync, sync)}"
+    return (f"synchronous_commit={show('SHOW synchronous_commit')} fsync={show('SHOW fsync')} "
+            f"server {show('SHOW server_version')}")
+
+
+def bot_batch(label: str, database_url: str, tmp: Path, args: argparse.Namespace) -> Batch:
+    tmp.mkdir(parents=True, exist_ok=True)
+    batch = asyncio.run(bench_bot_door(label, database_url, tmp, args.requests,
+                                       args.concurrency))
+    check_recorded(batch, database_url)
+    return batch
+
+
+def postgres_admin_url() -> str | None:
+    """`DATABASE_URL` when it is a PostgreSQL URL; None (SQLite only) otherwise."""
+    raw = os.environ.get("DATABASE_URL", "").strip()
+    if not raw:
+        return None
+    try:
+        backend = make_url(raw).get_backend_name()
+    except ArgumentError:
+        raise BenchError("DATABASE_URL is not a database URL") from None
+    if backend != "postgresql":
+        print(f"note: DATABASE_URL is a {backend} URL, not PostgreSQL: measuring SQLite only",
+              file=sys.stderr)
+        return None
+    return raw
+
+
+@contextmanager
+def scratch_postgres(admin_url: str) -> Iterator[str]:
+    """A fresh database on the server `admin_url` names, dropped afterwards."""
+    name = f"routines_bench_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        except SQLAlchemyError as exc:
+            raise BenchError(f"cannot create a scratch database on "
+                             f"{make_url(admin_url).render_as_string()}: {exc}") from None
+        try:
+            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        engine.dispose()
+
+
+# Fire lateness ---------------------------------------------------------------------------
+
+
+def create_scheduled_routines(service: RoutineService, tmp: Path, count: int) -> None:
+    for index in range(count):
+        name = f"late-{index:04d}"
+        service.create_routine(draft(name, tmp), ACTOR)
+        service.set_schedule(name, EVERY_MINUTE, "UTC", ACTOR)
+
+
+def next_boundary(after: datetime) -> datetime:
+    """The first whole minute strictly after `after`."""
+    return after.replace(second=0, microsecond=0) + timedelta(minutes=1)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def scheduled_runs(bot: Bot) -> list[tuple[str | None, datetime]]:
+    with bot.db.session() as session:
+        return [(ref, queued) for ref, queued in session.exec(
+            select(Run.trigger_ref, Run.queued_at)
+            .where(Run.trigger_kind == TriggerKind.SCHEDULE)).all()]
+
+
+def fires_for(bot: Bot, ref: str) -> int:
+    with bot.db.session() as session:
+        return int(session.exec(select(func.count()).select_from(Run).where(
+            Run.trigger_kind == TriggerKind.SCHEDULE, Run.trigger_ref == ref)).one())
+
+
+def missed_fires(bot: Bot) -> int:
+    with bot.db.session() as session:
+        return int(session.exec(select(func.count()).select_from(AuditEntry).where(
+            col(AuditEntry.action) == "schedule_missed")).one())
+
+
+async def wait_for_fires(bot: Bot, due: datetime, count: int) -> None:
+    """Sleep to the boundary, then poll until `count` runs are queued for it, or time out."""
+    await asyncio.sleep(max(0.0, (due - utcnow()).total_seconds()))
+    deadline = due + timedelta(seconds=LATENESS_TIMEOUT)
+    fired = 0
+    while utcnow() < deadline:
+        fired = await asyncio.to_thread(fires_for, bot, due.isoformat())
+        if fired >= count:
+            return
+        await asyncio.sleep(0.25)
+    print(f"  lateness: only {fired} of {count} fires after {LATENESS_TIMEOUT:.0f}s",
+          file=sys.stderr, flush=True)
+
+
+def collect_lateness(result: Lateness, rows: list[tuple[str | None, datetime]]) -> None:
+    late: list[float] = []
+    for ref, queued in rows:
+        try:
+            scheduled = as_utc(datetime.fromisoformat(ref or ""))
+        except ValueError:
+            result.other_fires += 1
+            continue
+        if scheduled != result.due:
+            result.other_fires += 1
+            continue
+        late.append((as_utc(queued) - scheduled).total_seconds())
+    result.late_seconds = sorted(late)
+
+
+async def bench_lateness(tmp: Path, count: int) -> Lateness:
+    slack_api = SlackApiStandIn()
+    bot: Bot | None = None
+    try:
+        await slack_api.start()
+        bot = make_bot(bot_settings(tmp, slack_api.url, f"sqlite:///{tmp / 'routines.db'}",
+                                    min_schedule_interval_seconds=60))
+        await bot.start()
+        t0 = time.monotonic()
+        await asyncio.to_thread(create_scheduled_routines, bot.service, tmp, count)
+        setup_seconds = time.monotonic() - t0
+        await asyncio.sleep(0.1)  # the scheduler applies saved schedules on the loop
+        due = next_boundary(utcnow() + timedelta(seconds=BOUNDARY_MARGIN))
+        result = Lateness(due, count, setup_seconds, len(bot.scheduler.runner.names()))
+        print(f"  lateness: {count} routines set up in {setup_seconds:.1f}s; waiting for "
+              f"{due:%H:%M:%S} UTC", file=sys.stderr, flush=True)
+        await wait_for_fires(bot, due, count)
+        collect_lateness(result, await asyncio.to_thread(scheduled_runs, bot))
+        result.missed = await asyncio.to_thread(missed_fires, bot)
+        return result
+    finally:
+        if bot is not None:
+            await bot.stop()
+        await slack_api.stop()
+
+
+# Report ----------------------------------------------------------------------------------
+
+
+def percentile(ordered: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]
+
+
+def report_throughput(batches: list[Batch], concurrency: int) -> None:
+    bare, bots = batches[0], batches[1:]
+    print(f"API trigger throughput: {bare.requests} timed requests per target "
+          f"(after {min(WARMUP_REQUESTS, bare.requests)} warm-up), {concurrency} in flight, "
+          "one aiohttp ClientSession")
+    print("recorded = timed runs a fresh connection finds once the bot has stopped")
+    print()
+    print(f"{'target':<18} {'seconds':>8} {'req/s':>9} {'202':>6} {'other':>6}  recorded")
+    for batch in batches:
+        other = {code: n for code, n in batch.statuses.items() if code != 202}
+        recorded = "-" if batch.recorded is None else f"{batch.recorded}/{batch.requests}"
+        line = (f"{batch.label:<18} {batch.seconds:8.3f} {batch.rate:9.1f} "
+                f"{batch.accepted:6d} {sum(other.values()):6d}  {recorded}")
+        if other:
+            line += f"   other answers: {other} (0 = no HTTP answer)"
+        print(line)
+    print()
+    for batch in bots:
+        print(f"{batch.label}: {batch.durability}; runs in the database: {batch.total_runs} "
+              f"(timed + warm-up)")
+    for batch in bots:
+        print(f"ratio {batch.label} / bare:".ljust(32) + f"{batch.rate / bare.rate:.3f}  "
+              f"({batch.rate:.1f} vs {bare.rate:.1f} req/s)")
+    for batch in batches:
+        if not batch.ok:
+            print(f"NOT VERIFIED: {batch.label}: {batch.accepted} of {batch.requests} answered "
+                  f"202, {batch.recorded} recorded")
+    print(flush=True)
+
+
+def report_lateness(result: Lateness) -> None:
+    late = result.late_seconds
+    print(f"Fire lateness: {result.routines} routines scheduled `{EVERY_MINUTE}` (UTC), "
+          f"SQLite, due {result.due.isoformat()}")
+    print(f"lateness = run.queued_at - scheduled time; set-up {result.setup_seconds:.1f}s, "
+          f"{result.jobs} scheduler jobs before the boundary")
+    print()
+    if late:
+        print(f"fired: {len(late)}   p50: {percentile(late, 50) * 1000:.1f} ms   "
+              f"p99: {percentile(late, 99) * 1000:.1f} ms   max: {late[-1] * 1000:.1f} ms   "
+              f"min: {late[0] * 1000:.1f} ms")
+    if not result.ok:
+        print(f"ONLY {len(late)} OF {result.routines} fires were queued within "
+              f"{LATENESS_TIMEOUT:.0f}s of the boundary")
+    if result.other_fires:
+        print(f"not counted: {result.other_fires} scheduled run(s) for an earlier minute, "
+              "which passed while the routines were being set up")
+    if result.missed:
+        print(f"the scheduler reported {result.missed} missed fire(s)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="API trigger requests/s durably recorded (SQLite, and PostgreSQL when "
+                    "DATABASE_URL is one) beside a bare aiohttp handler; fire lateness of "
+                    f"{SCHEDULES} schedules due in the same minute.")
+    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
+                        help=f"timed requests per target (default {DEFAULT_REQUESTS})")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help=f"requests in flight (default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--skip-lateness", action="store_true",
+                        help="skip the fire-lateness part (it waits for a minute boundary)")
+    args = parser.parse_args(argv)
+    if args.requests < 1:
+        parser.error("--requests must be at least 1")
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    return args
+
+
+def run_benchmarks(args: argparse.Namespace, tmp: Path) -> bool:
+    admin_url = postgres_admin_url()
+    batches = [asyncio.run(bench_bare(args.requests, args.concurrency))]
+    batches.append(bot_batch("bot, SQLite", f"sqlite:///{tmp / 'sqlite' / 'routines.db'}",
+                             tmp / "sqlite", args))
+    if admin_url is not None:
+        with scratch_postgres(admin_url) as database_url:
+            batches.append(bot_batch("bot, PostgreSQL", database_url, tmp / "postgres", args))
+    report_throughput(batches, args.concurrency)
+    ok = all(batch.ok for batch in batches)
+    if not args.skip_lateness:
+        (tmp / "lateness").mkdir()
+        lateness = asyncio.run(bench_lateness(tmp / "lateness", SCHEDULES))
+        report_lateness(lateness)
+        ok = ok and lateness.ok
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="routines-bench-") as tmp:
+            ok = run_benchmarks(args, Path(tmp))
+    except (BenchError, SQLAlchemyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
