@@ -8,7 +8,7 @@ from bot.messages import Messages
 from bot.service import MissedFires, RunView
 
 
-class RunAnnouncer:
+class Announcer:
     def __init__(self, client: AsyncWebClient, messages: Messages) -> None:
         self.client = client
         self.messages = messages

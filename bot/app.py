@@ -11,7 +11,7 @@ from aiohttp import web
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.announce import RunAnnouncer
+from bot.announce import Announcer
 from bot.db import Database
 from bot.dispatcher import Dispatcher
 from bot.messages import Messages
@@ -37,7 +37,7 @@ class Bot:
                                            base_url=settings.slack_api_url)
         self.docker = docker.DockerClient(base_url=settings.docker_host or None)
         self.sandbox = Sandbox(self.docker, _sandbox_config(settings))
-        announcer = RunAnnouncer(self.slack_client, self.messages)
+        announcer = Announcer(self.slack_client, self.messages)
         self.dispatcher = Dispatcher(self.service, self.sandbox, announcer,
                                      settings.max_concurrent_runs)
         self.scheduler = Scheduler(self.service, announcer.missed,

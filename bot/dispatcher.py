@@ -122,7 +122,7 @@ class Dispatcher:
         except Exception as exc:  # a bug must not leave the run `running` forever
             log.exception("run %s crashed in the dispatcher", spec.run_id)
             result = RunResult(run_id=spec.run_id, infra_error=f"internal error: {exc}")
-        if result.extra.get("detached"):
+        if result.detached:
             return
         outcome = decide_outcome(result, spec.timeout_seconds)
         finished = await asyncio.to_thread(

@@ -13,7 +13,7 @@ The last one the agent writes is a `result` event whose `kind` says how it ended
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 SPEC_ENV = "ROUTINE_RUN_SPEC"
@@ -62,7 +62,7 @@ class RunResult:
     output_tokens: int = 0
     diff: str = ""
     events_seen: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    detached: bool = False  # the bot stopped following; the container runs on, to be adopted
 
 
 def parse_event_line(line: str) -> Event:

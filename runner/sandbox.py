@@ -121,7 +121,7 @@ class Sandbox:
             if control.detached.is_set():
                 stream.close()  # the next bot process replays the log from the start
                 reader.join(timeout=10)
-                result.extra["detached"] = True
+                result.detached = True
                 return result
             if control.kill_requested.is_set():
                 result.killed = True

@@ -90,3 +90,30 @@ def test_two_creates_racing_for_one_name_give_one_routine_and_one_field_error(
     for thread in threads:
         thread.join()
     assert sorted(outcomes) == ["A routine named `twin` already exists."] * 7 + ["created"]
+
+
+def test_racing_calls_with_one_idempotency_key_give_one_run(database_url: str) -> None:
+    db = Database(database_url)
+    db.create_schema()
+    service = RoutineService(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
+                             Redactor(()))
+    service.create_routine(RoutineDraft(name="hook", prompt="p", repo_url="file:///r",
+                                        channel_id="C0123ABC"), "U1")
+    token = service.create_token("hook", "ci", "U1")
+    results: list[tuple[int | None, str]] = []
+    barrier = threading.Barrier(8)
+
+    def call() -> None:
+        barrier.wait()
+        triggered = service.api_trigger("hook", token, {"n": 1}, "same-key")
+        results.append((triggered.view.run.id, triggered.view.routine.name))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 8 and len({run_id for run_id, _ in results}) == 1
+    assert {name for _, name in results} == {"hook"}
+    assert len(service.run_history("hook")) == 1
+    db.close()
