@@ -24,6 +24,11 @@ STATUS_ICONS = {
     "failed": ":x:",
     "timed_out": ":alarm_clock:",
     "error": ":warning:",
+    "awaiting_approval": ":raised_hand:",
+    "killed": ":octagonal_sign:",
+    "cancelled": ":no_entry_sign:",
+    "rejected": ":no_entry:",
+    "expired": ":hourglass:",
 }
 
 

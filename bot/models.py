@@ -22,16 +22,25 @@ def timestamp_field(*, required: bool = False) -> Any:
 
 
 class RunStatus(StrEnum):
+    AWAITING_APPROVAL = "awaiting_approval"  # a high-risk run waits for a human to start
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
-    ERROR = "error"
+    ERROR = "error"  # an infrastructure fault: container, engine or Anthropic API
+    KILLED = "killed"  # stopped by the kill switch
+    CANCELLED = "cancelled"  # stopped by `/routine cancel`, or dropped while held
+    REJECTED = "rejected"  # an approver said no before it started
+    EXPIRED = "expired"  # nobody decided in time
 
     @property
     def finished(self) -> bool:
-        return self not in {RunStatus.QUEUED, RunStatus.RUNNING}
+        return self not in PENDING_STATUSES
+
+
+PENDING_STATUSES = frozenset({RunStatus.AWAITING_APPROVAL, RunStatus.QUEUED,
+                              RunStatus.RUNNING})
 
 
 class TriggerKind(StrEnum):
@@ -92,6 +101,9 @@ class Run(SQLModel, table=True):
     output_tokens: int = 0
     diff: str = ""
     notified_at: datetime | None = timestamp_field()
+    attempt: int = 1  # 2, 3...: an automatic retry of `retry_of` after an infrastructure fault
+    retry_of: int | None = Field(default=None, foreign_key="run.id")
+    not_before: datetime | None = timestamp_field()  # a retry waits out its backoff
 
 
 class RunEvent(SQLModel, table=True):

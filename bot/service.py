@@ -33,6 +33,7 @@ from bot.errors import (
     ValidationFailed,
 )
 from bot.models import (
+    PENDING_STATUSES,
     ApiToken,
     AuditEntry,
     GitHubSubscription,
@@ -545,8 +546,7 @@ class RoutineService:
         with self.db.session() as session:
             session.execute(
                 update(Run)
-                .where(col(Run.id) == run_id, col(Run.status).in_(
-                    [RunStatus.QUEUED, RunStatus.RUNNING]))
+                .where(col(Run.id) == run_id, col(Run.status).in_(PENDING_STATUSES))
                 .values(status=outcome.status,
                         summary=self.redact(outcome.summary) if outcome.summary else None,
                         reason=self.redact(outcome.reason) if outcome.reason else None,

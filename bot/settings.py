@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.errors import SettingsError
+from bot.pricing import PriceTable
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 
@@ -48,6 +49,7 @@ class Settings:
     schedule_grace_seconds: int = 300
     github_max_body_bytes: int = 25 * 1024 * 1024  # GitHub's own cap on a delivery
     extra_secrets: tuple[str, ...] = field(default_factory=tuple)
+    prices: PriceTable = field(default_factory=PriceTable.default)
 
     @property
     def socket_mode(self) -> bool:
@@ -110,6 +112,7 @@ class Settings:
                                                cls.min_schedule_interval_seconds),
             schedule_grace_seconds=_int(env, "ROUTINES_SCHEDULE_GRACE_SECONDS",
                                         cls.schedule_grace_seconds),
+            prices=PriceTable.parse(env.get("ROUTINES_PRICES", "")),
             extra_secrets=tuple(
                 v for v in env.get("ROUTINES_REDACT", "").split(",") if v.strip()
             ),
