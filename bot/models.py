@@ -43,6 +43,19 @@ PENDING_STATUSES = frozenset({RunStatus.AWAITING_APPROVAL, RunStatus.QUEUED,
                               RunStatus.RUNNING})
 
 
+class RiskLevel(StrEnum):
+    LOW = "low"  # runs freely
+    MEDIUM = "medium"  # runs; what it would publish waits for approval
+    HIGH = "high"  # every run waits for approval before it starts
+
+
+class BusyPolicy(StrEnum):
+    """What a trigger does when the routine already runs `max_concurrent` runs."""
+
+    QUEUE = "queue"
+    SKIP = "skip"
+
+
 class TriggerKind(StrEnum):
     MANUAL = "manual"
     SCHEDULE = "schedule"
@@ -69,6 +82,19 @@ class Routine(SQLModel, table=True):
     created_at: datetime = timestamp_field(required=True)
     paused_at: datetime | None = timestamp_field()
     paused_by: str | None = None
+    # Roles: Slack user ids, comma-separated; a user group is written `subteam:S0123`.
+    owners: str = ""  # the creator by default; owners and admins may change the routine
+    approvers: str = ""  # who may approve its runs (admins always may)
+    risk: RiskLevel = RiskLevel.LOW
+    # Budgets (None: no limit of its own; the global daily spend cap still applies)
+    max_runs_per_day: int | None = None
+    max_concurrent: int | None = None
+    busy_policy: BusyPolicy = BusyPolicy.QUEUE
+    max_tokens_per_run: int | None = None
+    # Retries of infrastructure faults (container, engine, Anthropic API overloaded/5xx)
+    retry_attempts: int = 0  # extra attempts after the first
+    retry_backoff_seconds: int = 30  # doubled after each attempt
+    retry_agent_failures: bool = False  # also retry when the agent itself reported failure
 
     @property
     def paused(self) -> bool:
@@ -156,3 +182,13 @@ class GitHubSubscription(SQLModel, table=True):
     spec: str
     created_by: str
     created_at: datetime = timestamp_field(required=True)
+
+
+class KillSwitch(SQLModel, table=True):
+    """The kill switch: one row (id 1). Stored, so an engaged switch survives a restart."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    engaged: bool = False
+    reason: str = ""
+    changed_by: str = ""
+    changed_at: datetime | None = timestamp_field()

@@ -37,6 +37,7 @@ from bot.models import (
     ApiToken,
     AuditEntry,
     GitHubSubscription,
+    KillSwitch,
     Routine,
     Run,
     RunEvent,
@@ -568,6 +569,13 @@ class RoutineService:
         with self.db.session() as session:
             session.execute(update(Run).where(col(Run.id) == run_id)
                             .values(notified_at=utcnow()))
+
+    # Kill switch ---------------------------------------------------------------------
+
+    def kill_switch(self) -> KillSwitch:
+        """The switch's stored state (a fresh, disengaged one if it was never touched)."""
+        with self.db.session() as session:
+            return session.get(KillSwitch, 1) or KillSwitch(id=1)
 
     # Helpers -----------------------------------------------------------------------
 
