@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from bot.errors import (
+    BudgetExceeded,
+    Forbidden,
     InvalidToken,
+    KillSwitchEngaged,
     RateLimited,
+    RoutineBusy,
     RoutineNotFound,
     RoutinePaused,
     RoutinesError,
@@ -68,6 +73,24 @@ def add_api_routes(app: web.Application, service: RoutineService, settings: Sett
 
     app.router.add_post("/api/v1/routines/{name}/runs", queue_run)
     app.router.add_get("/api/v1/runs/{run_id}", run_status)
+    app.router.add_post("/api/v1/routines/{name}/{verb:pause|resume}",
+                        _pause_or_resume(service))
+
+
+def _pause_or_resume(service: RoutineService) -> Callable[
+        [web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        """Acts as the token's creator: the same role rule as `/routine pause`."""
+        name, verb = request.match_info["name"], request.match_info["verb"]
+        try:
+            routine = await asyncio.to_thread(service.api_set_paused, name,
+                                              _bearer(request), verb == "pause")
+        except RoutinesError as exc:
+            return _refusal(exc)
+        return web.json_response({"routine": routine.name, "paused": routine.paused,
+                                  "paused_by": routine.paused_by})
+
+    return handler
 
 
 def run_document(view: RunView) -> dict[str, Any]:
@@ -87,9 +110,13 @@ _STATUSES: list[tuple[type[RoutinesError], int, str]] = [
     (InvalidToken, 401, "unauthorized"),
     (RoutineNotFound, 404, "not_found"),
     (RunNotFound, 404, "not_found"),
+    (Forbidden, 403, "forbidden"),
     (RoutinePaused, 409, "paused"),
+    (RoutineBusy, 409, "busy"),
     (PayloadRejected, 422, "payload_rejected"),
     (RateLimited, 429, "rate_limited"),
+    (BudgetExceeded, 429, "budget_exhausted"),
+    (KillSwitchEngaged, 503, "kill_switch"),
 ]
 
 

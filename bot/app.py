@@ -12,7 +12,9 @@ from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.announce import Announcer
+from bot.approvals import ApprovalDesk, ApprovalMessages
 from bot.db import Database
+from bot.directory import SlackDirectory
 from bot.dispatcher import Dispatcher
 from bot.messages import Messages
 from bot.redaction import Redactor
@@ -30,19 +32,26 @@ class Bot:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
-        self.service = RoutineService(self.db, ServicePolicy.from_settings(settings),
-                                      Redactor(settings.secrets))
+        self.service = RoutineService(
+            self.db, ServicePolicy.from_settings(settings), Redactor(settings.secrets),
+            SlackDirectory(settings.slack_bot_token, settings.slack_api_url))
         self.messages = Messages()
         self.slack_client = AsyncWebClient(token=settings.slack_bot_token,
                                            base_url=settings.slack_api_url)
         self.docker = docker.DockerClient(base_url=settings.docker_host or None)
         self.sandbox = Sandbox(self.docker, _sandbox_config(settings))
-        announcer = Announcer(self.slack_client, self.messages)
+        announcer = Announcer(self.slack_client, self.messages, settings.incidents_channel)
         self.dispatcher = Dispatcher(self.service, self.sandbox, announcer,
-                                     settings.max_concurrent_runs)
+                                     settings.max_concurrent_runs,
+                                     announce_spend=announcer.spend)
+        self.approvals = ApprovalDesk(self.service, self.slack_client,
+                                      ApprovalMessages(self.service, self.messages),
+                                      self.dispatcher.publish,
+                                      min(5.0, max(0.5, settings.approval_timeout_seconds / 4)))
         self.scheduler = Scheduler(self.service, announcer.missed,
                                    settings.schedule_grace_seconds)
         self.service.on_run_queued(self.dispatcher.wake)
+        self.service.on_stop_requested(self.dispatcher.stop_run)
         self.slack = build_slack_app(settings, self.service, self.messages, self.slack_client)
         self._web: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
@@ -53,6 +62,7 @@ class Bot:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.dispatcher.start()
         await self.scheduler.start()
+        await self.approvals.start()
         web_app = build_web_app(self.slack, self.db, self.service, self.settings)
         self._web = web.AppRunner(web_app, access_log=None)
         await self._web.setup()
@@ -71,6 +81,7 @@ class Bot:
         if self._web is not None:
             await self._web.cleanup()
         self.scheduler.stop()
+        await self.approvals.stop()
         await self.dispatcher.stop()
         self.docker.close()
         self.db.close()

@@ -12,9 +12,14 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from bot.errors import RoutinesError, SettingsError
 from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.db import Database
+    from bot.service import RoutineService
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,12 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="start the bot (Socket Mode if SLACK_APP_TOKEN is set)")
     logs = sub.add_parser("logs", help="print a run's event log as JSON lines")
     logs.add_argument("run_id", type=int)
+    audit = sub.add_parser("audit", help="print the audit log (newest last)")
+    audit.add_argument("--json", action="store_true",
+                       help="JSON lines (the default is one readable line per entry)")
+    audit.add_argument("--routine", help="only this routine's entries")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
             asyncio.run(serve(Settings.from_env()))
+        elif args.command == "audit":
+            print_audit(args.routine, args.json)
         else:
             print_logs(args.run_id)
     except SettingsError as exc:
@@ -55,8 +66,9 @@ async def serve(settings: Settings) -> None:
         await bot.stop()
 
 
-def print_logs(run_id: int) -> None:
-    """Needs only the database: events were redacted when they were stored."""
+def offline_service() -> tuple[RoutineService, Database]:
+    """The service over the database alone, for commands that need no Slack or Docker
+    (what they read was redacted when it was stored)."""
     from bot.db import Database
     from bot.redaction import Redactor
     from bot.service import RoutineService, ServicePolicy
@@ -64,7 +76,31 @@ def print_logs(run_id: int) -> None:
     settings = Settings(slack_bot_token="", anthropic_api_key="",
                         database_url=os.environ.get("DATABASE_URL", Settings.database_url))
     db = Database(settings.database_url)
-    service = RoutineService(db, ServicePolicy.from_settings(settings), Redactor(()))
-    for event in service.run_events(run_id):
-        print(json.dumps(event))
-    db.close()
+    return RoutineService(db, ServicePolicy.from_settings(settings), Redactor(())), db
+
+
+def print_logs(run_id: int) -> None:
+    service, db = offline_service()
+    try:
+        for event in service.run_events(run_id):
+            print(json.dumps(event))
+    finally:
+        db.close()
+
+
+def print_audit(routine: str | None, as_json: bool) -> None:
+    """Every entry, oldest first, read in pages so a long history streams."""
+    service, db = offline_service()
+    try:
+        after = 0
+        while page := service.audit_entries(routine, limit=None, after_id=after, page=500):
+            for entry in page:
+                record = {"id": entry.id, "at": entry.at.isoformat(), "actor": entry.actor,
+                          "action": entry.action, "routine": entry.routine,
+                          "details": entry.details}
+                print(json.dumps(record) if as_json else
+                      f"{record['at']}  {entry.action:<20} {entry.routine or '-':<20} "
+                      f"{entry.actor}  {entry.details}")
+            after = page[-1].id or after
+    finally:
+        db.close()

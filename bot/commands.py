@@ -16,8 +16,16 @@ USAGE = {
     "revoke": "NAME TOKEN_NAME",
     "github": 'NAME "EVENT[.ACTION] [repo=ORG/REPO] [branch=GLOB] ..." | NAME off',
     "schedule": 'NAME "CRON or every 5m" [TIMEZONE] | NAME off',
+    "set": "NAME key=value ... (risk, owners, approvers, max-runs-per-day, max-concurrent, "
+           "when-busy, max-tokens)",
+    "delete": "NAME",
+    "cancel": "RUN_ID",
+    "killswitch": "engage REASON | status | disengage | release | drop",
+    "audit": "[NAME]",
+    "budget": "[cap AMOUNT]",
 }
-FREE_TEXT = {"github", "schedule"}  # the rest of the line is one argument
+FREE_TEXT = {"github", "schedule", "set"}  # the rest of the line is one argument
+KILLSWITCH_ACTIONS = {"engage", "status", "disengage", "release", "drop"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,14 @@ def parse(text: str) -> Command:
     usage = Command("help", problem=f"Usage: `/routine {action} {USAGE[action]}`.".replace(
         " `.", "`."))
     rest = words[1:]
+    special = _parse_special(action, rest, text)
+    if special is not None:
+        return special if special.action != "usage" else usage
+    return _parse_named(action, rest, usage)
+
+
+def _parse_named(action: str, rest: list[str], usage: Command) -> Command:
+    """Subcommands about one routine: `ACTION NAME [ARGS]`."""
     if not USAGE[action]:
         return Command(action) if not rest else usage
     if not rest:
@@ -58,6 +74,31 @@ def parse(text: str) -> Command:
     if action == "revoke" and len(args) == 1:
         return Command(action, name=name, arg=args[0].lower())
     return Command(action, name=name) if not args and action not in {"revoke"} else usage
+
+
+def _parse_special(action: str, rest: list[str], text: str) -> Command | None:
+    """Subcommands whose first word is not a routine name; "usage" means malformed."""
+    if action == "audit":
+        return Command("audit", name=rest[0].lower()) if len(rest) <= 1 and rest else (
+            Command("audit") if not rest else Command("usage"))
+    if action == "cancel":
+        run_id = rest[0].lstrip("#") if len(rest) == 1 else ""
+        return Command("cancel", arg=run_id) if run_id.isdigit() else Command("usage")
+    if action == "budget":
+        if not rest:
+            return Command("budget")
+        return Command("budget", arg=rest[1]) if len(rest) == 2 and rest[0].lower() == "cap" \
+            else Command("usage")
+    if action == "killswitch":
+        verb = rest[0].lower() if rest else "status"
+        if verb not in KILLSWITCH_ACTIONS or (verb != "engage" and len(rest) > 1):
+            return Command("usage")
+        # the reason keeps the user's own spacing and quotes
+        reason = text.strip().split(None, 2)[2] if verb == "engage" and len(rest) > 1 else ""
+        if verb == "engage" and not reason:
+            return Command("help", problem="Say why: `/routine killswitch engage REASON`.")
+        return Command("killswitch", arg=verb, option=reason)
+    return None
 
 
 def split_schedule(args: list[str]) -> tuple[str, str]:

@@ -17,23 +17,28 @@ from typing import Any
 
 import docker.errors
 
-from bot.models import RunStatus
+from bot.budget import Spend
+from bot.models import ApprovalStatus, RunStatus
 from bot.run import RunOutcome, decide_outcome
 from bot.service import RoutineService, RunView
+from runner import publish
 from runner.contract import Event, RunResult
 from runner.sandbox import RunControl, Sandbox
 
 log = logging.getLogger(__name__)
 Announce = Callable[[RunView], Awaitable[None]]
+AnnounceSpend = Callable[[Spend, str], Awaitable[None]]  # the spend level, a channel
 LOST_CONTAINER = "interrupted: the bot restarted and the run's container was gone"
 
 
 class Dispatcher:
     def __init__(self, service: RoutineService, sandbox: Sandbox, announce: Announce,
-                 max_concurrent: int, poll_seconds: float = 2.0) -> None:
+                 max_concurrent: int, poll_seconds: float = 2.0,
+                 announce_spend: AnnounceSpend | None = None) -> None:
         self.service = service
         self.sandbox = sandbox
         self.announce = announce
+        self.announce_spend = announce_spend
         self.max_concurrent = max_concurrent
         self.poll_seconds = poll_seconds
         self._active: dict[int, tuple[asyncio.Task[None], RunControl]] = {}
@@ -57,6 +62,54 @@ class Dispatcher:
         """Thread-safe: the service calls it from whatever thread queued the run."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def stop_run(self, run_id: int) -> None:
+        """Thread-safe: kill a running run's container now (cancel, kill switch). Its
+        follower sees the kill and records the verdict the service decides."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop_run, run_id)
+
+    def _stop_run(self, run_id: int) -> None:
+        active = self._active.get(run_id)
+        if active is None:
+            log.warning("run %s was asked to stop but is not running here", run_id)
+            return
+        active[1].kill()
+        # The follower polls its control every second; killing the container directly,
+        # in parallel for every run, makes an engaged kill switch take effect at once.
+        self._loop_run(self.sandbox.kill, run_id)
+
+    def _loop_run(self, func: Callable[[int], None], run_id: int) -> None:
+        assert self._loop is not None
+
+        def done(future: asyncio.Future[None]) -> None:
+            if future.exception() is not None:
+                log.warning("could not kill run %s: %s", run_id, future.exception())
+
+        self._loop.run_in_executor(None, func, run_id).add_done_callback(done)
+
+    async def publish(self, view: RunView) -> None:
+        """Push an approved run's kept commit to its bot-owned branch, or discard it
+        (rejected, expired). Done here, on the host, never from the sandbox."""
+        run, routine = view.run, view.routine
+        assert run.id is not None
+        decision = await asyncio.to_thread(self.service.publish_decision, run.id)
+        root = self.sandbox.config.workspace_root
+        if decision is None or decision.status != ApprovalStatus.APPROVED:
+            await asyncio.to_thread(publish.discard, root, run.id)
+            why = decision.status if decision else "no decision"
+            await asyncio.to_thread(self.service.record_published, run.id, None,
+                                    f"commit {run.commit_sha} discarded ({why})")
+            return
+        ref = publish.branch_ref(routine.name, run.id)
+        try:
+            sha = await asyncio.to_thread(publish.push, root, run.id, routine.repo_url, ref)
+        except publish.PublishError as exc:
+            log.error("push of run %s failed: %s", run.id, exc)
+            await asyncio.to_thread(self.service.record_published, run.id, None,
+                                    f"push failed: {exc}")
+            return
+        await asyncio.to_thread(self.service.record_published, run.id, ref, f"pushed {sha}")
 
     async def stop(self) -> None:
         """Stop waiting on runs without killing them: the next start adopts them."""
@@ -127,8 +180,17 @@ class Dispatcher:
         outcome = decide_outcome(result, spec.timeout_seconds)
         finished = await asyncio.to_thread(
             self.service.finish_run, spec.run_id, outcome, result.input_tokens,
-            result.output_tokens, result.diff)
+            result.output_tokens, result.diff, result.commit)
+        if result.commit and finished.run.commit_sha is None:  # nothing to publish
+            await asyncio.to_thread(publish.discard, self.sandbox.config.workspace_root,
+                                    spec.run_id)
         await self._announce(finished)
+        spend = await asyncio.to_thread(self.service.spend_alert_due)
+        if spend is not None and self.announce_spend is not None:
+            try:
+                await self.announce_spend(spend, finished.routine.channel_id)
+            except Exception:
+                log.exception("could not announce the spend level")
 
     async def _announce(self, view: RunView) -> None:
         try:

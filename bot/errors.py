@@ -58,3 +58,31 @@ class RateLimited(RoutinesError):
 class TokenNotFound(RoutinesError, LookupError):
     def __init__(self, routine: str, token_name: str) -> None:
         super().__init__(f"Routine `{routine}` has no token named `{token_name}`.")
+
+
+class Forbidden(RoutinesError, PermissionError):
+    """The actor's role does not allow the action; the message says who may."""
+
+
+class KillSwitchEngaged(RoutinesError):
+    def __init__(self, reason: str, by: str) -> None:
+        super().__init__(f"The kill switch is engaged (by <@{by}>: {reason}); no routine "
+                         "runs until an admin disengages it.")
+        self.reason = reason
+
+
+class BudgetExceeded(RoutinesError):
+    """A run was refused by a budget: the routine's daily runs or the global spend cap."""
+
+
+class RoutineBusy(RoutinesError):
+    """The routine already runs its maximum and its busy policy is `skip`."""
+
+
+class ApprovalNotFound(RoutinesError, LookupError):
+    def __init__(self, approval_id: int) -> None:
+        super().__init__(f"No approval request #{approval_id}.")
+
+
+class AlreadyDecided(RoutinesError):
+    """Someone else decided first; the message says who and what."""

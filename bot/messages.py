@@ -15,6 +15,8 @@ from typing import Any
 
 import jinja2
 
+from bot.roles import format_principals, split
+
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 STATUS_ICONS = {
@@ -44,7 +46,8 @@ class Messages:
         self.env.filters.update(
             mrkdwn=escape_mrkdwn, duration=format_duration, when=format_when,
             icon=lambda status: STATUS_ICONS.get(str(status), ":grey_question:"),
-            truncate_text=truncate_text,
+            truncate_text=truncate_text, mentions=escape_keeping_mentions,
+            principals=lambda stored: format_principals(split(str(stored))),
         )
         self.env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
 
@@ -66,6 +69,15 @@ def escape_mrkdwn(value: object, limit: int | None = None) -> str:
     if limit is None or len(text) <= limit:
         return text
     return _PARTIAL_ENTITY.sub("", text[: limit - 1]) + "…"
+
+
+_MENTION = re.compile(r"&lt;((?:@[UW]|#C|!subteam\^S)[A-Z0-9]{2,})&gt;")
+
+
+def escape_keeping_mentions(value: object, limit: int | None = None) -> str:
+    """Like `escape_mrkdwn`, but user, channel and group mentions the bot wrote itself
+    (`<@U123>`, `<#C123>`, `<!subteam^S123>`) stay mentions: their shape holds no text."""
+    return _MENTION.sub(r"<\1>", escape_mrkdwn(value, limit))
 
 
 def truncate_text(value: object, limit: int) -> str:

@@ -130,6 +130,10 @@ class Run(SQLModel, table=True):
     attempt: int = 1  # 2, 3...: an automatic retry of `retry_of` after an infrastructure fault
     retry_of: int | None = Field(default=None, foreign_key="run.id")
     not_before: datetime | None = timestamp_field()  # a retry waits out its backoff
+    held_at: datetime | None = timestamp_field()  # held by the kill switch until released
+    stop_requested_by: str | None = None  # `/routine cancel`, or "kill switch"
+    commit_sha: str | None = None  # medium risk: the kept commit, pushed after approval
+    published_ref: str | None = None  # where it was pushed
 
 
 class RunEvent(SQLModel, table=True):
@@ -182,6 +186,49 @@ class GitHubSubscription(SQLModel, table=True):
     spec: str
     created_by: str
     created_at: datetime = timestamp_field(required=True)
+
+
+class ApprovalKind(StrEnum):
+    START = "start"  # high risk: the run waits to start
+    PUBLISH = "publish"  # medium risk: the run's commits wait to be pushed
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"  # the run was cancelled or dropped before anyone decided
+
+
+class Approval(SQLModel, table=True):
+    """A request for a human decision on one run, and the decision. The first decision
+    wins: it is written by a conditional UPDATE on `status = pending`."""
+
+    __table_args__ = (UniqueConstraint("run_id", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    kind: ApprovalKind
+    status: ApprovalStatus = Field(default=ApprovalStatus.PENDING, index=True)
+    requested_by: str  # who may not approve it (four eyes)
+    requested_at: datetime = timestamp_field(required=True)
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+    decided_by: str | None = None
+    decided_at: datetime | None = timestamp_field()
+    reason: str = ""  # why it was rejected (optional)
+    channel_id: str = ""  # where the request message is (updated in place)
+    message_ts: str | None = None  # None until the request reached Slack
+
+
+class SpendCap(SQLModel, table=True):
+    """The global daily spend cap as raised or lowered by an admin (one row, id 1);
+    absent, the configured default applies."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    cap_usd: float
+    changed_by: str
+    changed_at: datetime = timestamp_field(required=True)
 
 
 class KillSwitch(SQLModel, table=True):

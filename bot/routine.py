@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from bot import roles
+from bot.errors import ValidationFailed
+from bot.models import BusyPolicy, RiskLevel
 from bot.payload import template_error
 from bot.schedule import ScheduleError, parse_schedule
 
@@ -125,3 +128,72 @@ def _timeout_error(raw: int | str, limits: RoutineLimits) -> str | None:
     if not limits.min_timeout <= value <= limits.max_timeout:
         return f"Use between {limits.min_timeout} and {limits.max_timeout} seconds."
     return None
+
+
+# Changes to governance settings: `/routine set NAME key=value ...` ---------------------
+
+SETTABLE = {
+    "risk": "low | medium | high",
+    "owners": "@users or @groups (replaces the list)",
+    "approvers": "@users or @groups (replaces the list)",
+    "max-runs-per-day": "a number, or off",
+    "max-concurrent": "a number, or off",
+    "when-busy": "queue | skip",
+    "max-tokens": "a number of tokens per run, or off",
+}
+_LIMITS = {"max-runs-per-day": (1, 10_000), "max-concurrent": (1, 100),
+           "max-tokens": (1_000, 100_000_000)}
+
+
+def parse_changes(words: list[str]) -> dict[str, object]:
+    """`key=value` words into column values; every bad word is reported, nothing applied.
+
+    Lists (`owners=@a,@b` or `owners=@a @b`) may span words: a word without `=` continues
+    the previous key's value."""
+    pairs: list[tuple[str, str]] = []
+    for word in words:
+        key, eq, value = word.partition("=")
+        if eq:
+            pairs.append((key.strip().lower(), value))
+        elif pairs:
+            pairs[-1] = (pairs[-1][0], f"{pairs[-1][1]} {word}")
+        else:
+            raise ValidationFailed({word: "expected key=value"})
+    if not pairs:
+        raise ValidationFailed({"set": "say what to change: " + ", ".join(SETTABLE)})
+    changes: dict[str, object] = {}
+    errors: dict[str, str] = {}
+    for key, value in pairs:
+        try:
+            changes.update(_change(key, value.strip()))
+        except ValueError as exc:
+            errors[key] = str(exc)
+    if errors:
+        raise ValidationFailed(errors)
+    return changes
+
+
+def _change(key: str, value: str) -> dict[str, object]:
+    if key == "risk":
+        if value.lower() not in {r.value for r in RiskLevel}:
+            raise ValueError("use low, medium or high")
+        return {"risk": RiskLevel(value.lower())}
+    if key in {"owners", "approvers"}:
+        principals = roles.parse_principals(value)
+        if key == "owners" and not principals:
+            raise ValueError("a routine needs at least one owner")
+        return {key: roles.join(principals)}
+    if key == "when-busy":
+        if value.lower() not in {p.value for p in BusyPolicy}:
+            raise ValueError("use queue or skip")
+        return {"busy_policy": BusyPolicy(value.lower())}
+    if key in _LIMITS:
+        column = {"max-runs-per-day": "max_runs_per_day", "max-concurrent": "max_concurrent",
+                  "max-tokens": "max_tokens_per_run"}[key]
+        if value.lower() in {"off", "none", ""}:
+            return {column: None}
+        low, high = _LIMITS[key]
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise ValueError(f"use a whole number from {low} to {high}, or off")
+        return {column: int(value)}
+    raise ValueError(f"unknown setting; you can set {', '.join(SETTABLE)}")

@@ -22,7 +22,7 @@ def decide_outcome(result: RunResult, timeout_seconds: int) -> RunOutcome:
     if result.timed_out:
         return RunOutcome(RunStatus.TIMED_OUT, None, f"timed out after {timeout_seconds}s")
     if result.killed:
-        return RunOutcome(RunStatus.FAILED, None, "killed")
+        return RunOutcome(RunStatus.KILLED, None, "killed")
     final = result.final or {}
     kind = final.get("kind")
     summary = str(final.get("summary", "")) or None

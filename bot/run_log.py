@@ -55,3 +55,22 @@ def chunk(lines: list[str], max_chars: int, max_chunks: int) -> tuple[list[str],
     if current:
         chunks.append(current)
     return list(reversed(chunks)), len(lines) - kept
+
+
+def diff_summary(diff: str, max_files: int = 30) -> str:
+    """`git diff` text as a short list for an approval request: one line per file with
+    its added and removed line counts, then how many more files."""
+    counts: dict[str, list[int]] = {}  # file -> [added, removed], in diff order
+    current: list[int] | None = None
+    for line in diff.splitlines():
+        if line.startswith("diff --git "):
+            current = counts.setdefault(line.split(" b/", 1)[-1], [0, 0])
+        elif current is not None and line[:1] in "+-" and line[:3] not in {"+++", "---"}:
+            current[0 if line[0] == "+" else 1] += 1
+    if not counts:
+        return "no changes"
+    shown = [f"{name}  +{added} -{removed}"
+             for name, (added, removed) in list(counts.items())[:max_files]]
+    more = len(counts) - max_files
+    return "\n".join([f"{len(counts)} file(s) changed", *shown]
+                     + ([f"... and {more} more file(s)"] if more > 0 else []))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bot.errors import SettingsError
 from bot.pricing import PriceTable
+from bot.roles import parse_principals
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 
@@ -50,6 +51,10 @@ class Settings:
     github_max_body_bytes: int = 25 * 1024 * 1024  # GitHub's own cap on a delivery
     extra_secrets: tuple[str, ...] = field(default_factory=tuple)
     prices: PriceTable = field(default_factory=PriceTable.default)
+    admins: tuple[str, ...] = ()  # user ids and `subteam:S...` user groups
+    incidents_channel: str = ""  # kill switch and spend announcements also go here
+    approval_timeout_seconds: int = 24 * 3600
+    daily_spend_cap_usd: float = 100.0  # 0: no cap
 
     @property
     def socket_mode(self) -> bool:
@@ -113,10 +118,23 @@ class Settings:
             schedule_grace_seconds=_int(env, "ROUTINES_SCHEDULE_GRACE_SECONDS",
                                         cls.schedule_grace_seconds),
             prices=PriceTable.parse(env.get("ROUTINES_PRICES", "")),
+            admins=_principals(env, "ROUTINES_ADMINS"),
+            incidents_channel=env.get("ROUTINES_INCIDENTS_CHANNEL", ""),
+            approval_timeout_seconds=_int(env, "ROUTINES_APPROVAL_TIMEOUT_SECONDS",
+                                          cls.approval_timeout_seconds),
+            daily_spend_cap_usd=_float(env, "ROUTINES_DAILY_SPEND_CAP_USD",
+                                       cls.daily_spend_cap_usd),
             extra_secrets=tuple(
                 v for v in env.get("ROUTINES_REDACT", "").split(",") if v.strip()
             ),
         )
+
+
+def _principals(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    try:
+        return parse_principals(env.get(name, ""))
+    except ValueError as exc:
+        raise SettingsError(f"setting {name}: {exc}") from None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

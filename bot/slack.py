@@ -14,15 +14,18 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands, trigger
+from bot.approvals import ApprovalMessages
 from bot.errors import RoutinesError, ValidationFailed
 from bot.messages import Messages, escape_mrkdwn
-from bot.routine import RoutineDraft
+from bot.routine import RoutineDraft, parse_changes
 from bot.run_log import chunk, log_lines
 from bot.service import RoutineService, RunView
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 CREATE_CALLBACK = "routine_create"
+REJECT_CALLBACK = "approval_reject"
+KILLSWITCH_ANNOUNCED = {"engage": "engaged", "disengage": "disengaged"}
 LOG_SECTION_CHARS = 2900
 LOG_SECTIONS = 40
 
@@ -39,6 +42,9 @@ def build_slack_app(settings: Settings, service: RoutineService, messages: Messa
     app.command("/routine")(handlers.routine_command)
     app.view(CREATE_CALLBACK)(handlers.create_submitted)
     app.action("view_log")(handlers.view_log)
+    app.action("approve")(handlers.approve_clicked)
+    app.action("reject")(handlers.reject_clicked)
+    app.view(REJECT_CALLBACK)(handlers.reject_submitted)
     return app
 
 
@@ -47,6 +53,7 @@ class SlackHandlers:
         self.settings = settings
         self.service = service
         self.messages = messages
+        self.approvals = ApprovalMessages(service, messages)
 
     async def routine_command(self, ack: AsyncAck, command: dict[str, Any],
                               client: AsyncWebClient) -> None:
@@ -60,7 +67,21 @@ class SlackHandlers:
             reply = await asyncio.to_thread(self.answer, parsed, command["user_id"])
         except RoutinesError as exc:
             reply = self.messages.render("error.json.j2", message=str(exc))
+            await ack(response_type="ephemeral", **reply)
+            return
         await ack(response_type="ephemeral", **reply)
+        if parsed.action == "killswitch" and parsed.arg in KILLSWITCH_ANNOUNCED:
+            await self._announce_kill_switch(client, command.get("channel_id", ""), reply)
+
+    async def _announce_kill_switch(self, client: AsyncWebClient, channel: str,
+                                    message: dict[str, Any]) -> None:
+        """Who, when and why, in the requester's channel and the incidents channel."""
+        for target in dict.fromkeys(c for c in (channel, self.settings.incidents_channel)
+                                    if c[:1] in "CG"):
+            try:
+                await client.chat_postMessage(channel=target, **message)
+            except Exception:
+                log.exception("could not announce the kill switch in %s", target)
 
     def answer(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         """The reply to a command other than `create` (runs in a worker thread)."""
@@ -69,6 +90,8 @@ class SlackHandlers:
             "history": self._history, "pause": self._pause, "resume": self._resume,
             "token": self._token, "tokens": self._tokens, "revoke": self._revoke,
             "github": self._github, "schedule": self._schedule,
+            "set": self._set, "delete": self._delete, "cancel": self._cancel,
+            "killswitch": self._killswitch, "audit": self._audit, "budget": self._budget,
         }.get(parsed.action)
         if handler is None:
             return self.messages.render("help.json.j2", problem=parsed.problem)
@@ -78,8 +101,86 @@ class SlackHandlers:
         return self.messages.render("error.json.j2", message=message)
 
     def _run(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
-        view = self.service.trigger_run(parsed.name, trigger.manual(user_id)).view
+        triggered = self.service.trigger_run(parsed.name, trigger.manual(user_id))
+        view = triggered.view
+        if triggered.approval is not None:
+            return self._say(f"Run #{view.run.id} of `{view.routine.name}` waits for approval "
+                             f"(risk high): the request is in <#{view.routine.channel_id}>.")
         return self.messages.render("run_queued.json.j2", run=view.run, routine=view.routine)
+
+    def _set(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        self.service.change_routine(parsed.name, parse_changes(parsed.arg.split()), user_id)
+        return self.messages.render("routine_status.json.j2", github=[],
+                                    overview=self.service.routine_overview(parsed.name))
+
+    def _delete(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        self.service.delete_routine(parsed.name, user_id)
+        return self._say(f"Routine `{parsed.name}` deleted, with its runs and tokens; the "
+                         "audit log keeps the record.")
+
+    def _cancel(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        view = self.service.cancel_run(int(parsed.arg), user_id)
+        if view.run.status.finished:
+            return self._say(f"Run #{view.run.id} of `{view.routine.name}` cancelled.")
+        return self._say(f"Run #{view.run.id} of `{view.routine.name}` is being stopped; "
+                         f"the result will be posted in <#{view.routine.channel_id}>.")
+
+    def _killswitch(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        verb = parsed.arg
+        if verb == "engage":
+            report = self.service.engage_kill_switch(user_id, parsed.option)
+        elif verb == "disengage":
+            report = self.service.disengage_kill_switch(user_id)
+        elif verb in {"release", "drop"}:
+            self.service.release_held(user_id, drop=verb == "drop")
+            report = self.service.kill_switch_report()
+        else:
+            report = self.service.kill_switch_report()
+        event = {"release": "released", "drop": "dropped"}.get(
+            verb, KILLSWITCH_ANNOUNCED.get(verb, "status"))
+        return self.messages.render("killswitch.json.j2", report=report, event=event)
+
+    def _audit(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        if parsed.name:
+            self.service.get_routine(parsed.name)  # an unknown routine is an error, not empty
+        return self.messages.render("audit_list.json.j2", routine=parsed.name,
+                                    entries=self.service.audit_entries(parsed.name or None))
+
+    def _budget(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        if parsed.arg:
+            try:
+                amount = float(parsed.arg.lstrip("$"))
+            except ValueError:
+                return self._say("Say the cap in dollars: `/routine budget cap 50`.")
+            spend = self.service.set_spend_cap(amount, user_id)
+        else:
+            spend = self.service.spend_today()
+        return self.messages.render("spend.json.j2", spend=spend)
+
+    async def approve_clicked(self, ack: AsyncAck, body: dict[str, Any],
+                              action: dict[str, Any], client: AsyncWebClient) -> None:
+        await ack()
+        await self.approvals.decide(client, body, action.get("value", ""), approve=True)
+
+    async def reject_clicked(self, ack: AsyncAck, body: dict[str, Any],
+                             action: dict[str, Any], client: AsyncWebClient) -> None:
+        """Reject asks for an optional reason first (a modal); its submission decides."""
+        await ack()
+        try:
+            view = await asyncio.to_thread(self.service.get_approval, int(action["value"]))
+        except (ValueError, RoutinesError) as exc:
+            await self.approvals.tell(client, body, action.get("value", ""), str(exc))
+            return
+        await client.views_open(trigger_id=body["trigger_id"], view=self.messages.render(
+            "reject_modal.json.j2", approval_id=view.approval.id, run_id=view.run.id,
+            routine=view.routine.name))
+
+    async def reject_submitted(self, ack: AsyncAck, body: dict[str, Any],
+                               view: dict[str, Any], client: AsyncWebClient) -> None:
+        reason = view["state"]["values"].get("reason", {}).get("value", {}).get("value") or ""
+        await ack()
+        await self.approvals.decide(client, body, view.get("private_metadata", ""),
+                                    approve=False, reason=reason)
 
     def _list(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         return self.messages.render("routine_list.json.j2",

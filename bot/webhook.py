@@ -8,6 +8,7 @@ import json
 from aiohttp import web
 
 from bot.api import read_limited, refusal_body
+from bot.errors import KillSwitchEngaged
 from bot.github import verify_signature
 from bot.service import RoutineService
 from bot.settings import Settings
@@ -34,7 +35,11 @@ def add_webhook_route(app: web.Application, service: RoutineService,
             payload = json.loads(body)
         except ValueError as exc:
             return refusal_body(400, "invalid_json", f"body is not valid JSON: {exc}")
-        outcome = await asyncio.to_thread(service.github_delivery, event, delivery, payload)
+        try:
+            outcome = await asyncio.to_thread(service.github_delivery, event, delivery,
+                                              payload)
+        except KillSwitchEngaged as exc:
+            return refusal_body(503, "kill_switch", str(exc))
         document = {
             "event": outcome.event,
             "fired": [{"routine": v.routine.name, "run_id": v.run.id} for v in outcome.fired],

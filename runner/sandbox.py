@@ -91,6 +91,19 @@ class Sandbox:
         on_started(container.id)
         return self.follow(spec, container, on_event, control, skip_events=0)
 
+    def kill(self, run_id: int) -> None:
+        """Kill a run's container at once (its follower then records how it ended)."""
+        try:
+            self.client.containers.get(self.container_name(run_id)).kill()
+        except docker.errors.NotFound:
+            pass  # already gone
+        except docker.errors.APIError as exc:
+            if "is not running" not in str(exc):
+                raise
+
+    def container_name(self, run_id: int) -> str:
+        return f"routines-{self.config.instance}-run-{run_id}"
+
     def find_run_containers(self) -> dict[int, Any]:
         """Every container this bot instance started, by run id (for reconciliation).
 
@@ -156,7 +169,7 @@ class Sandbox:
         # `create` never pulls (unlike `run`): a missing image is an error, not a download.
         container = self.client.containers.create(
             cfg.image,
-            name=f"routines-{cfg.instance}-run-{spec.run_id}",
+            name=self.container_name(spec.run_id),
             labels={LABEL_INSTANCE: cfg.instance, LABEL_RUN_ID: str(spec.run_id),
                     LABEL_ROUTINE: spec.routine},
             environment=env,

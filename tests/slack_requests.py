@@ -62,14 +62,14 @@ class FakeSlack:
         return await self.post(self.slash_body(text, user, channel), **kwargs)
 
     async def submit_view(self, callback_id: str, values: dict[str, dict[str, Any]],
-                          user: str = "U0ALICE01") -> Reply:
+                          user: str = "U0ALICE01", private_metadata: str = "") -> Reply:
         payload = {
             "type": "view_submission", "team": {"id": TEAM, "domain": "team"},
             "user": {"id": user, "team_id": TEAM}, "api_app_id": "A0001",
             "trigger_id": self.trigger_id(),
             "view": {"id": "V0001", "team_id": TEAM, "type": "modal",
                      "callback_id": callback_id, "state": {"values": values},
-                     "hash": "1", "private_metadata": "", "blocks": []},
+                     "hash": "1", "private_metadata": private_metadata, "blocks": []},
         }
         return await self.post(urlencode({"payload": json.dumps(payload)}))
 

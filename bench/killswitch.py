@@ -1,0 +1,143 @@
+"""Kill switch: time from `/routine killswitch engage` to the last run container stopped.
+
+What it measures, with N (default 20) routine runs whose agents are all running (each
+is inside a long `run_shell`, so every container is busy, as in an incident):
+
+* engage -> all stopped: from just before the signed `/routine killswitch engage` slash
+  command is sent to the bot, until the Docker engine lists none of this bot's run
+  containers as running. Covers the Slack request, the service recording the switch and
+  holding the queue, the dispatcher killing every container, and the engine stopping
+  them.
+* bare `docker kill`: N containers of the same image, started with a plain `sleep`,
+  killed by one `docker kill ID...` command, timed until it returns (the engine stops
+  them before it answers). Measured in the same process run, as the floor.
+
+It prints both and their ratio. Everything is local: the bot runs in-process on
+loopback, Slack and Anthropic are stand-ins (the Anthropic one on the gateway of the
+project's docker network `routines-test`), the repository is a local git repo.
+
+Run from the repository root, after `make images`:
+
+    python bench/killswitch.py --containers 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import docker  # noqa: E402
+
+from bot.app import Bot  # noqa: E402
+from runner.contract import LABEL_INSTANCE  # noqa: E402
+from tests.slack_requests import FakeSlack, modal_values  # noqa: E402
+from tests.standins.anthropic_api import AnthropicStandIn, tool  # noqa: E402
+from tests.standins.environment import (  # noqa: E402
+    API_KEY,
+    SIGNING_SECRET,
+    local_settings,
+    make_git_repo,
+    network_gateway,
+)
+from tests.standins.slack_api import SlackApiStandIn  # noqa: E402
+
+DEFAULT_IMAGE = os.environ.get("ROUTINES_SANDBOX_IMAGE", "routines-sandbox:latest")
+ADMIN = "U0ADMIN01"
+CHANNEL = "C0RESULTS1"
+
+
+def running(client: Any, instance: str) -> int:
+    return len(client.containers.list(filters={"label": f"{LABEL_INSTANCE}={instance}",
+                                               "status": "running"}))
+
+
+async def wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"killswitch bench: timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def bench_engage(count: int, image: str, tmp: Path, client: Any) -> float:
+    slack_api = SlackApiStandIn()
+    anthropic_api = AnthropicStandIn(network_gateway(client), API_KEY)
+    await slack_api.start()
+    await anthropic_api.start()
+    marker = anthropic_api.script("bench-kill", [tool("run_shell", command="sleep 3600")])
+    bot = Bot(local_settings(tmp, slack_api.url, anthropic_api.url, sandbox_image=image,
+                             admins=(ADMIN,), max_concurrent_runs=count,
+                             triggers_per_minute=count * 2))
+    await bot.start()
+    try:
+        fake = FakeSlack(f"http://127.0.0.1:{bot.port}", SIGNING_SECRET)
+        await fake.submit_view("routine_create", modal_values(
+            name="bench-kill", prompt=f"Wait. {marker}", repo_url=make_git_repo(tmp / "repo"),
+            branch="main", channel_id=CHANNEL, model="claude-test-1", timeout_seconds="3600"),
+            user=ADMIN)
+        for _ in range(count):
+            await fake.slash("run bench-kill", user=ADMIN)
+        instance = bot.settings.instance
+        await wait_until(lambda: len(anthropic_api.requests_for("bench-kill")) >= count,
+                         600, f"{count} agents to be running")
+        await wait_until(lambda: running(client, instance) >= count, 60, "containers")
+        started = time.monotonic()
+        await fake.slash("killswitch engage benchmark", user=ADMIN)
+        await wait_until(lambda: running(client, instance) == 0, 120, "every container")
+        elapsed = time.monotonic() - started
+        await wait_until(lambda: sum(": killed" in str(c.params.get("text"))
+                                     for c in slack_api.calls_to("chat.postMessage")) >= count,
+                         120, "every verdict")
+        return elapsed
+    finally:
+        await bot.stop()
+        await slack_api.stop()
+        await anthropic_api.stop()
+
+
+def bench_docker_kill(count: int, image: str, client: Any) -> float:
+    containers = [client.containers.create(image, entrypoint=["sleep", "3600"],
+                                           network_mode="none", labels={"org.routines": "bench"})
+                  for _ in range(count)]
+    try:
+        for container in containers:
+            container.start()
+        started = time.monotonic()
+        subprocess.run(["docker", "kill", *[c.id for c in containers]], check=True,
+                       capture_output=True)
+        return time.monotonic() - started
+    finally:
+        for container in containers:
+            container.remove(force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--containers", type=int, default=20)
+    parser.add_argument("--image", default=DEFAULT_IMAGE)
+    args = parser.parse_args(argv)
+    client = docker.from_env()
+    with tempfile.TemporaryDirectory() as tmp:
+        engage = asyncio.run(bench_engage(args.containers, args.image, Path(tmp), client))
+    bare = bench_docker_kill(args.containers, args.image, client)
+    client.close()
+    print(f"containers: {args.containers}")
+    print(f"engage -> all stopped: {engage:.3f} s")
+    print(f"bare docker kill:      {bare:.3f} s")
+    print(f"ratio:                 {engage / bare:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

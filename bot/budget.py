@@ -1,0 +1,70 @@
+"""Budgets: a routine's runs per day, its concurrency, and the global daily spend cap.
+
+Pure decisions over numbers the service counts in the database. A day is the UTC day:
+every budget resets at 00:00 UTC, and messages say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+WARNING_SHARE = 0.8
+
+
+def day_start(now: datetime) -> datetime:
+    """00:00 UTC of `now`'s day: where today's counts begin."""
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_reset(now: datetime) -> datetime:
+    return day_start(now) + timedelta(days=1)
+
+
+def runs_per_day_refusal(routine: str, runs_today: int, limit: int | None) -> str | None:
+    if limit is None or runs_today < limit:
+        return None
+    return (f"Routine `{routine}` has used its {limit} run(s) for today; it can run again "
+            f"after 00:00 UTC (an owner can raise `max-runs-per-day`).")
+
+
+def busy_refusal(routine: str, active: int, limit: int | None) -> str | None:
+    """For the `skip` policy: a trigger while the routine is at its limit is dropped."""
+    if limit is None or active < limit:
+        return None
+    return (f"Routine `{routine}` already has {active} run(s) in progress (its limit is "
+            f"{limit}, policy `skip`): this trigger was skipped.")
+
+
+class SpendLevel(StrEnum):
+    OK = "ok"
+    WARNING = "warning"  # 80% of the cap or more
+    EXHAUSTED = "exhausted"  # the cap is reached: new runs are refused
+
+
+@dataclass(frozen=True)
+class Spend:
+    spent_usd: float
+    cap_usd: float  # 0: no cap
+
+    @property
+    def level(self) -> SpendLevel:
+        if self.cap_usd <= 0:
+            return SpendLevel.OK
+        if self.spent_usd >= self.cap_usd:
+            return SpendLevel.EXHAUSTED
+        if self.spent_usd >= WARNING_SHARE * self.cap_usd:
+            return SpendLevel.WARNING
+        return SpendLevel.OK
+
+    @property
+    def share(self) -> float:
+        return self.spent_usd / self.cap_usd if self.cap_usd > 0 else 0.0
+
+    def refusal(self) -> str | None:
+        if self.level is not SpendLevel.EXHAUSTED:
+            return None
+        return (f"The daily spend cap is reached (${self.spent_usd:.2f} of "
+                f"${self.cap_usd:.2f} today): new runs are refused until 00:00 UTC or "
+                "until an admin raises it with `/routine budget cap AMOUNT`.")

@@ -1,0 +1,141 @@
+"""The kill switch with real containers running: everything stops, every door refuses,
+the state outlives a restart, and disengaging brings schedules back without a burst."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from bot.app import Bot
+from tests.conftest import RESULTS_CHANNEL, BotFactory
+from tests.slack_requests import FakeSlack
+from tests.standins.anthropic_api import AnthropicStandIn, report, tool
+from tests.standins.slack_api import SlackApiStandIn
+from tests.test_api_trigger import call
+from tests.test_approvals import ALICE, BOB, CAROL, DAVE, routine
+from tests.test_github_door import SECRET, deliver, fixture
+
+INCIDENTS = "C0INCIDENT"
+RUNNING = 3
+
+
+async def containers_running(docker_client: Any, bot: Bot, count: int,
+                             timeout: float = 90) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = docker_client.containers.list(
+            filters={"label": f"org.routines.instance={bot.settings.instance}",
+                     "status": "running"})
+        if len(found) >= count or time.monotonic() > deadline:
+            return list(found)
+        await asyncio.sleep(0.5)
+
+
+async def runs_of(fake: FakeSlack, name: str) -> str:
+    return json.dumps((await fake.slash(f"history {name}")).json())
+
+
+async def test_engage_stops_all_runs_refuses_every_door_and_survives_a_restart(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str, docker_client: Any,
+) -> None:
+    long = anthropic_api.script("long", [tool("run_shell", command="sleep 600")])
+    quick = anthropic_api.script("quick", [report("success", "tick")])
+    options = dict(admins=(DAVE,), incidents_channel=INCIDENTS, max_concurrent_runs=RUNNING,
+                   github_webhook_secret=SECRET, min_schedule_interval_seconds=1)
+    bot, fake = await start_bot(**options)
+    await routine(fake, "long", f"Wait. {long}", git_repo, f"approvers=<@{BOB}>")
+    token = json.dumps((await fake.slash("token long ci")).json()).split("```")[1]
+    for _ in range(RUNNING + 1):  # the last one stays queued
+        assert "queued" in (await fake.slash("run long")).json()["text"]
+    running = await containers_running(docker_client, bot, RUNNING)
+    assert len(running) == RUNNING
+    while len(anthropic_api.requests_for("long")) < RUNNING:  # every agent is in its sleep
+        await asyncio.sleep(0.2)
+
+    refused = (await fake.slash("killswitch engage testing", user=CAROL)).json()
+    assert "Only admins or approvers may engage the kill switch" in refused["text"]
+    reply = (await fake.slash("killswitch engage Bad deploy: stop all agents", user=BOB,
+                              channel="C0GENERAL1")).json()
+    assert "Kill switch engaged" in json.dumps(reply["blocks"])
+    for channel in ("C0GENERAL1", INCIDENTS):
+        said = await slack_api.wait_for("chat.postMessage", {"channel": channel},
+                                        contains="Kill switch engaged", timeout=5)
+        text = json.dumps(said.params["blocks"])
+        assert f"<@{BOB}>" in text and "Bad deploy: stop all agents" in text
+        assert "3 running run(s) are being killed" in text and "1 queued" in text
+    for _ in range(RUNNING):
+        await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
+                                 contains=": killed", timeout=30)
+    assert await containers_running(docker_client, bot, 0, timeout=0) == []
+    history = await runs_of(fake, "long")
+    assert history.count("killed by the kill switch: Bad deploy") == RUNNING
+    assert "queued" in history  # held, not started
+
+    # Every door refuses, saying why.
+    answer = (await fake.slash("run long")).json()["text"]
+    assert "kill switch is engaged" in answer and "Bad deploy" in answer
+    status, body, _ = await call(bot, "POST", "/api/v1/routines/long/runs", token, body=b"{}")
+    assert (status, body["error"]) == (503, "kill_switch") and "Bad deploy" in body["message"]
+    status, body = await deliver(bot, "pull_request", fixture("pull_request.opened"), "d-1")
+    assert (status, body["error"]) == (503, "kill_switch")
+    # Schedules do not fire while engaged (a routine scheduled every second).
+    await routine(fake, "tick", f"Tick. {quick}", git_repo)
+    await fake.slash('schedule tick "every 1s"')
+    await asyncio.sleep(3)
+    assert "#" not in (await runs_of(fake, "tick")).split("tick", 2)[-1]
+
+    # A restart keeps it engaged.
+    await bot.stop()
+    bot, fake = await start_bot(**options)
+    status_reply = json.dumps((await fake.slash("killswitch status")).json())
+    assert "Kill switch engaged" in status_reply and "Bad deploy" in status_reply
+    status, _, _ = await call(bot, "POST", "/api/v1/routines/long/runs", token, body=b"{}")
+    assert status == 503
+    await asyncio.sleep(2)
+    assert not anthropic_api.requests_for("quick")
+
+    # Only an admin disengages; schedules resume from now, without the skipped fires.
+    refused = (await fake.slash("killswitch disengage", user=BOB)).json()
+    assert "Only admins may disengage the kill switch" in refused["text"]
+    reply = json.dumps((await fake.slash("killswitch disengage", user=DAVE)).json())
+    assert "Kill switch disengaged" in reply and "1 queued run(s)" in reply
+    assert "killswitch drop" in reply
+    await slack_api.wait_for("chat.postMessage", {"channel": INCIDENTS},
+                             contains="Kill switch disengaged", timeout=5)
+    await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
+                             contains="tick run #", timeout=60)
+    await fake.slash("schedule tick off")
+    ticks = bot.service.run_history("tick", limit=50)
+    assert 1 <= len(ticks) <= 3, [v.run.queued_at for v in ticks]  # no burst of ~8 fires
+    assert all(v.run.trigger_kind == "schedule" for v in ticks)
+    # The held run is dropped, never started.
+    dropped = json.dumps((await fake.slash("killswitch drop", user=DAVE)).json())
+    assert "Held runs dropped" in dropped
+    assert "cancelled" in await runs_of(fake, "long")
+    assert len(anthropic_api.requests_for("long")) == RUNNING
+    audit = json.dumps((await fake.slash("audit")).json())
+    for action in ("engage", "disengage", "held_dropped"):
+        assert f"*{action}*" in audit
+
+
+async def test_cancel_stops_one_running_run(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str, docker_client: Any,
+) -> None:
+    long = anthropic_api.script("long", [tool("run_shell", command="sleep 600")])
+    bot, fake = await start_bot()
+    await routine(fake, "long", f"Wait. {long}", git_repo)
+    answer = (await fake.slash("run long")).json()["text"]
+    run_id = answer.split("#")[1].split(" ")[0]
+    await containers_running(docker_client, bot, 1)
+    refused = (await fake.slash(f"cancel {run_id}", user=CAROL)).json()
+    assert f"Only its owners (<@{ALICE}>) or an admin may cancel" in refused["text"]
+    reply = (await fake.slash(f"cancel {run_id}")).json()
+    assert "is being stopped" in reply["text"]
+    done = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
+                                    contains=f"long run #{run_id}: cancelled", timeout=30)
+    assert f"cancelled by <@{ALICE}>" in json.dumps(done.params["blocks"])
+    assert await containers_running(docker_client, bot, 0, timeout=0) == []
