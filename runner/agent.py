@@ -189,10 +189,11 @@ def agent_loop(spec: RunSpec, client: anthropic.Anthropic) -> Event:
     """Talk to the model until it reports; return the final `result` event."""
     messages: list[dict[str, Any]] = [{"role": "user", "content": spec.prompt}]
     reminded = False
+    spent = 0
     for turn in range(1, spec.max_turns + 1):
         response = client.messages.create(
             model=spec.model,
-            max_tokens=spec.max_tokens_per_turn,
+            max_tokens=turn_max_tokens(spec, spent),
             system=SYSTEM_PROMPT,
             tools=TOOLS,  # type: ignore[arg-type]
             messages=messages,  # type: ignore[arg-type]
@@ -205,24 +206,13 @@ def agent_loop(spec: RunSpec, client: anthropic.Anthropic) -> Event:
                 "output_tokens": response.usage.output_tokens,
             }
         )
+        spent += response.usage.input_tokens + response.usage.output_tokens
         messages.append({"role": "assistant", "content": assistant_content(response.content)})
-        results: list[dict[str, Any]] = []
-        for block in response.content:
-            if block.type == "text":
-                emit({"type": "assistant_text", "text": block.text})
-            elif block.type == "tool_use":
-                args = dict(block.input) if isinstance(block.input, dict) else {}
-                emit({"type": "tool_call", "id": block.id, "name": block.name, "input": args})
-                if block.name == "report_result":
-                    outcome = "success" if args.get("outcome") == "success" else "failure"
-                    summary = str(args.get("summary", ""))
-                    return {"type": "result", "kind": "report", "outcome": outcome,
-                            "summary": summary}
-                output, is_error = run_tool(block.name, args)
-                emit({"type": "tool_output", "id": block.id, "output": output,
-                      "is_error": is_error})
-                results.append({"type": "tool_result", "tool_use_id": block.id,
-                                "content": output, "is_error": is_error})
+        if spec.max_tokens is not None and spent >= spec.max_tokens:
+            return budget_spent(spec.max_tokens, spent, response.content)
+        final, results = run_turn(response.content)
+        if final is not None:
+            return final
         if results:
             messages.append({"role": "user", "content": results})
         elif not reminded:
@@ -233,6 +223,54 @@ def agent_loop(spec: RunSpec, client: anthropic.Anthropic) -> Event:
                     "summary": "the agent stopped without calling report_result"}
     return {"type": "result", "kind": "turn_limit",
             "summary": f"turn limit of {spec.max_turns} reached without a self-report"}
+
+
+def turn_max_tokens(spec: RunSpec, spent: int) -> int:
+    """Output tokens one call may use: never more than what is left of the run's budget,
+    so the last call overshoots it by its input only."""
+    if spec.max_tokens is None:
+        return spec.max_tokens_per_turn
+    return max(1, min(spec.max_tokens_per_turn, spec.max_tokens - spent))
+
+
+def run_turn(blocks: list[Any]) -> tuple[Event | None, list[dict[str, Any]]]:
+    """Show the model's turn and run its tool calls; returns the final `result` event
+    if it reported, else the tool results to send back."""
+    results: list[dict[str, Any]] = []
+    for block in blocks:
+        if block.type == "text":
+            emit({"type": "assistant_text", "text": block.text})
+        elif block.type == "tool_use":
+            args = dict(block.input) if isinstance(block.input, dict) else {}
+            emit({"type": "tool_call", "id": block.id, "name": block.name, "input": args})
+            if block.name == "report_result":
+                return report_event(args), results
+            output, is_error = run_tool(block.name, args)
+            emit({"type": "tool_output", "id": block.id, "output": output,
+                  "is_error": is_error})
+            results.append({"type": "tool_result", "tool_use_id": block.id,
+                            "content": output, "is_error": is_error})
+    return None, results
+
+
+def report_event(args: dict[str, Any]) -> Event:
+    outcome = "success" if args.get("outcome") == "success" else "failure"
+    return {"type": "result", "kind": "report", "outcome": outcome,
+            "summary": str(args.get("summary", ""))}
+
+
+def budget_spent(max_tokens: int, spent: int, blocks: list[Any]) -> Event:
+    """The budget is reached: no further call and no tool runs. A report in this last
+    turn still counts (it costs nothing more); anything else ends with `token_budget`."""
+    for block in blocks:
+        if block.type == "text":
+            emit({"type": "assistant_text", "text": block.text})
+        elif block.type == "tool_use" and block.name == "report_result":
+            args = dict(block.input) if isinstance(block.input, dict) else {}
+            emit({"type": "tool_call", "id": block.id, "name": block.name, "input": args})
+            return report_event(args)
+    return {"type": "result", "kind": "token_budget",
+            "summary": f"token budget exhausted ({spent} of {max_tokens} tokens)"}
 
 
 def main() -> int:

@@ -7,13 +7,21 @@ The last one the agent writes is a `result` event whose `kind` says how it ended
 - `setup_failed`: the routine's setup script exited non-zero;
 - `turn_limit`: the agent used every turn without reporting;
 - `no_report`: the agent stopped talking without reporting;
-- `api_error`: the Anthropic API could not be used (an infrastructure fault).
+- `api_error`: the Anthropic API could not be used (an infrastructure fault);
+- `token_budget`: the run's token budget (`RunSpec.max_tokens`, input + output tokens
+  of every Messages API call together) was reached before the agent reported; the
+  summary reads "token budget exhausted (USED of MAX tokens)".
+
+Specs cross versions: the host and the sandbox image are upgraded separately, so
+`RunSpec.to_json` leaves out fields at their defaults (an older image, which rejects
+keys it does not know, still reads a spec that uses no newer feature) and
+`RunSpec.from_json` ignores keys it does not know (a newer host's spec still runs).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 SPEC_ENV = "ROUTINE_RUN_SPEC"
@@ -39,13 +47,23 @@ class RunSpec:
     max_turns: int
     setup_script: str = ""
     max_tokens_per_turn: int = 4096
+    # Input + output tokens for the whole run; None: no budget of its own.
+    max_tokens: int | None = None
+    # Host side only: keep the run's changes as a commit for `runner.publish` to push.
+    publish: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        """The spec as JSON, without the fields left at their defaults (see above)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return json.dumps({name: value for name, value in values.items()
+                           if name not in _DEFAULTS or value != _DEFAULTS[name]})
 
     @classmethod
     def from_json(cls, raw: str) -> RunSpec:
-        return cls(**json.loads(raw))
+        """Read a spec, ignoring keys this version does not know (see above)."""
+        data = json.loads(raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 @dataclass
@@ -63,6 +81,15 @@ class RunResult:
     diff: str = ""
     events_seen: int = 0
     detached: bool = False  # the bot stopped following; the container runs on, to be adopted
+    # `RunSpec.publish` and the run changed files: the commit kept for `runner.publish`.
+    commit: str | None = None
+    publish_error: str | None = None  # the changes could not be kept as a commit
+    # The agent went on calling the API after its token budget was spent: container killed.
+    token_budget_exceeded: bool = False
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunSpec)
+                             if f.default is not MISSING}
 
 
 def parse_event_line(line: str) -> Event:

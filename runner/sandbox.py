@@ -7,6 +7,7 @@ from a worker thread and can stop waiting through a `RunControl`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -20,7 +21,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from runner import workspace
+from runner import publish, workspace
 from runner.contract import (
     LABEL_INSTANCE,
     LABEL_ROUTINE,
@@ -126,8 +127,10 @@ class Sandbox:
         result = RunResult(run_id=spec.run_id)
         started = _started_at(container)
         stream = container.logs(stream=True, follow=True, stdout=True, stderr=False)
+        meter = _TokenMeter(spec.max_tokens, over_budget=lambda: _kill(container))
         reader = threading.Thread(target=self._read_events,
-                                  args=(stream, result, on_event, skip_events), daemon=True)
+                                  args=(stream, result, on_event, skip_events, meter),
+                                  daemon=True)
         reader.start()
         deadline = started + spec.timeout_seconds
         while True:
@@ -150,19 +153,20 @@ class Sandbox:
             result.exit_code = int(status.get("StatusCode", -1))
             break
         if result.exit_code is None:
-            with contextlib.suppress(docker.errors.APIError):
-                container.kill()
+            _kill(container)
         reader.join(timeout=10)
         if result.final is None:  # why it died matters most when it never reported
             tail = _stderr_tail(container)
             if tail:
                 on_event(result.events_seen + 1, {"type": "stderr", "text": tail})
-        self._finish(spec.run_id, container, result)
+        self._finish(spec, container, result)
         return result
 
     def _start(self, spec: RunSpec, repo: Path) -> Any:
         cfg = self.config
-        env = {SPEC_ENV: spec.to_json(), "ANTHROPIC_API_KEY": cfg.anthropic_api_key}
+        # `publish` is the host's business; left out, an older image still reads the spec.
+        env = {SPEC_ENV: dataclasses.replace(spec, publish=False).to_json(),
+               "ANTHROPIC_API_KEY": cfg.anthropic_api_key}
         if cfg.anthropic_base_url:
             env["ANTHROPIC_BASE_URL"] = cfg.anthropic_base_url
         user = f"{SANDBOX_UID}:{SANDBOX_UID}" if os.geteuid() == 0 else f"{os.geteuid()}"
@@ -196,7 +200,7 @@ class Sandbox:
 
     @staticmethod
     def _read_events(stream: Any, result: RunResult, on_event: EventSink,
-                     skip_events: int) -> None:
+                     skip_events: int, meter: _TokenMeter) -> None:
         buffer = b""
         seq = 0
         for chunk in _chunks(stream):
@@ -207,19 +211,38 @@ class Sandbox:
                     continue
                 seq += 1
                 event = parse_event_line(line.decode("utf-8", errors="replace"))
-                _account(result, event)
+                meter.account(result, event)
                 if seq > skip_events:
                     on_event(seq, event)
         result.events_seen = seq
 
-    def _finish(self, run_id: int, container: Any, result: RunResult) -> None:
+    def _finish(self, spec: RunSpec, container: Any, result: RunResult) -> None:
+        """Read the work back (the diff; for a publishing run, the kept commit), then
+        remove the container and the workspace. The container has ended by now."""
+        root = self.config.workspace_root
         try:
-            result.diff = workspace.diff(self.config.workspace_root, run_id,
-                                         self.config.max_diff_chars)
+            result.diff = workspace.diff(root, spec.run_id, self.config.max_diff_chars)
+            if spec.publish:
+                try:
+                    result.commit = publish.keep(root, spec.run_id,
+                                                 self._commit_message(spec, result))
+                except publish.PublishError as exc:
+                    result.publish_error = str(exc)
         finally:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
-            workspace.remove(self.config.workspace_root, run_id)
+            workspace.remove(root, spec.run_id)
+
+    def _commit_message(self, spec: RunSpec, result: RunResult) -> str:
+        title = f"routine {spec.routine} run {spec.run_id}"
+        final = result.final or {}
+        lines = str(final.get("summary", "")).strip().splitlines()
+        if final.get("kind") != "report" or not lines:
+            return title
+        summary = lines[0][:200]
+        if self.config.anthropic_api_key:  # the bot redacts the rest; this leaves the host
+            summary = summary.replace(self.config.anthropic_api_key, "[REDACTED]")
+        return f"{title}\n\n{summary}"
 
 
 def _chunks(stream: Any) -> Any:
@@ -238,12 +261,44 @@ def _stderr_tail(container: Any) -> str:
     return str(raw.decode("utf-8", errors="replace")).strip()
 
 
-def _account(result: RunResult, event: Event) -> None:
-    if event.get("type") == "usage":
-        result.input_tokens += int(event.get("input_tokens", 0))
-        result.output_tokens += int(event.get("output_tokens", 0))
-    elif event.get("type") == "result":
-        result.final = event
+class _TokenMeter:
+    """Counts tokens from the usage events, and is the host's backstop for the budget.
+
+    The agent stops itself after the response that reaches `RunSpec.max_tokens`, so
+    it may overshoot by that one response and no more. How much one response costs is
+    not bounded by `max_tokens_per_turn` (its input is the whole conversation so far),
+    so the backstop counts calls rather than tokens: a usage event arriving when the
+    budget was already reached is a call the agent should not have made. Then the
+    container is killed and `RunResult.token_budget_exceeded` set.
+    """
+
+    def __init__(self, max_tokens: int | None, over_budget: Callable[[], None]) -> None:
+        self.max_tokens = max_tokens
+        self.over_budget = over_budget
+
+    def account(self, result: RunResult, event: Event) -> None:
+        if event.get("type") == "usage":
+            spent = result.input_tokens + result.output_tokens
+            result.input_tokens += _int(event.get("input_tokens"))
+            result.output_tokens += _int(event.get("output_tokens"))
+            if (self.max_tokens is not None and spent >= self.max_tokens
+                    and not result.token_budget_exceeded):
+                result.token_budget_exceeded = True
+                self.over_budget()
+        elif event.get("type") == "result":
+            result.final = event
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _kill(container: Any) -> None:
+    with contextlib.suppress(docker.errors.APIError):
+        container.kill()
 
 
 def _started_at(container: Any) -> float:

@@ -1,28 +1,48 @@
-"""The run's workspace on the host: a fresh clone, and the diff that keeps the work.
+"""The run's workspace on the host: a fresh clone, the diff that keeps the work, and the
+commit a publishing run leaves.
 
 The clone is made on the host with gitpython (the sandbox never sees credentials or
-the network path to the repository) and bind-mounted into the container.
+the network path to the repository) and bind-mounted into the container, `.git` and
+all, so the agent can use git. That `.git` then belongs to the agent: its config can
+name programs (`core.fsmonitor`, `diff.external`, hooks, filters) that any git command
+reading it would run, and it can be swapped for a `.git` file pointing anywhere. So
+right after cloning, the host keeps its own copy of the git directory beside the
+clone, never mounted (`run-N/host.git`), and every host-side git command names that
+directory and the work tree explicitly: the workspace's `.git` is never read.
+
+    run-N/repo          the clone, mounted at /workspace (agent-writable)
+    run-N/host.git      the host's git directory for it (never mounted)
+    run-N/base-commit   the commit the run started from
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import git
 
+from runner.errors import WorkspaceError
+
+__all__ = ["WorkspaceError", "commit", "diff", "host_git_dir", "prepare", "remove",
+           "repo_dir", "run_dir"]
+
 BASE_COMMIT_FILE = "base-commit"
-# The container writes the clone as the sandbox user; git must accept it when we diff.
-_SAFE_DIRECTORY_ENV = {
-    "GIT_CONFIG_COUNT": "1",
-    "GIT_CONFIG_KEY_0": "safe.directory",
-    "GIT_CONFIG_VALUE_0": "*",
-}
-
-
-class WorkspaceError(Exception):
-    """The repository could not be cloned."""
+HOST_GIT_DIR = "host.git"
+KEPT_REF = "refs/routines/kept"  # where `commit` leaves the run's commit
+BOT_IDENTITY = {"GIT_AUTHOR_NAME": "routines bot", "GIT_AUTHOR_EMAIL": "routines@localhost",
+                "GIT_COMMITTER_NAME": "routines bot",
+                "GIT_COMMITTER_EMAIL": "routines@localhost"}
+# The transports a routine's repository may use (the bot accepts https, ssh and, when
+# allowed, local paths); `ext::` and the rest would let a URL run a program.
+PROTOCOL_CONFIG = {"protocol.allow": "never", "protocol.https.allow": "always",
+                   "protocol.ssh.allow": "always", "protocol.file.allow": "always"}
+# Host git never runs hooks or an fsmonitor, whatever a repository's config says.
+# Config given this way also binds every git process git itself starts.
+NO_PROGRAMS_CONFIG = {"core.hooksPath": os.devnull, "core.fsmonitor": "false"}
+GIT_TIMEOUT = 600
 
 
 def run_dir(root: Path, run_id: int) -> Path:
@@ -33,43 +53,146 @@ def repo_dir(root: Path, run_id: int) -> Path:
     return run_dir(root, run_id) / "repo"
 
 
+def host_git_dir(root: Path, run_id: int) -> Path:
+    return run_dir(root, run_id) / HOST_GIT_DIR
+
+
+def git_env(config: dict[str, str], **extra: str) -> dict[str, str]:
+    """The environment of a host-side git command: ours without any `GIT_*` variable
+    (which could point git at another repository), `config` as command-line config."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
+    env["GIT_CONFIG_COUNT"] = str(len(config))
+    for index, (key, value) in enumerate(config.items()):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    env.update(extra)
+    return env
+
+
 def prepare(root: Path, run_id: int, url: str, branch: str, owner_uid: int | None) -> Path:
-    """Clone `url` at `branch` into a fresh directory; return the repo path."""
+    """Clone `url` at `branch` into a fresh directory, keep the host's copy of its git
+    directory, and return the repo path (the one to mount)."""
     target = repo_dir(root, run_id)
     shutil.rmtree(target.parent, ignore_errors=True)
     target.parent.mkdir(parents=True)
     try:
-        repo = git.Repo.clone_from(url, target, branch=branch, depth=1, single_branch=True)
-    except git.GitCommandError as exc:
-        stderr = (exc.stderr or "").strip().replace("\n", " ")[:300]
+        # no_hardlinks: a local clone would otherwise share object files with the
+        # source repository, and the chown below would hand those to the sandbox.
+        repo = git.Repo.clone_from(url, target, branch=branch, depth=1, single_branch=True,
+                                   no_hardlinks=True, env=git_env(PROTOCOL_CONFIG))
+    except git.GitError as exc:  # a failed clone, or a URL gitpython deems unsafe
+        stderr = str(getattr(exc, "stderr", "") or exc).strip().replace("\n", " ")[:300]
         raise WorkspaceError(f"clone of {url} at {branch} failed: {stderr}") from exc
     (target.parent / BASE_COMMIT_FILE).write_text(repo.head.commit.hexsha)
     repo.close()
+    shutil.copytree(target / ".git", host_git_dir(root, run_id), symlinks=True)
     if owner_uid is not None:
         _chown_tree(target, owner_uid)
     return target
 
 
 def diff(root: Path, run_id: int, limit: int) -> str:
-    """Everything the run changed against the cloned commit, new files included."""
-    base_file = run_dir(root, run_id) / BASE_COMMIT_FILE
-    path = repo_dir(root, run_id)
-    if not base_file.exists() or not path.exists():
+    """Everything the run changed against the cloned commit, new files included.
+
+    Call it only once the container has ended: it stages the work tree in the host's
+    git directory, and removes any nested `.git` from the work tree first (see
+    `_strip_nested_git`)."""
+    if not _base_file(root, run_id).exists() or not repo_dir(root, run_id).exists():
         return ""
-    cmd = git.Git(str(path))
-    with cmd.custom_environment(**_SAFE_DIRECTORY_ENV):
-        try:
-            cmd.add("--all")
-            text = str(cmd.diff("--cached", base_file.read_text().strip()))
-        except git.GitCommandError as exc:
-            return f"[diff unavailable: {exc.status}]"
+    try:
+        _stage(root, run_id)
+        text = _host_git(root, run_id, "diff", "--cached", "--no-ext-diff", "--no-textconv",
+                         "--ignore-submodules=all", _base(root, run_id))
+    except WorkspaceError as exc:
+        return f"[diff unavailable: {exc}]"
     if len(text) > limit:
         return text[:limit] + f"\n[... diff truncated, {len(text) - limit} more characters]"
     return text
 
 
+def commit(root: Path, run_id: int, message: str) -> str | None:
+    """Commit the work tree's state on top of the cloned commit, in the host's git
+    directory (at `KEPT_REF`), as the routines bot; None when nothing changed.
+
+    Plumbing only (`write-tree`, `commit-tree`), so no hook, no signing and no commit
+    config applies. Same precondition as `diff`."""
+    base = _base(root, run_id)
+    _stage(root, run_id)
+    tree = _host_git(root, run_id, "write-tree").strip()
+    if tree == _host_git(root, run_id, "rev-parse", f"{base}^{{tree}}").strip():
+        return None
+    sha = _host_git(root, run_id, "commit-tree", tree, "-p", base, "-m", message,
+                    extra_env=BOT_IDENTITY).strip()
+    _host_git(root, run_id, "update-ref", KEPT_REF, sha)
+    return sha
+
+
 def remove(root: Path, run_id: int) -> None:
     shutil.rmtree(run_dir(root, run_id), ignore_errors=True)
+
+
+def _base_file(root: Path, run_id: int) -> Path:
+    return run_dir(root, run_id) / BASE_COMMIT_FILE
+
+
+def _base(root: Path, run_id: int) -> str:
+    try:
+        return _base_file(root, run_id).read_text().strip()
+    except OSError as exc:
+        raise WorkspaceError(f"run {run_id} has no workspace") from exc
+
+
+def _stage(root: Path, run_id: int) -> None:
+    _strip_nested_git(repo_dir(root, run_id))
+    _host_git(root, run_id, "add", "--all")
+
+
+def _host_git(root: Path, run_id: int, *args: str,
+              extra_env: dict[str, str] | None = None) -> str:
+    """Run git on the run's work tree with the host's git directory.
+
+    Neither system nor user config is read either: local work on a run needs none, and
+    a filter or diff driver the host happens to configure must not meet the agent's
+    `.gitattributes`."""
+    cmd = ["git", f"--git-dir={host_git_dir(root, run_id)}",
+           f"--work-tree={repo_dir(root, run_id)}", *args]
+    env = git_env(NO_PROGRAMS_CONFIG, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull,
+                  GIT_TERMINAL_PROMPT="0", **(extra_env or {}))
+    try:
+        proc = subprocess.run(cmd, cwd=run_dir(root, run_id), env=env, capture_output=True,
+                              stdin=subprocess.DEVNULL, timeout=GIT_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise WorkspaceError(f"git {args[0]}: {exc}") from exc
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode("utf-8", "replace").strip().replace("\n", " ")[:300]
+        raise WorkspaceError(f"git {args[0]} exited with {proc.returncode}: {stderr}")
+    return proc.stdout.decode("utf-8", "replace")
+
+
+def _strip_nested_git(repo: Path) -> None:
+    """Delete every `.git` below the top of the work tree.
+
+    To git, a directory holding `.git` is a nested repository, and staging the work
+    tree runs `git status` inside it, under that repository's own config: the agent's.
+    The top-level `.git` stays (host git never reads it: it names its own). A nested
+    repository the agent made is then staged as plain files; a submodule stays at the
+    commit the run started from."""
+    for dirpath, dirnames, filenames in os.walk(repo):
+        nested = dirpath != str(repo)
+        path = os.path.join(dirpath, ".git")
+        if ".git" in dirnames:  # a directory, or a symbolic link to one
+            dirnames.remove(".git")  # never walked into
+            if nested:
+                _delete(path)
+        elif ".git" in filenames and nested:
+            os.unlink(path)
+
+
+def _delete(path: str) -> None:
+    if os.path.islink(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path)
 
 
 def _chown_tree(path: Path, uid: int) -> None:

@@ -26,6 +26,7 @@ class Turn:
     content: list[Block]
     delay: float = 0.0
     status: int = 200
+    usage: tuple[int, int] | None = None  # (input, output); default 100+N, 20+N on turn N
 
 
 @dataclass
@@ -98,11 +99,11 @@ class AnthropicStandIn:
         content = [dict(b, id=f"toolu_{next(self._ids):04d}") if b["type"] == "tool_use" else b
                    for b in turn.content]
         stop = "tool_use" if any(b["type"] == "tool_use" for b in content) else "end_turn"
+        usage = turn.usage or (100 + turn_index, 20 + turn_index)
         return web.json_response({
             "id": f"msg_{next(self._ids):06d}", "type": "message", "role": "assistant",
             "model": body.get("model"), "content": content, "stop_reason": stop,
-            "stop_sequence": None, "usage": {"input_tokens": 100 + turn_index,
-                                             "output_tokens": 20 + turn_index},
+            "stop_sequence": None, "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
         })
 
 
