@@ -62,8 +62,8 @@ def running(client: Any, instance: str) -> int:
                                                "status": "running"}))
 
 
-async def wait_until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(check: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
     while not check():
         if time.monotonic() > deadline:
             raise SystemExit(f"killswitch bench: timed out waiting for {what}")

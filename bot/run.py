@@ -21,6 +21,8 @@ def decide_outcome(result: RunResult, timeout_seconds: int) -> RunOutcome:
         return RunOutcome(RunStatus.ERROR, None, result.infra_error)
     if result.timed_out:
         return RunOutcome(RunStatus.TIMED_OUT, None, f"timed out after {timeout_seconds}s")
+    if result.token_budget_exceeded:  # the host's backstop: the agent did not stop itself
+        return RunOutcome(RunStatus.FAILED, None, "token budget exhausted")
     if result.killed:
         return RunOutcome(RunStatus.KILLED, None, "killed")
     final = result.final or {}
@@ -32,6 +34,8 @@ def decide_outcome(result: RunResult, timeout_seconds: int) -> RunOutcome:
         return RunOutcome(RunStatus.FAILED, summary, summary or "the agent reported failure")
     if kind == "api_error":
         return RunOutcome(RunStatus.ERROR, None, summary)
+    if kind == "token_budget":
+        return RunOutcome(RunStatus.FAILED, None, summary or "token budget exhausted")
     if kind in {"setup_failed", "turn_limit"}:
         return RunOutcome(RunStatus.FAILED, None, summary)
     detail = f" (exit code {result.exit_code})" if result.exit_code is not None else ""

@@ -693,6 +693,8 @@ class RoutineService:
             timeout_seconds=routine.timeout_seconds,
             max_turns=routine.max_turns,
             setup_script=routine.setup_script,
+            max_tokens=routine.max_tokens_per_run,
+            publish=routine.risk == RiskLevel.MEDIUM,
         )
 
     def runs_with_status(self, status: RunStatus) -> list[RunView]:

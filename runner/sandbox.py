@@ -151,6 +151,8 @@ class Sandbox:
             except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
                 continue
             result.exit_code = int(status.get("StatusCode", -1))
+            # Killed from outside while we waited (the bot kills containers directly).
+            result.killed = control.kill_requested.is_set()
             break
         if result.exit_code is None:
             _kill(container)

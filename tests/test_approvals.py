@@ -43,7 +43,7 @@ async def request_for(slack_api: SlackApiStandIn, run_id: str) -> tuple[SlackCal
 async def run_waiting(fake: FakeSlack, name: str, user: str = ALICE) -> str:
     answer = (await fake.slash(f"run {name}", user=user)).json()["text"]
     assert "waits for approval" in answer, answer
-    return answer.split("#")[1].split(" ")[0]
+    return str(answer).split("#")[1].split(" ")[0]
 
 
 def update_of(slack_api: SlackApiStandIn, ts: str) -> list[dict[str, Any]]:
@@ -144,7 +144,7 @@ async def test_two_approvers_clicking_at_once_make_one_decision(
 async def test_an_undecided_request_expires_and_says_so(
     start_bot: BotFactory, slack_api: SlackApiStandIn, git_repo: str,
 ) -> None:
-    bot, fake = await start_bot(approval_timeout_seconds=1)
+    bot, fake = await start_bot(approval_timeout_seconds=1, admins=(DAVE,))
     await routine(fake, "risky", "Do it.", git_repo, "risk=high")
     run_id = await run_waiting(fake, "risky")
     posted, approval_id = await request_for(slack_api, run_id)
@@ -182,7 +182,7 @@ async def test_medium_risk_pushes_only_after_approval_to_a_bot_branch(
     await fake.click("approve", approval_id, user=ALICE, channel=RESULTS_CHANNEL)
     await slack_api.wait_for("chat.postEphemeral", {"user": ALICE}, timeout=5)  # four eyes
     await fake.click("approve", approval_id, user=DAVE, channel=RESULTS_CHANNEL)
-    await slack_api.wait_for("chat.update", contains="pushed to", timeout=30)
+    await slack_api.wait_for("chat.update", contains="pushed to branch", timeout=30)
     branch = f"routines/fixer/{run_id}"
     assert sorted(r.name for r in origin.references) == ["main", branch]
     pushed = origin.commit(branch)

@@ -55,7 +55,7 @@ def make_service(db: Database, **policy: object) -> RoutineService:
     base = ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5, triggers_per_minute=1000,
                          admins=(ADMIN,), approval_timeout_seconds=3600)
     values = {**base.__dict__, **policy}
-    return RoutineService(db, ServicePolicy(**values),  # type: ignore[arg-type]
+    return RoutineService(db, ServicePolicy(**values),
                           Redactor(()), lambda group: GROUPS.get(group, frozenset()))
 
 
