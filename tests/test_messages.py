@@ -123,3 +123,45 @@ def test_log_modal_fits_however_long_the_log() -> None:
     view = handlers().log_modal(RunView(run(diff="+<>" * 9000), routine()), events)
     check_view(view)
     assert "earlier lines not shown" in view["blocks"][0]["elements"][0]["text"]
+
+
+@pytest.mark.parametrize("status", ["pending", "approved", "rejected", "expired", "withdrawn"])
+@pytest.mark.parametrize("kind", ["start", "publish"])
+def test_approval_requests_fit_slack_in_every_state(kind: str, status: str) -> None:
+    from bot.models import Approval
+    from bot.service import ApprovalView
+
+    approval = Approval(id=3, run_id=7, kind=kind, status=status, requested_by="U0ALICE01",
+                        requested_at=NOW, expires_at=NOW + timedelta(hours=24),
+                        decided_by="U0BOB0001", decided_at=NOW, reason="r" * 500)
+    huge = run(prompt="<p>" * 5_000, diff="diff --git a/x b/x\n+" + "y" * 10_000,
+               published_ref="refs/heads/routines/nightly/7")
+    message = messages.render("approval_request.json.j2", view=ApprovalView(
+        approval, huge, routine(risk="high")), diff_summary="\n".join(["f +1 -0"] * 400))
+    blocks = check_blocks(message)
+    has_buttons = any(b.type == "actions" for b in blocks)
+    assert has_buttons == (status == "pending")
+
+
+def test_governance_layouts_fit_slack() -> None:
+    from bot.budget import Spend
+    from bot.models import AuditEntry, KillSwitch
+    from bot.service import HeldRuns, KillSwitchReport
+
+    check_view(messages.render("reject_modal.json.j2", approval_id=3, run_id=7,
+                               routine="nightly"))
+    for engaged in (True, False):
+        report = KillSwitchReport(KillSwitch(id=1, engaged=engaged, reason="<x>" * 600,
+                                             changed_by="U0DAVE001", changed_at=NOW),
+                                  20, HeldRuns(4, 2))
+        for event in ("engaged", "disengaged", "status", "released", "dropped"):
+            check_blocks(messages.render("killswitch.json.j2", report=report, event=event))
+    entries = [AuditEntry(id=i, at=NOW, actor="U0ALICE01", action="change", routine="nightly",
+                          details="d" * 5_000) for i in range(20)]
+    check_blocks(messages.render("audit_list.json.j2", routine="nightly", entries=entries))
+    check_blocks(messages.render("audit_list.json.j2", routine="", entries=[]))
+    for spent, cap in ((1, 0), (8.5, 10), (12, 10), (1, 10)):
+        check_blocks(messages.render("spend.json.j2", spend=Spend(spent, cap)))
+    check_blocks(messages.render("routine_status.json.j2", github=[], overview=RoutineOverview(
+        routine(owners="U0ALICE01,subteam:S0OPS0001", approvers="U0BOB0001",
+                max_runs_per_day=5, max_concurrent=2, max_tokens_per_run=50_000), None)))
