@@ -78,15 +78,22 @@ def check_refspec(refspec: str, default_branch: str | None = None) -> str:
     return destination
 
 
-def keep(workspace_root: Path, run_id: int, message: str) -> str | None:
+def keep(workspace_root: Path, run_id: int, message: str,
+         secrets: tuple[str, ...] = ()) -> str | None:
     """Commit the run's changes and keep only its host git directory, for `push`;
     return the commit, or None (and keep nothing) when the run changed nothing.
 
+    Changes holding any of `secrets` are not kept (`PublishError`): whoever approves
+    sees them redacted, and would otherwise publish them unknowingly.
     Call it before the workspace is removed, once the container has ended."""
     try:
         sha = workspace.commit(workspace_root, run_id, message)
+        leaked = sha is not None and workspace.contains_any(workspace_root, run_id,
+                                                            list(secrets))
     except workspace.WorkspaceError as exc:
         raise PublishError(f"could not keep run {run_id}'s changes: {exc}") from exc
+    if leaked:
+        raise PublishError(f"run {run_id}'s changes contain a secret value: nothing kept")
     if sha is None:
         return None
     held = holding_dir(workspace_root, run_id)

@@ -227,7 +227,8 @@ class Sandbox:
             if spec.publish:
                 try:
                     result.commit = publish.keep(root, spec.run_id,
-                                                 self._commit_message(spec, result))
+                                                 self._commit_message(spec, result),
+                                                 secrets=(self.config.anthropic_api_key,))
                 except publish.PublishError as exc:
                     result.publish_error = str(exc)
         finally:

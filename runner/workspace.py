@@ -26,7 +26,7 @@ import git
 
 from runner.errors import WorkspaceError
 
-__all__ = ["WorkspaceError", "commit", "diff", "host_git_dir", "prepare", "remove",
+__all__ = ["WorkspaceError", "commit", "contains_any", "diff", "host_git_dir", "prepare", "remove",
            "repo_dir", "run_dir"]
 
 BASE_COMMIT_FILE = "base-commit"
@@ -83,11 +83,15 @@ def prepare(root: Path, run_id: int, url: str, branch: str, owner_uid: int | Non
     except git.GitError as exc:  # a failed clone, or a URL gitpython deems unsafe
         stderr = str(getattr(exc, "stderr", "") or exc).strip().replace("\n", " ")[:300]
         raise WorkspaceError(f"clone of {url} at {branch} failed: {stderr}") from exc
-    (target.parent / BASE_COMMIT_FILE).write_text(repo.head.commit.hexsha)
-    repo.close()
-    shutil.copytree(target / ".git", host_git_dir(root, run_id), symlinks=True)
-    if owner_uid is not None:
-        _chown_tree(target, owner_uid)
+    try:
+        (target.parent / BASE_COMMIT_FILE).write_text(repo.head.commit.hexsha)
+        shutil.copytree(target / ".git", host_git_dir(root, run_id), symlinks=True)
+        if owner_uid is not None:
+            _chown_tree(target, owner_uid)
+    except OSError as exc:
+        raise WorkspaceError(f"could not prepare the workspace: {exc}") from exc
+    finally:
+        repo.close()
     return target
 
 
@@ -127,6 +131,24 @@ def commit(root: Path, run_id: int, message: str) -> str | None:
     return sha
 
 
+def contains_any(root: Path, run_id: int, values: list[str]) -> bool:
+    """Whether any of `values` occurs in the staged work tree (after `diff` or `commit`).
+
+    The patterns go through a file of the host's, not the command line."""
+    values = [v for v in values if v and "\n" not in v]
+    if not values:
+        return False
+    patterns = run_dir(root, run_id) / "patterns"
+    patterns.write_text("".join(f"{v}\n" for v in values))
+    try:
+        proc = _run_host_git(root, run_id, ("grep", "--cached", "-q", "-F", "-f", str(patterns)))
+    finally:
+        patterns.unlink(missing_ok=True)
+    if proc.returncode > 1:
+        raise WorkspaceError(f"git grep exited with {proc.returncode}")
+    return proc.returncode == 0
+
+
 def remove(root: Path, run_id: int) -> None:
     shutil.rmtree(run_dir(root, run_id), ignore_errors=True)
 
@@ -143,30 +165,37 @@ def _base(root: Path, run_id: int) -> str:
 
 
 def _stage(root: Path, run_id: int) -> None:
-    _strip_nested_git(repo_dir(root, run_id))
+    try:
+        _strip_nested_git(repo_dir(root, run_id))
+    except OSError as exc:
+        raise WorkspaceError(f"could not read the work tree back: {exc}") from exc
     _host_git(root, run_id, "add", "--all")
 
 
 def _host_git(root: Path, run_id: int, *args: str,
               extra_env: dict[str, str] | None = None) -> str:
-    """Run git on the run's work tree with the host's git directory.
+    """Run git on the run's work tree with the host's git directory; return its output."""
+    proc = _run_host_git(root, run_id, args, extra_env)
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode("utf-8", "replace").strip().replace("\n", " ")[:300]
+        raise WorkspaceError(f"git {args[0]} exited with {proc.returncode}: {stderr}")
+    return proc.stdout.decode("utf-8", "replace")
 
-    Neither system nor user config is read either: local work on a run needs none, and
-    a filter or diff driver the host happens to configure must not meet the agent's
-    `.gitattributes`."""
+
+def _run_host_git(root: Path, run_id: int, args: tuple[str, ...],
+                  extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Neither system nor user config is read either: local work on a run needs none,
+    and a filter or diff driver the host happens to configure must not meet the
+    agent's `.gitattributes`."""
     cmd = ["git", f"--git-dir={host_git_dir(root, run_id)}",
            f"--work-tree={repo_dir(root, run_id)}", *args]
     env = git_env(NO_PROGRAMS_CONFIG, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull,
                   GIT_TERMINAL_PROMPT="0", **(extra_env or {}))
     try:
-        proc = subprocess.run(cmd, cwd=run_dir(root, run_id), env=env, capture_output=True,
+        return subprocess.run(cmd, cwd=run_dir(root, run_id), env=env, capture_output=True,
                               stdin=subprocess.DEVNULL, timeout=GIT_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise WorkspaceError(f"git {args[0]}: {exc}") from exc
-    if proc.returncode != 0:
-        stderr = proc.stderr.decode("utf-8", "replace").strip().replace("\n", " ")[:300]
-        raise WorkspaceError(f"git {args[0]} exited with {proc.returncode}: {stderr}")
-    return proc.stdout.decode("utf-8", "replace")
 
 
 def _strip_nested_git(repo: Path) -> None:

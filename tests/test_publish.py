@@ -15,6 +15,7 @@ from runner.publish import PublishError, PublishRefused, branch_ref, check_refsp
 from tests.conftest import SANDBOX_IMAGE
 from tests.sandbox_runs import bare_copy, execute, make_sandbox, refs, spec
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
+from tests.standins.environment import API_KEY
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SANDBOX_UID = 10001 if os.geteuid() == 0 else None
@@ -133,6 +134,22 @@ def kept(tmp_path: Path, git_repo: str) -> tuple[Path, str, str]:
     workspace.remove(root, 51)
     assert sha is not None
     return root, remote, sha
+
+
+def test_changes_holding_a_secret_value_are_not_kept(tmp_path: Path, git_repo: str) -> None:
+    root = tmp_path / "ws"
+    repo = workspace.prepare(root, 52, git_repo, "main", SANDBOX_UID)
+    (repo / "config.env").write_text(f"KEY={API_KEY}\n")
+    (repo / "blob.bin").write_bytes(b"\0\1" + API_KEY.encode())
+
+    with pytest.raises(PublishError, match="contain a secret value"):
+        publish.keep(root, 52, "routine nightly run 52", secrets=("", API_KEY))
+
+    assert publish.held_runs(root) == []
+    (repo / "config.env").unlink()
+    (repo / "blob.bin").unlink()
+    (repo / "fine.txt").write_text("nothing secret\n")
+    assert publish.keep(root, 52, "routine nightly run 52", secrets=(API_KEY,)) is not None
 
 
 def test_refused_destinations_push_nothing_and_keep_the_commit(
