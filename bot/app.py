@@ -14,7 +14,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.announce import Announcer
 from bot.db import Database
 from bot.dispatcher import Dispatcher
+from bot.home_tab import HomeTab
 from bot.messages import Messages
+from bot.metrics import build_registry, running_containers
+from bot.ops import Readiness, add_ops_routes
 from bot.redaction import Redactor
 from bot.scheduler import Scheduler
 from bot.server import build_web_app
@@ -44,6 +47,10 @@ class Bot:
                                    settings.schedule_grace_seconds)
         self.service.on_run_queued(self.dispatcher.wake)
         self.slack = build_slack_app(settings, self.service, self.messages, self.slack_client)
+        self.home = HomeTab(self.service, self.messages, self.slack_client, self.db,
+                            settings.home_refresh_seconds)
+        self.home.register(self.slack)
+        self.service.on_run_queued(self.home.changed)
         self._web: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self.port = 0
@@ -53,7 +60,10 @@ class Bot:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.dispatcher.start()
         await self.scheduler.start()
+        await self.home.start()
         web_app = build_web_app(self.slack, self.db, self.service, self.settings)
+        add_ops_routes(web_app, Readiness(self.db, self.docker), build_registry(
+            self.db, running_containers(self.docker, self.settings.instance)))
         self._web = web.AppRunner(web_app, access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, self.settings.host, self.settings.port)
@@ -70,6 +80,7 @@ class Bot:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
         if self._web is not None:
             await self._web.cleanup()
+        await self.home.stop()
         self.scheduler.stop()
         await self.dispatcher.stop()
         self.docker.close()

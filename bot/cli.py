@@ -14,6 +14,8 @@ import signal
 import sys
 
 from bot.errors import RoutinesError, SettingsError
+from bot.logs import configure_logging
+from bot.redaction import Redactor
 from bot.settings import Settings
 
 
@@ -28,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
-            asyncio.run(serve(Settings.from_env()))
+            settings = Settings.from_env()
+            configure_logging(settings.log_format, os.environ.get("LOG_LEVEL", "INFO"),
+                              Redactor(settings.secrets))
+            asyncio.run(serve(settings))
         else:
             print_logs(args.run_id)
     except SettingsError as exc:
@@ -58,7 +63,6 @@ async def serve(settings: Settings) -> None:
 def print_logs(run_id: int) -> None:
     """Needs only the database: events were redacted when they were stored."""
     from bot.db import Database
-    from bot.redaction import Redactor
     from bot.service import RoutineService, ServicePolicy
 
     settings = Settings(slack_bot_token="", anthropic_api_key="",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,8 +10,9 @@ import pytest
 from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
+from bot.home import MAX_ROUTINES, home_page, mention
 from bot.messages import Messages
-from bot.models import ApiToken, Routine, Run, RunStatus, TriggerKind
+from bot.models import ApiToken, KillSwitch, Routine, Run, RunStatus, TriggerKind
 from bot.service import RoutineOverview, RunView
 from bot.settings import Settings
 from bot.slack import SlackHandlers
@@ -123,3 +125,25 @@ def test_log_modal_fits_however_long_the_log() -> None:
     view = handlers().log_modal(RunView(run(diff="+<>" * 9000), routine()), events)
     check_view(view)
     assert "earlier lines not shown" in view["blocks"][0]["elements"][0]["text"]
+
+
+@pytest.mark.parametrize(("mine", "team"), [(0, 0), (1, 1), (3, 200), (200, 3), (120, 120)])
+def test_home_tab_is_a_valid_view_within_a_hundred_blocks(mine: int, team: int) -> None:
+    long = "<&>" * 2000
+    overviews = [RoutineOverview(routine(name=f"m-{i:03d}", owners="U0ALICE01",
+                                         created_by="U0BOB0001", schedule="every 1h",
+                                         paused_at=NOW if i % 3 else None, paused_by="U0BOB0001"),
+                                 run(summary=long, reason=long) if i % 2 else None)
+                 for i in range(mine)]
+    overviews += [RoutineOverview(routine(name=f"t-{i:03d}", created_by="U0BOB0001"), run())
+                  for i in range(team)]
+    switch = KillSwitch(id=1, engaged=True, reason=long, changed_by="U0BOB0001", changed_at=NOW)
+    page = home_page(overviews, switch, "U0ALICE01", NOW, notice=long)
+    view = messages.render("app_home.json.j2", page=page, mention=mention)
+
+    View(**view).validate_json()
+    assert view["type"] == "home" and len(view["blocks"]) <= 100
+    shown = json.dumps(view)
+    assert "<!channel>" not in shown and "&lt;&amp;&gt;" in shown
+    if mine + team > MAX_ROUTINES:
+        assert "more: `/routine list` shows them all" in shown
