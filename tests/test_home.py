@@ -15,8 +15,9 @@ from slack_sdk.models.views import View
 
 from bot.app import Bot
 from bot.models import KillSwitch, utcnow
+from bot.routine import RoutineDraft
 from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.slack_requests import FakeSlack, modal_values
+from tests.slack_requests import TEAM, FakeSlack, modal_values
 from tests.standins.slack_api import SlackApiStandIn
 
 ALICE, BOB = "U0ALICE01", "U0BOB0001"
@@ -197,3 +198,29 @@ async def test_changes_from_other_doors_and_processes_refresh_open_homes(
     view = await next_home(slack_api, ALICE, seen,
                            lambda v: "active" in section_of(v, "alice-daily"))
     assert not second.service.get_routine("alice-daily").paused
+
+
+async def test_home_over_socket_mode(start_bot: BotFactory, slack_api: SlackApiStandIn) -> None:
+    bot, _ = await start_bot(slack_app_token="xapp-1-test-app-token-0000",
+                             max_concurrent_runs=0)
+    await asyncio.to_thread(bot.service.create_routine, RoutineDraft(
+        name="socket-home", prompt="p", repo_url="file:///nowhere", channel_id=RESULTS_CHANNEL),
+        ALICE)
+
+    await slack_api.send_envelope("events_api", {
+        "type": "event_callback", "team_id": TEAM, "api_app_id": "A0001",
+        "event_id": "Ev0SOCKET1", "event_time": int(time.time()),
+        "event": {"type": "app_home_opened", "user": ALICE, "tab": "home",
+                  "channel": "D0HOME01", "event_ts": "1.2"}})
+    await next_home(slack_api, ALICE, 0, "socket-home")
+    seen = len(slack_api.homes_of(ALICE))
+    await slack_api.send_envelope("interactive", {
+        "type": "block_actions", "team": {"id": TEAM}, "user": {"id": ALICE},
+        "api_app_id": "A0001", "trigger_id": "3.3.trigger",
+        "container": {"type": "view", "view_id": "V0HOME01"},
+        "view": {"id": "V0HOME01", "type": "home", "blocks": []},
+        "actions": [{"action_id": "home_pause", "block_id": "actions:socket-home",
+                     "value": "socket-home", "type": "button", "action_ts": "1.3"}]})
+
+    await next_home(slack_api, ALICE, seen, "paused by")
+    assert bot.service.get_routine("socket-home").paused_by == ALICE
