@@ -16,7 +16,10 @@ from bot.approvals import ApprovalDesk, ApprovalMessages
 from bot.db import Database
 from bot.directory import SlackDirectory
 from bot.dispatcher import Dispatcher
+from bot.home_tab import HomeTab
 from bot.messages import Messages
+from bot.metrics import build_registry, running_containers
+from bot.ops import Readiness, add_ops_routes
 from bot.redaction import Redactor
 from bot.scheduler import Scheduler
 from bot.server import build_web_app
@@ -53,6 +56,10 @@ class Bot:
         self.service.on_run_queued(self.dispatcher.wake)
         self.service.on_stop_requested(self.dispatcher.stop_run)
         self.slack = build_slack_app(settings, self.service, self.messages, self.slack_client)
+        self.home = HomeTab(self.service, self.messages, self.slack_client, self.db,
+                            settings.home_refresh_seconds)
+        self.home.register(self.slack)
+        self.service.on_run_queued(self.home.changed)
         self._web: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self.port = 0
@@ -63,7 +70,10 @@ class Bot:
         await self.dispatcher.start()
         await self.scheduler.start()
         await self.approvals.start()
+        await self.home.start()
         web_app = build_web_app(self.slack, self.db, self.service, self.settings)
+        add_ops_routes(web_app, Readiness(self.db, self.docker), build_registry(
+            self.db, running_containers(self.docker, self.settings.instance)))
         self._web = web.AppRunner(web_app, access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, self.settings.host, self.settings.port)
@@ -80,6 +90,7 @@ class Bot:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
         if self._web is not None:
             await self._web.cleanup()
+        await self.home.stop()
         self.scheduler.stop()
         await self.approvals.stop()
         await self.dispatcher.stop()

@@ -15,6 +15,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from bot.errors import RoutinesError, SettingsError
+from bot.logs import configure_logging
+from bot.redaction import Redactor
 from bot.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
-            asyncio.run(serve(Settings.from_env()))
+            settings = Settings.from_env()
+            configure_logging(settings.log_format, os.environ.get("LOG_LEVEL", "INFO"),
+                              Redactor(settings.secrets))
+            asyncio.run(serve(settings))
         elif args.command == "audit":
             print_audit(args.routine, args.json)
         else:
@@ -70,7 +75,6 @@ def offline_service() -> tuple[RoutineService, Database]:
     """The service over the database alone, for commands that need no Slack or Docker
     (what they read was redacted when it was stored)."""
     from bot.db import Database
-    from bot.redaction import Redactor
     from bot.service import RoutineService, ServicePolicy
 
     settings = Settings(slack_bot_token="", anthropic_api_key="",

@@ -239,3 +239,11 @@ class KillSwitch(SQLModel, table=True):
     reason: str = ""
     changed_by: str = ""
     changed_at: datetime | None = timestamp_field()
+
+
+class HomeViewer(SQLModel, table=True):
+    """A user who opened the App Home tab: their Home is republished after changes, and
+    a restart keeps the list."""
+
+    user_id: str = Field(primary_key=True, max_length=32)
+    opened_at: datetime = timestamp_field(required=True)

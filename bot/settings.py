@@ -50,6 +50,8 @@ class Settings:
     schedule_grace_seconds: int = 300
     github_max_body_bytes: int = 25 * 1024 * 1024  # GitHub's own cap on a delivery
     extra_secrets: tuple[str, ...] = field(default_factory=tuple)
+    log_format: str = "text"  # or "json": one JSON object per line (bot.logs)
+    home_refresh_seconds: float = 5.0  # how often Home tabs look for changes from elsewhere
     prices: PriceTable = field(default_factory=PriceTable.default)
     admins: tuple[str, ...] = ()  # user ids and `subteam:S...` user groups
     incidents_channel: str = ""  # kill switch and spend announcements also go here
@@ -113,6 +115,9 @@ class Settings:
             triggers_per_minute=_int(env, "ROUTINES_TRIGGERS_PER_MINUTE", cls.triggers_per_minute),
             api_max_body_bytes=_int(env, "ROUTINES_API_MAX_BODY_BYTES", cls.api_max_body_bytes),
             github_webhook_secret=env.get("GITHUB_WEBHOOK_SECRET", ""),
+            log_format=_choice(env, "ROUTINES_LOG_FORMAT", ("text", "json"), cls.log_format),
+            home_refresh_seconds=_float(env, "ROUTINES_HOME_REFRESH_SECONDS",
+                                        cls.home_refresh_seconds),
             min_schedule_interval_seconds=_int(env, "ROUTINES_MIN_INTERVAL_SECONDS",
                                                cls.min_schedule_interval_seconds),
             schedule_grace_seconds=_int(env, "ROUTINES_SCHEDULE_GRACE_SECONDS",
@@ -135,6 +140,11 @@ def _principals(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         return parse_principals(env.get(name, ""))
     except ValueError as exc:
         raise SettingsError(f"setting {name}: {exc}") from None
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SettingsError(f"setting {name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -30,13 +30,15 @@ class FakeSlack:
         self.url = base_url.rstrip("/") + "/slack/events"
         self.verifier = SignatureVerifier(signing_secret)
         self._triggers = 0
+        self._events = 0
 
     async def post(self, body: str, *, timestamp: int | None = None,
-                   signature: str | None = None) -> Reply:
+                   signature: str | None = None,
+                   content_type: str = "application/x-www-form-urlencoded") -> Reply:
         ts = str(int(time.time()) if timestamp is None else timestamp)
         signed = self.verifier.generate_signature(timestamp=ts, body=body)
         headers = {
-            "Content-Type": "application/x-www-form-urlencoded",
+            "Content-Type": content_type,
             "X-Slack-Request-Timestamp": ts,
             "X-Slack-Signature": signature or str(signed),
         }
@@ -83,6 +85,37 @@ class FakeSlack:
             "response_url": "http://127.0.0.1:9/actions/1",
             "actions": [{"action_id": action_id, "block_id": "b1", "value": value,
                          "type": "button", "action_ts": str(time.time())}],
+        }
+        return await self.post(urlencode({"payload": json.dumps(payload)}))
+
+    async def event(self, event: dict[str, Any], **kwargs: Any) -> Reply:
+        """An Events API `event_callback`, JSON-encoded and signed as Slack sends it."""
+        self._events += 1
+        body = {
+            "token": "legacy", "team_id": TEAM, "api_app_id": "A0001", "event": event,
+            "type": "event_callback", "event_id": f"Ev{self._events:08d}",
+            "event_time": int(time.time()),
+            "authorizations": [{"enterprise_id": None, "team_id": TEAM, "user_id": "UBOT",
+                                "is_bot": True, "is_enterprise_install": False}],
+        }
+        return await self.post(json.dumps(body), content_type="application/json", **kwargs)
+
+    async def open_home(self, user: str = "U0ALICE01", **kwargs: Any) -> Reply:
+        return await self.event({"type": "app_home_opened", "user": user, "channel": "D0HOME01",
+                                 "tab": "home", "event_ts": f"{time.time():.6f}"}, **kwargs)
+
+    async def home_click(self, action_id: str, value: str, user: str = "U0ALICE01") -> Reply:
+        """A button pressed in the App Home tab: the container is the view, no channel."""
+        payload = {
+            "type": "block_actions", "team": {"id": TEAM, "domain": "team"},
+            "user": {"id": user, "team_id": TEAM}, "api_app_id": "A0001",
+            "trigger_id": self.trigger_id(),
+            "container": {"type": "view", "view_id": "V0HOME01"},
+            "view": {"id": "V0HOME01", "team_id": TEAM, "type": "home", "blocks": [],
+                     "private_metadata": "", "callback_id": "", "hash": "1", "state":
+                     {"values": {}}},
+            "actions": [{"action_id": action_id, "block_id": f"actions:{value}",
+                         "value": value, "type": "button", "action_ts": str(time.time())}],
         }
         return await self.post(urlencode({"payload": json.dumps(payload)}))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,8 +10,9 @@ import pytest
 from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
+from bot.home import MAX_ROUTINES, home_page, mention
 from bot.messages import Messages
-from bot.models import ApiToken, Routine, Run, RunStatus, TriggerKind
+from bot.models import ApiToken, KillSwitch, Routine, Run, RunStatus, TriggerKind
 from bot.service import RoutineOverview, RunView
 from bot.settings import Settings
 from bot.slack import SlackHandlers
@@ -128,10 +130,10 @@ def test_log_modal_fits_however_long_the_log() -> None:
 @pytest.mark.parametrize("status", ["pending", "approved", "rejected", "expired", "withdrawn"])
 @pytest.mark.parametrize("kind", ["start", "publish"])
 def test_approval_requests_fit_slack_in_every_state(kind: str, status: str) -> None:
-    from bot.models import Approval
+    from bot.models import Approval, ApprovalKind, ApprovalStatus
     from bot.service import ApprovalView
 
-    approval = Approval(id=3, run_id=7, kind=kind, status=status, requested_by="U0ALICE01",
+    approval = Approval(id=3, run_id=7, kind=ApprovalKind(kind), status=ApprovalStatus(status), requested_by="U0ALICE01",
                         requested_at=NOW, expires_at=NOW + timedelta(hours=24),
                         decided_by="U0BOB0001", decided_at=NOW, reason="r" * 500)
     huge = run(prompt="<p>" * 5_000, diff="diff --git a/x b/x\n+" + "y" * 10_000,
@@ -165,3 +167,23 @@ def test_governance_layouts_fit_slack() -> None:
     check_blocks(messages.render("routine_status.json.j2", github=[], overview=RoutineOverview(
         routine(owners="U0ALICE01,subteam:S0OPS0001", approvers="U0BOB0001",
                 max_runs_per_day=5, max_concurrent=2, max_tokens_per_run=50_000), None)))
+@pytest.mark.parametrize(("mine", "team"), [(0, 0), (1, 1), (3, 200), (200, 3), (120, 120)])
+def test_home_tab_is_a_valid_view_within_a_hundred_blocks(mine: int, team: int) -> None:
+    long = "<&>" * 2000
+    overviews = [RoutineOverview(routine(name=f"m-{i:03d}", owners="U0ALICE01",
+                                         created_by="U0BOB0001", schedule="every 1h",
+                                         paused_at=NOW if i % 3 else None, paused_by="U0BOB0001"),
+                                 run(summary=long, reason=long) if i % 2 else None)
+                 for i in range(mine)]
+    overviews += [RoutineOverview(routine(name=f"t-{i:03d}", created_by="U0BOB0001"), run())
+                  for i in range(team)]
+    switch = KillSwitch(id=1, engaged=True, reason=long, changed_by="U0BOB0001", changed_at=NOW)
+    page = home_page(overviews, switch, "U0ALICE01", NOW, notice=long)
+    view = messages.render("app_home.json.j2", page=page, mention=mention)
+
+    View(**view).validate_json()
+    assert view["type"] == "home" and len(view["blocks"]) <= 100
+    shown = json.dumps(view)
+    assert "<!channel>" not in shown and "&lt;&amp;&gt;" in shown
+    if mine + team > MAX_ROUTINES:
+        assert "more: `/routine list` shows them all" in shown

@@ -76,7 +76,10 @@ class SlackApiStandIn:
             return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts")}
         if method == "usergroups.users.list":
             return {"ok": True, "users": self.user_groups.get(str(params.get("usergroup")), [])}
-        if method in {"views.open", "views.update", "views.push"}:
+        if method == "chat.postEphemeral":
+            self._ts += 1
+            return {"ok": True, "message_ts": f"{self._ts}.000100"}
+        if method in {"views.open", "views.update", "views.push", "views.publish"}:
             view = params.get("view")
             view = json.loads(view) if isinstance(view, str) else view
             return {"ok": True, "view": {"id": "V0001", **(view or {})}}
@@ -112,6 +115,12 @@ class SlackApiStandIn:
 
     def calls_to(self, method: str) -> list[SlackCall]:
         return [call for call in self.calls if call.method == method]
+
+    def homes_of(self, user: str) -> list[dict[str, Any]]:
+        """The Home views published for a user, oldest first."""
+        views = [c.params["view"] for c in self.calls_to("views.publish")
+                 if c.params.get("user_id") == user]
+        return [json.loads(v) if isinstance(v, str) else dict(v) for v in views]
 
     def messages_in(self, channel: str) -> list[dict[str, Any]]:
         return [c.params for c in self.calls_to("chat.postMessage")
