@@ -30,14 +30,14 @@ class Bot:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
-        self.service = RoutineService(self.db, ServicePolicy.from_settings(settings),
-                                      Redactor(settings.secrets))
-        self.messages = Messages()
+        redact = Redactor(settings.secrets)
+        self.service = RoutineService(self.db, ServicePolicy.from_settings(settings), redact)
+        self.messages = Messages(redact=redact)
         self.slack_client = AsyncWebClient(token=settings.slack_bot_token,
                                            base_url=settings.slack_api_url)
         self.docker = docker.DockerClient(base_url=settings.docker_host or None)
         self.sandbox = Sandbox(self.docker, _sandbox_config(settings))
-        announcer = Announcer(self.slack_client, self.messages)
+        announcer = Announcer(self.slack_client, self.messages, self.service)
         self.dispatcher = Dispatcher(self.service, self.sandbox, announcer,
                                      settings.max_concurrent_runs)
         self.scheduler = Scheduler(self.service, announcer.missed,

@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="start the bot (Socket Mode if SLACK_APP_TOKEN is set)")
     logs = sub.add_parser("logs", help="print a run's event log as JSON lines")
     logs.add_argument("run_id", type=int)
+    shown = logs.add_mutually_exclusive_group()
+    shown.add_argument("--text", action="store_true", help="readable lines instead of JSON")
+    shown.add_argument("--diff", action="store_true", help="the run's workspace diff")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             asyncio.run(serve(Settings.from_env()))
         else:
-            print_logs(args.run_id)
+            print_logs(args.run_id, text=args.text, diff=args.diff)
     except SettingsError as exc:
         print(f"routines: {exc}", file=sys.stderr)
         return 2
@@ -55,16 +58,28 @@ async def serve(settings: Settings) -> None:
         await bot.stop()
 
 
-def print_logs(run_id: int) -> None:
-    """Needs only the database: events were redacted when they were stored."""
+def print_logs(run_id: int, text: bool = False, diff: bool = False) -> None:
+    """Needs only the database: events were redacted when they were stored (and token
+    shapes plus `ROUTINES_REDACT` values are masked again on the way out)."""
     from bot.db import Database
     from bot.redaction import Redactor
+    from bot.run_log import log_lines
     from bot.service import RoutineService, ServicePolicy
 
     settings = Settings(slack_bot_token="", anthropic_api_key="",
-                        database_url=os.environ.get("DATABASE_URL", Settings.database_url))
+                        database_url=os.environ.get("DATABASE_URL", Settings.database_url),
+                        extra_secrets=tuple(v for v in os.environ.get("ROUTINES_REDACT", "")
+                                            .split(",") if v.strip()))
     db = Database(settings.database_url)
-    service = RoutineService(db, ServicePolicy.from_settings(settings), Redactor(()))
-    for event in service.run_events(run_id):
-        print(json.dumps(event))
-    db.close()
+    redact = Redactor(settings.secrets)
+    service = RoutineService(db, ServicePolicy.from_settings(settings), redact)
+    try:
+        if diff:
+            print(redact(service.get_run(run_id).run.diff), end="")
+            return
+        events = service.run_events(run_id)
+        lines = log_lines(events, limit=None) if text else [json.dumps(e) for e in events]
+        for line in lines:
+            print(redact(line))
+    finally:
+        db.close()

@@ -16,8 +16,9 @@ USAGE = {
     "revoke": "NAME TOKEN_NAME",
     "github": 'NAME "EVENT[.ACTION] [repo=ORG/REPO] [branch=GLOB] ..." | NAME off',
     "schedule": 'NAME "CRON or every 5m" [TIMEZONE] | NAME off',
+    "retries": "NAME ATTEMPTS [BACKOFF_SECONDS] [agent-failures] | NAME off",
 }
-FREE_TEXT = {"github", "schedule"}  # the rest of the line is one argument
+FREE_TEXT = {"github", "schedule", "retries"}  # the rest of the line is one argument
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,8 @@ class Run(SQLModel, table=True):
     attempt: int = 1  # 2, 3...: an automatic retry of `retry_of` after an infrastructure fault
     retry_of: int | None = Field(default=None, foreign_key="run.id")
     not_before: datetime | None = timestamp_field()  # a retry waits out its backoff
+    announce_channel: str | None = None  # where the result message was posted...
+    announce_ts: str | None = None  # ...and its ts: the log is posted in its thread
 
 
 class RunEvent(SQLModel, table=True):

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, update
+from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from bot import github, schedule
+from bot import github, retry, schedule
 from bot import payload as payloads
 from bot.db import Database
 from bot.errors import (
@@ -49,6 +49,7 @@ from bot.ratelimit import SlidingWindow
 from bot.redaction import Redactor
 from bot.routine import NAME_RE, RoutineDraft, RoutineLimits, normalized, validate
 from bot.run import RunOutcome
+from bot.run_log import clip_event
 from bot.settings import Settings
 from bot.trigger import Trigger
 from runner.contract import Event, RunSpec
@@ -60,6 +61,7 @@ class RunView:
 
     run: Run
     routine: Routine
+    next_retry: retry.ScheduledRetry | None = None  # queued by the retry policy after it
 
     @property
     def duration_seconds(self) -> float | None:
@@ -84,6 +86,7 @@ class ServicePolicy:
     limits: RoutineLimits
     max_turns: int
     triggers_per_minute: int = 30
+    retry_limits: retry.RetryLimits = retry.DEFAULT_LIMITS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServicePolicy:
@@ -95,6 +98,8 @@ class ServicePolicy:
                                  settings.min_schedule_interval_seconds),
             max_turns=settings.max_turns,
             triggers_per_minute=settings.triggers_per_minute,
+            retry_limits=retry.RetryLimits(
+                min_backoff_seconds=settings.min_retry_backoff_seconds),
         )
 
 
@@ -474,7 +479,7 @@ class RoutineService:
                 raise RunNotFound(run_id)
             routine = session.get(Routine, run.routine_id)
             assert routine is not None
-            return RunView(run, routine)
+            return RunView(run, routine, self._scheduled_retry(session, run, routine))
 
     def run_events(self, run_id: int) -> list[Event]:
         self.get_run(run_id)
@@ -485,10 +490,13 @@ class RoutineService:
             return [json.loads(row.data) for row in rows]
 
     def claim_next_run(self) -> RunView | None:
-        """Move the oldest queued run to `running`; safe when several workers race."""
+        """Move the oldest queued run to `running`; safe when several workers race. A retry
+        waiting out its backoff (`not_before` ahead) is not due yet: the dispatcher's poll
+        picks it up once it is."""
         with self.db.session() as session:
             run_id = session.exec(
-                select(Run.id).where(Run.status == RunStatus.QUEUED)
+                select(Run.id).where(Run.status == RunStatus.QUEUED, or_(
+                    col(Run.not_before).is_(None), col(Run.not_before) <= utcnow()))
                 .order_by(col(Run.id)).limit(1)
             ).first()
             if run_id is None:
@@ -528,7 +536,7 @@ class RoutineService:
     def record_event(self, run_id: int, seq: int, event: Event) -> None:
         """Store one event, redacted. A replayed `seq` (after adoption) is ignored."""
         row = RunEvent(run_id=run_id, seq=seq, type=str(event.get("type")),
-                       data=self.redact(json.dumps(event)))
+                       data=json.dumps(self.redact.structure(clip_event(event))))
         try:
             with self.db.session() as session:
                 session.add(row)
@@ -543,9 +551,11 @@ class RoutineService:
 
     def finish_run(self, run_id: int, outcome: RunOutcome, input_tokens: int,
                    output_tokens: int, diff: str) -> RunView:
-        """Record the verdict once; a run that already finished keeps its first verdict."""
+        """Record the verdict once; a run that already finished keeps its first verdict.
+        A retry the routine's policy calls for is queued in the same unit of work."""
+        retried = False
         with self.db.session() as session:
-            session.execute(
+            finished = session.execute(
                 update(Run)
                 .where(col(Run.id) == run_id, col(Run.status).in_(PENDING_STATUSES))
                 .values(status=outcome.status,
@@ -554,6 +564,11 @@ class RoutineService:
                         input_tokens=input_tokens, output_tokens=output_tokens,
                         diff=self.redact(diff), finished_at=utcnow())
             )
+            if finished.rowcount == 1:  # type: ignore[attr-defined]
+                retried = self._queue_retry(session, run_id)
+        if retried:
+            for listener in self._run_queued_listeners:
+                listener()
         return self.get_run(run_id)
 
     def runs_to_announce(self) -> list[RunView]:
@@ -569,6 +584,78 @@ class RoutineService:
         with self.db.session() as session:
             session.execute(update(Run).where(col(Run.id) == run_id)
                             .values(notified_at=utcnow()))
+
+    # Retries and alerts ----------------------------------------------------------------
+
+    def set_retry_policy(self, name: str, policy: retry.RetryPolicy, actor: str) -> Routine:
+        """Set how the routine's failed runs are retried; out of bounds changes nothing."""
+        retry.validate_policy(policy, self.policy.retry_limits)
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            routine.retry_attempts = policy.attempts
+            routine.retry_backoff_seconds = policy.backoff_seconds
+            routine.retry_agent_failures = policy.agent_failures
+            _audit(session, actor, "retry_policy_set", routine.name, policy.describe())
+            return routine
+
+    def retry_run(self, run_id: int, actor: str) -> Triggered:
+        """Run a finished, unsuccessful run again: same prompt and payload provenance, by
+        `actor`, through every rule of a trigger. Twice for one run gives the first retry."""
+        with self.db.session() as session:
+            failed = session.get(Run, run_id)
+            if failed is None:
+                raise RunNotFound(run_id)
+            if not RunStatus(failed.status).finished or failed.status == RunStatus.SUCCEEDED:
+                raise RoutinesError(f"Run #{run_id} is {failed.status}: nothing to retry.")
+            routine = session.get(Routine, failed.routine_id)
+            assert routine is not None
+            triggered = self._trigger(session, routine, Trigger(
+                TriggerKind.MANUAL, actor, ref=f"retry-of-{run_id}"))
+            if not triggered.replayed:
+                run = triggered.view.run
+                run.prompt, run.payload_hash, run.retry_of = (failed.prompt, failed.payload_hash,
+                                                             run_id)
+                _audit(session, actor, "run_retried", routine.name, f"#{run_id} as #{run.id}")
+        self._queued(triggered)
+        return triggered
+
+    def record_announcement(self, run_id: int, channel: str, ts: str) -> None:
+        """Where the run's result message is: its log is posted in that thread."""
+        with self.db.session() as session:
+            session.execute(update(Run).where(col(Run.id) == run_id)
+                            .values(announce_channel=channel, announce_ts=ts))
+
+    def _queue_retry(self, session: Session, run_id: int) -> bool:
+        """Apply the routine's retry policy to a run that just finished (same unit of work):
+        the next attempt keeps the trigger's provenance and waits out its backoff."""
+        run = session.get(Run, run_id)
+        assert run is not None
+        routine = session.get(Routine, run.routine_id)
+        assert routine is not None
+        decision = retry.decide_retry(retry.policy_of(routine), RunStatus(run.status),
+                                      run.attempt, run.reason, utcnow())
+        switch = session.get(KillSwitch, 1)
+        held = routine.paused or (switch is not None and switch.engaged)
+        if not decision.retry or held:
+            return False
+        session.add(Run(routine_id=run.routine_id, trigger_kind=run.trigger_kind,
+                        triggered_by=run.triggered_by, payload_hash=run.payload_hash,
+                        prompt=run.prompt, attempt=decision.attempt, retry_of=run_id,
+                        not_before=decision.not_before))
+        return True
+
+    @staticmethod
+    def _scheduled_retry(session: Session, run: Run,
+                         routine: Routine) -> retry.ScheduledRetry | None:
+        if run.status not in retry.FAILURES or run.finished_at is None:
+            return None
+        nxt = session.exec(select(Run).where(Run.retry_of == run.id,
+                                             Run.attempt == run.attempt + 1)).first()
+        if nxt is None or nxt.id is None or nxt.not_before is None:
+            return None
+        delay = (_aware(nxt.not_before) - _aware(run.finished_at)).total_seconds()
+        return retry.ScheduledRetry(nxt.id, nxt.attempt, 1 + routine.retry_attempts,
+                                    max(round(delay), 0))
 
     # Kill switch ---------------------------------------------------------------------
 
