@@ -19,6 +19,7 @@ class SlackCall:
     params: dict[str, Any]
     headers: dict[str, str]
     at: float = field(default_factory=time.monotonic)
+    response: dict[str, Any] = field(default_factory=dict)  # what the stand-in answered
 
 
 class SlackApiStandIn:
@@ -53,9 +54,10 @@ class SlackApiStandIn:
             params = await request.json()
         else:
             params = dict(await request.post())
-        self.calls.append(SlackCall(method, params, dict(request.headers)))
+        answer = self._answer(method, params)
+        self.calls.append(SlackCall(method, params, dict(request.headers), response=answer))
         self._changed.set()
-        return web.json_response(self._answer(method, params))
+        return web.json_response(answer)
 
     def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
@@ -69,6 +71,9 @@ class SlackApiStandIn:
             self._ts += 1
             return {"ok": True, "channel": params.get("channel"), "ts": f"{self._ts}.000100",
                     "message": {"text": params.get("text", "")}}
+        if method == "chat.postEphemeral":
+            self._ts += 1
+            return {"ok": True, "message_ts": f"{self._ts}.000200"}
         if method in {"views.open", "views.update", "views.push"}:
             view = params.get("view")
             view = json.loads(view) if isinstance(view, str) else view
