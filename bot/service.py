@@ -605,10 +605,13 @@ class RoutineService:
             failed = session.get(Run, run_id)
             if failed is None:
                 raise RunNotFound(run_id)
-            if not RunStatus(failed.status).finished or failed.status == RunStatus.SUCCEEDED:
-                raise RoutinesError(f"Run #{run_id} is {failed.status}: nothing to retry.")
             routine = session.get(Routine, failed.routine_id)
             assert routine is not None
+            if not RunStatus(failed.status).finished:
+                raise RoutinesError(f"Run #{run_id} is still {failed.status}.")
+            if failed.status == RunStatus.SUCCEEDED:
+                raise RoutinesError(f"Run #{run_id} succeeded: nothing to retry "
+                                    f"(`/routine run {routine.name}` runs it again).")
             triggered = self._trigger(session, routine, Trigger(
                 TriggerKind.MANUAL, actor, ref=f"retry-of-{run_id}"))
             if not triggered.replayed:
@@ -654,7 +657,8 @@ class RoutineService:
         if nxt is None or nxt.id is None or nxt.not_before is None:
             return None
         delay = (_aware(nxt.not_before) - _aware(run.finished_at)).total_seconds()
-        return retry.ScheduledRetry(nxt.id, nxt.attempt, 1 + routine.retry_attempts,
+        return retry.ScheduledRetry(nxt.id, nxt.attempt,
+                                    max(1 + routine.retry_attempts, nxt.attempt),
                                     max(round(delay), 0))
 
     # Kill switch ---------------------------------------------------------------------
