@@ -1,25 +1,40 @@
 """Posts what a routine's channel must hear: a finished run, missed scheduled fires,
-the day's spend nearing or reaching the cap."""
+the day's spend nearing or reaching the cap.
+
+A run that failed, errored or timed out is an alert: its reason, trigger and actor,
+and buttons to view the log and to retry (or, when the routine's policy already queued
+a retry, when and which attempt). Where the message landed is recorded on the run, so
+its log can be posted in that thread.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.budget import Spend
 from bot.messages import Messages
-from bot.service import MissedFires, RunView
+from bot.service import MissedFires, RoutineService, RunView
 
 
 class Announcer:
     def __init__(self, client: AsyncWebClient, messages: Messages,
+                 service: RoutineService | None = None,
                  incidents_channel: str = "") -> None:
         self.client = client
         self.messages = messages
+        self.service = service
         self.incidents_channel = incidents_channel
 
     async def __call__(self, view: RunView) -> None:
         message = self.messages.render("run_finished.json.j2", view=view)
-        await self.client.chat_postMessage(channel=view.routine.channel_id, **message)
+        response = await self.client.chat_postMessage(channel=view.routine.channel_id,
+                                                      **message)
+        ts, channel = response.get("ts"), response.get("channel")
+        if self.service is not None and view.run.id is not None and ts:
+            await asyncio.to_thread(self.service.record_announcement, view.run.id,
+                                    str(channel or view.routine.channel_id), str(ts))
 
     async def missed(self, missed: MissedFires) -> None:
         message = self.messages.render("schedule_missed.json.j2", missed=missed)

@@ -35,15 +35,17 @@ class Bot:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
+        redact = Redactor(settings.secrets)
         self.service = RoutineService(
-            self.db, ServicePolicy.from_settings(settings), Redactor(settings.secrets),
+            self.db, ServicePolicy.from_settings(settings), redact,
             SlackDirectory(settings.slack_bot_token, settings.slack_api_url))
-        self.messages = Messages()
+        self.messages = Messages(redact=redact)
         self.slack_client = AsyncWebClient(token=settings.slack_bot_token,
                                            base_url=settings.slack_api_url)
         self.docker = docker.DockerClient(base_url=settings.docker_host or None)
         self.sandbox = Sandbox(self.docker, _sandbox_config(settings))
-        announcer = Announcer(self.slack_client, self.messages, settings.incidents_channel)
+        announcer = Announcer(self.slack_client, self.messages, self.service,
+                              settings.incidents_channel)
         self.dispatcher = Dispatcher(self.service, self.sandbox, announcer,
                                      settings.max_concurrent_runs,
                                      announce_spend=announcer.spend)

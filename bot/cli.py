@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="start the bot (Socket Mode if SLACK_APP_TOKEN is set)")
     logs = sub.add_parser("logs", help="print a run's event log as JSON lines")
     logs.add_argument("run_id", type=int)
+    shown = logs.add_mutually_exclusive_group()
+    shown.add_argument("--text", action="store_true", help="readable lines instead of JSON")
+    shown.add_argument("--diff", action="store_true", help="the run's workspace diff")
     audit = sub.add_parser("audit", help="print the audit log (newest last)")
     audit.add_argument("--json", action="store_true",
                        help="JSON lines (the default is one readable line per entry)")
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "audit":
             print_audit(args.routine, args.json)
         else:
-            print_logs(args.run_id)
+            print_logs(args.run_id, text=args.text, diff=args.diff)
     except SettingsError as exc:
         print(f"routines: {exc}", file=sys.stderr)
         return 2
@@ -78,16 +81,28 @@ def offline_service() -> tuple[RoutineService, Database]:
     from bot.service import RoutineService, ServicePolicy
 
     settings = Settings(slack_bot_token="", anthropic_api_key="",
-                        database_url=os.environ.get("DATABASE_URL", Settings.database_url))
+                        database_url=os.environ.get("DATABASE_URL", Settings.database_url),
+                        extra_secrets=tuple(v for v in os.environ.get("ROUTINES_REDACT", "")
+                                            .split(",") if v.strip()))
     db = Database(settings.database_url)
-    return RoutineService(db, ServicePolicy.from_settings(settings), Redactor(())), db
+    redact = Redactor(settings.secrets)
+    return RoutineService(db, ServicePolicy.from_settings(settings), redact), db
 
 
-def print_logs(run_id: int) -> None:
+def print_logs(run_id: int, text: bool = False, diff: bool = False) -> None:
+    """Events were redacted when they were stored; token shapes and `ROUTINES_REDACT`
+    values are masked again on the way out."""
+    from bot.run_log import log_lines
+
     service, db = offline_service()
     try:
-        for event in service.run_events(run_id):
-            print(json.dumps(event))
+        if diff:
+            print(service.redact(service.get_run(run_id).run.diff), end="")
+            return
+        events = service.run_events(run_id)
+        lines = log_lines(events, limit=None) if text else [json.dumps(e) for e in events]
+        for line in lines:
+            print(service.redact(line))
     finally:
         db.close()
 

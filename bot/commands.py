@@ -23,8 +23,9 @@ USAGE = {
     "killswitch": "engage REASON | status | disengage | release | drop",
     "audit": "[NAME]",
     "budget": "[cap AMOUNT]",
+    "retries": "NAME ATTEMPTS [BACKOFF_SECONDS] [agent-failures] | NAME off",
 }
-FREE_TEXT = {"github", "schedule", "set"}  # the rest of the line is one argument
+FREE_TEXT = {"github", "schedule", "set", "retries"}  # the rest of the line is one argument
 KILLSWITCH_ACTIONS = {"engage", "status", "disengage", "release", "drop"}
 
 

@@ -2,7 +2,8 @@
 
 Every string from users or agents passes through `tojson` (valid JSON whatever it
 holds) and `mrkdwn` (Slack's three control characters escaped), so content cannot
-break out of the layout.
+break out of the layout. Every string of the rendered message then goes through the
+redactor, so no secret reaches Slack whatever the template was given.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Any
 
 import jinja2
 
+from bot.redaction import Redactor
 from bot.roles import format_principals, split
 
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# Templates whose whole point is to show a secret once, to the one user who made it.
+REVEALS_SECRET = frozenset({"token_created.json.j2"})
 
 STATUS_ICONS = {
     "queued": ":hourglass_flowing_sand:",
@@ -35,7 +39,9 @@ STATUS_ICONS = {
 
 
 class Messages:
-    def __init__(self, template_dir: Path = DEFAULT_TEMPLATES) -> None:
+    def __init__(self, template_dir: Path = DEFAULT_TEMPLATES,
+                 redact: Redactor | None = None) -> None:
+        self.redact = redact or Redactor(())  # token shapes are masked even with no values
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(template_dir),
             undefined=jinja2.StrictUndefined,
@@ -45,6 +51,7 @@ class Messages:
         )
         self.env.filters.update(
             mrkdwn=escape_mrkdwn, duration=format_duration, when=format_when,
+            when_seconds=lambda value: format_when(value, "%Y-%m-%d %H:%M:%S UTC"),
             icon=lambda status: STATUS_ICONS.get(str(status), ":grey_question:"),
             truncate_text=truncate_text, mentions=escape_keeping_mentions,
             principals=lambda stored: format_principals(split(str(stored))),
@@ -59,7 +66,11 @@ class Messages:
         except ValueError as exc:
             raise ValueError(f"template {template} produced invalid JSON: {exc}") from exc
         assert isinstance(value, dict)
-        return value
+        if template in REVEALS_SECRET:
+            return value
+        redacted = self.redact.structure(value)
+        assert isinstance(redacted, dict)
+        return redacted
 
 
 def escape_mrkdwn(value: object, limit: int | None = None) -> str:
@@ -99,8 +110,8 @@ def format_duration(seconds: float | None) -> str:
     return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
-def format_when(value: datetime | None) -> str:
+def format_when(value: datetime | None, layout: str = "%Y-%m-%d %H:%M UTC") -> str:
     if value is None:
         return "-"
     aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return aware.astimezone(UTC).strftime(layout)

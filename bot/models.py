@@ -134,6 +134,8 @@ class Run(SQLModel, table=True):
     stop_requested_by: str | None = None  # `/routine cancel`, or "kill switch"
     commit_sha: str | None = None  # medium risk: the kept commit, pushed after approval
     published_ref: str | None = None  # where it was pushed
+    announce_channel: str | None = None  # where the result message was posted...
+    announce_ts: str | None = None  # ...and its ts: the log is posted in its thread
 
 
 class RunEvent(SQLModel, table=True):

@@ -1,19 +1,43 @@
-"""A run's event log as readable lines, cut to fit where it is shown. Pure."""
+"""A run's event log as readable lines, cut to fit where it is shown. Pure.
+
+Two cuts, each said where it happens: an event's text longer than `STORED_TEXT_LIMIT`
+is cut before storage (the agent already caps a tool's output at 16,000 characters;
+this bounds stray output lines); a line longer than `LINE_LIMIT` is cut when shown
+in Slack (`routines logs RUN_ID` prints what was stored).
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from runner.contract import Event
 
-LINE_LIMIT = 600
+LINE_LIMIT = 1500
+STORED_TEXT_LIMIT = 64_000
 
 
-def log_lines(events: list[Event]) -> list[str]:
-    return [_line(event) for event in events]
+def clip_event(event: Event, limit: int = STORED_TEXT_LIMIT) -> Event:
+    """The event with every over-long string cut, and a note of how much was cut."""
+    return {key: _clip(value, limit) for key, value in event.items()}
 
 
-def _line(event: Event) -> str:
+def _clip(value: Any, limit: int) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"\n[... {len(value) - limit} more characters not stored]"
+    if isinstance(value, dict):
+        return {key: _clip(item, limit) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clip(item, limit) for item in value]
+    return value
+
+
+def log_lines(events: list[Event], limit: int | None = LINE_LIMIT) -> list[str]:
+    """One readable line per event, each cut at `limit` characters with a note."""
+    return [_line(event, limit) for event in events]
+
+
+def _line(event: Event, limit: int | None) -> str:
     kind = event.get("type")
     if kind == "tool_call":
         text = f"→ {event.get('name')} {json.dumps(event.get('input', {}))}"
@@ -32,8 +56,8 @@ def _line(event: Event) -> str:
     else:
         rest = {k: v for k, v in event.items() if k not in {"type", "ts"}}
         text = f"{kind}: {json.dumps(rest)}" if rest else str(kind)
-    if len(text) > LINE_LIMIT:
-        text = text[:LINE_LIMIT] + f" [... {len(text) - LINE_LIMIT} more characters]"
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + f" [... {len(text) - limit} more characters cut]"
     return text
 
 

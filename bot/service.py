@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from bot import budget, github, roles, schedule
+from bot import budget, github, retry, roles, schedule
 from bot import payload as payloads
 from bot.db import Database
 from bot.errors import (
@@ -63,6 +63,7 @@ from bot.redaction import Redactor
 from bot.roles import Action, Directory, RoutineRoles
 from bot.routine import NAME_RE, RoutineDraft, RoutineLimits, normalized, validate
 from bot.run import RunOutcome
+from bot.run_log import clip_event
 from bot.settings import Settings
 from bot.trigger import Trigger
 from runner.contract import Event, RunSpec
@@ -74,6 +75,7 @@ class RunView:
 
     run: Run
     routine: Routine
+    next_retry: retry.ScheduledRetry | None = None  # queued by the retry policy after it
 
     @property
     def duration_seconds(self) -> float | None:
@@ -102,6 +104,7 @@ class ServicePolicy:
     approval_timeout_seconds: int = 24 * 3600
     daily_spend_cap_usd: float = 0.0  # 0: no cap
     prices: PriceTable = field(default_factory=PriceTable.default)
+    retry_limits: retry.RetryLimits = retry.DEFAULT_LIMITS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServicePolicy:
@@ -117,6 +120,8 @@ class ServicePolicy:
             approval_timeout_seconds=settings.approval_timeout_seconds,
             daily_spend_cap_usd=settings.daily_spend_cap_usd,
             prices=settings.prices,
+            retry_limits=retry.RetryLimits(
+                min_backoff_seconds=settings.min_retry_backoff_seconds),
         )
 
 
@@ -637,7 +642,7 @@ class RoutineService:
                 raise RunNotFound(run_id)
             routine = session.get(Routine, run.routine_id)
             assert routine is not None
-            return RunView(run, routine)
+            return RunView(run, routine, self._scheduled_retry(session, run, routine))
 
     def run_events(self, run_id: int) -> list[Event]:
         self.get_run(run_id)
@@ -710,7 +715,7 @@ class RoutineService:
     def record_event(self, run_id: int, seq: int, event: Event) -> None:
         """Store one event, redacted. A replayed `seq` (after adoption) is ignored."""
         row = RunEvent(run_id=run_id, seq=seq, type=str(event.get("type")),
-                       data=self.redact(json.dumps(event)))
+                       data=json.dumps(self.redact.structure(clip_event(event))))
         try:
             with self.db.session() as session:
                 session.add(row)
@@ -728,6 +733,7 @@ class RoutineService:
         """Record the verdict once; a run that already finished keeps its first verdict.
 
         A medium-risk run that succeeded with a kept `commit` asks for publish approval."""
+        retried = False
         with self.db.session() as session:
             run = session.get(Run, run_id)
             assert run is not None
@@ -746,10 +752,14 @@ class RoutineService:
                         diff=self.redact(diff), finished_at=utcnow(),
                         commit_sha=commit if publish else None))
             approval = None
-            if publish and finished.rowcount == 1:  # type: ignore[attr-defined]
-                session.refresh(run)
-                approval = self._request_approval(session, run, routine, ApprovalKind.PUBLISH,
-                                                  run.triggered_by)
+            if finished.rowcount == 1:  # type: ignore[attr-defined]
+                retried = self._queue_retry(session, run_id)
+                if publish:
+                    session.refresh(run)
+                    approval = self._request_approval(session, run, routine,
+                                                      ApprovalKind.PUBLISH, run.triggered_by)
+        for wake in self._run_queued_listeners if retried else []:
+            wake()
         if approval is not None:
             for listener in self._approval_listeners:
                 listener()
@@ -922,6 +932,82 @@ class RoutineService:
             run.published_ref = ref or ""
             _audit(session, "publisher", "published" if ref else "publish_discarded",
                    routine.name if routine else None, f"run #{run_id}: {detail}")
+    # Retries and alerts ----------------------------------------------------------------
+
+    def set_retry_policy(self, name: str, policy: retry.RetryPolicy, actor: str) -> Routine:
+        """Set how the routine's failed runs are retried; out of bounds changes nothing."""
+        retry.validate_policy(policy, self.policy.retry_limits)
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            self._check(actor, Action.CHANGE, routine)
+            routine.retry_attempts = policy.attempts
+            routine.retry_backoff_seconds = policy.backoff_seconds
+            routine.retry_agent_failures = policy.agent_failures
+            _audit(session, actor, "retry_policy_set", routine.name, policy.describe())
+            return routine
+
+    def retry_run(self, run_id: int, actor: str) -> Triggered:
+        """Run a finished, unsuccessful run again: same prompt and payload provenance, by
+        `actor`, through every rule of a trigger. Twice for one run gives the first retry."""
+        with self.db.session() as session:
+            failed = session.get(Run, run_id)
+            if failed is None:
+                raise RunNotFound(run_id)
+            routine = session.get(Routine, failed.routine_id)
+            assert routine is not None
+            if not RunStatus(failed.status).finished:
+                raise RoutinesError(f"Run #{run_id} is still {failed.status}.")
+            if failed.status == RunStatus.SUCCEEDED:
+                raise RoutinesError(f"Run #{run_id} succeeded: nothing to retry "
+                                    f"(`/routine run {routine.name}` runs it again).")
+            triggered = self._trigger(session, routine, Trigger(
+                TriggerKind.MANUAL, actor, ref=f"retry-of-{run_id}"))
+            if not triggered.replayed:
+                run = triggered.view.run
+                run.prompt, run.payload_hash, run.retry_of = (failed.prompt, failed.payload_hash,
+                                                             run_id)
+                _audit(session, actor, "run_retried", routine.name, f"#{run_id} as #{run.id}")
+        self._queued(triggered)
+        return triggered
+
+    def record_announcement(self, run_id: int, channel: str, ts: str) -> None:
+        """Where the run's result message is: its log is posted in that thread."""
+        with self.db.session() as session:
+            session.execute(update(Run).where(col(Run.id) == run_id)
+                            .values(announce_channel=channel, announce_ts=ts))
+
+    def _queue_retry(self, session: Session, run_id: int) -> bool:
+        """Apply the routine's retry policy to a run that just finished (same unit of work):
+        the next attempt keeps the trigger's provenance and waits out its backoff."""
+        run = session.get(Run, run_id)
+        assert run is not None
+        routine = session.get(Routine, run.routine_id)
+        assert routine is not None
+        decision = retry.decide_retry(retry.policy_of(routine), RunStatus(run.status),
+                                      run.attempt, run.reason, utcnow())
+        switch = session.get(KillSwitch, 1)
+        held = routine.paused or (switch is not None and switch.engaged)
+        if not decision.retry or held:
+            return False
+        session.add(Run(routine_id=run.routine_id, trigger_kind=run.trigger_kind,
+                        triggered_by=run.triggered_by, payload_hash=run.payload_hash,
+                        prompt=run.prompt, attempt=decision.attempt, retry_of=run_id,
+                        not_before=decision.not_before))
+        return True
+
+    @staticmethod
+    def _scheduled_retry(session: Session, run: Run,
+                         routine: Routine) -> retry.ScheduledRetry | None:
+        if run.status not in retry.FAILURES or run.finished_at is None:
+            return None
+        nxt = session.exec(select(Run).where(Run.retry_of == run.id,
+                                             Run.attempt == run.attempt + 1)).first()
+        if nxt is None or nxt.id is None or nxt.not_before is None:
+            return None
+        delay = (_aware(nxt.not_before) - _aware(run.finished_at)).total_seconds()
+        return retry.ScheduledRetry(nxt.id, nxt.attempt,
+                                    max(1 + routine.retry_attempts, nxt.attempt),
+                                    max(round(delay), 0))
 
     # Kill switch ---------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class Settings:
     github_webhook_secret: str = ""
     min_schedule_interval_seconds: int = 60
     schedule_grace_seconds: int = 300
+    min_retry_backoff_seconds: int = 5  # tests lower it; not read from the environment
     github_max_body_bytes: int = 25 * 1024 * 1024  # GitHub's own cap on a delivery
     extra_secrets: tuple[str, ...] = field(default_factory=tuple)
     log_format: str = "text"  # or "json": one JSON object per line (bot.logs)

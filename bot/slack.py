@@ -13,21 +13,19 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import commands, trigger
+from bot import commands, retry, trigger
 from bot.approvals import ApprovalMessages
 from bot.errors import RoutinesError, ValidationFailed
-from bot.messages import Messages, escape_mrkdwn
+from bot.messages import Messages
 from bot.routine import RoutineDraft, parse_changes
-from bot.run_log import chunk, log_lines
-from bot.service import RoutineService, RunView
+from bot.run_buttons import RunButtons
+from bot.service import RoutineService
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 CREATE_CALLBACK = "routine_create"
 REJECT_CALLBACK = "approval_reject"
 KILLSWITCH_ANNOUNCED = {"engage": "engaged", "disengage": "disengaged"}
-LOG_SECTION_CHARS = 2900
-LOG_SECTIONS = 40
 
 
 def build_slack_app(settings: Settings, service: RoutineService, messages: Messages,
@@ -41,7 +39,9 @@ def build_slack_app(settings: Settings, service: RoutineService, messages: Messa
     handlers = SlackHandlers(settings, service, messages)
     app.command("/routine")(handlers.routine_command)
     app.view(CREATE_CALLBACK)(handlers.create_submitted)
-    app.action("view_log")(handlers.view_log)
+    buttons = RunButtons(service, messages)
+    app.action("view_log")(buttons.view_log)
+    app.action("retry_run")(buttons.retry)
     app.action("approve")(handlers.approve_clicked)
     app.action("reject")(handlers.reject_clicked)
     app.view(REJECT_CALLBACK)(handlers.reject_submitted)
@@ -89,7 +89,7 @@ class SlackHandlers:
             "run": self._run, "list": self._list, "status": self._status,
             "history": self._history, "pause": self._pause, "resume": self._resume,
             "token": self._token, "tokens": self._tokens, "revoke": self._revoke,
-            "github": self._github, "schedule": self._schedule,
+            "github": self._github, "schedule": self._schedule, "retries": self._retries,
             "set": self._set, "delete": self._delete, "cancel": self._cancel,
             "killswitch": self._killswitch, "audit": self._audit, "budget": self._budget,
         }.get(parsed.action)
@@ -226,6 +226,13 @@ class SlackHandlers:
         return self.messages.render("routine_status.json.j2", github=[],
                                     overview=self.service.routine_overview(parsed.name))
 
+    def _retries(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+        policy = retry.parse_policy(parsed.arg.split())
+        self.service.set_retry_policy(parsed.name, policy, user_id)
+        return self.messages.render("routine_status.json.j2",
+                                    overview=self.service.routine_overview(parsed.name),
+                                    github=self.service.github_filters(parsed.name))
+
     def _github(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         if parsed.arg.lower() == "off":
             count = self.service.unsubscribe_github(parsed.name, user_id)
@@ -255,26 +262,6 @@ class SlackHandlers:
         await client.chat_postMessage(
             channel=routine.channel_id,
             **self.messages.render("routine_created.json.j2", routine=routine, actor=user_id))
-
-    async def view_log(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any],
-                       client: AsyncWebClient) -> None:
-        await ack()
-        try:
-            run_id = int(action.get("value", ""))
-            view = await asyncio.to_thread(self.service.get_run, run_id)
-            events = await asyncio.to_thread(self.service.run_events, run_id)
-        except (ValueError, RoutinesError) as exc:
-            log.warning("view_log refused: %s", exc)
-            return
-        await client.views_open(trigger_id=body["trigger_id"], view=self.log_modal(view, events))
-
-    def log_modal(self, view: RunView, events: list[dict[str, Any]]) -> dict[str, Any]:
-        # Escaped before chunking, so each chunk's size is what Slack receives.
-        lines = [escape_mrkdwn(line) for line in log_lines(events)]
-        chunks, dropped = chunk(lines, LOG_SECTION_CHARS, LOG_SECTIONS)
-        return self.messages.render("run_log_modal.json.j2", view=view, chunks=chunks,
-                                    dropped=dropped, line_count=len(lines),
-                                    diff_excerpt=view.run.diff)
 
 
 def draft_from_modal(values: dict[str, Any]) -> RoutineDraft:

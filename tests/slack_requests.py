@@ -76,12 +76,13 @@ class FakeSlack:
         return await self.post(urlencode({"payload": json.dumps(payload)}))
 
     async def click(self, action_id: str, value: str, user: str = "U0ALICE01",
-                    channel: str = "C0GENERAL1") -> Reply:
+                    channel: str = "C0GENERAL1", message_ts: str = "1.1") -> Reply:
+        """A button pressed in the message `message_ts` of `channel`."""
         payload = {
             "type": "block_actions", "team": {"id": TEAM, "domain": "team"},
             "user": {"id": user, "team_id": TEAM}, "api_app_id": "A0001",
             "trigger_id": self.trigger_id(), "channel": {"id": channel},
-            "container": {"type": "message", "message_ts": "1.1", "channel_id": channel},
+            "container": {"type": "message", "message_ts": message_ts, "channel_id": channel},
             "response_url": "http://127.0.0.1:9/actions/1",
             "actions": [{"action_id": action_id, "block_id": "b1", "value": value,
                          "type": "button", "action_ts": str(time.time())}],

@@ -43,7 +43,25 @@ async def run_and_wait(fake: FakeSlack, slack_api: SlackApiStandIn, name: str,
                                     contains=f"run #{run_id}: ", timeout=timeout)
     shown = json.dumps(call.params["blocks"])[:1500]
     assert call.params["text"] == f"{name} run #{run_id}: {status}", shown
-    return dict(call.params, run_id=run_id)
+    return dict(call.params, run_id=run_id, ts=call.response["ts"])
+
+
+async def view_log(fake: FakeSlack, slack_api: SlackApiStandIn, message: dict[str, Any],
+                   last: str = "Log of") -> str:
+    """Press View log; wait for the thread's `last` message; return the whole thread."""
+    reply = await fake.click("view_log", message["run_id"], channel=RESULTS_CHANNEL,
+                             message_ts=message["ts"])
+    assert reply.status == 200
+    await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL,
+                                                  "thread_ts": message["ts"]},
+                             contains=last, timeout=10)
+    return thread(slack_api, message["ts"])
+
+
+def thread(slack_api: SlackApiStandIn, ts: str) -> str:
+    """Everything posted in the thread of the message `ts`, as JSON text."""
+    return json.dumps([c.params for c in slack_api.calls_to("chat.postMessage")
+                       if c.params.get("thread_ts") == ts], ensure_ascii=False)
 
 
 async def test_create_run_success_reaches_the_channel(
@@ -72,11 +90,9 @@ async def test_create_run_success_reaches_the_channel(
     assert "hello-from-sandbox" in output and "10001" in output
     sent_key = second.headers.get("x-api-key") or second.headers.get("Authorization", "")[7:]
     assert sent_key == API_KEY
-    # The log, through the View log button, shows the tool call, its output and the diff.
-    reply = await fake.click("view_log", message["run_id"])
-    assert reply.status == 200
-    modal = await slack_api.wait_for("views.open", contains="Log of run", timeout=5)
-    shown = json.dumps(modal.params["view"])
+    # The log, through the View log button, shows the tool call, its output and the diff
+    # in the thread of the result message.
+    shown = await view_log(fake, slack_api, message, last="Changes (diff)")
     assert "proof.txt" in shown and "hello-from-sandbox" in shown
     assert "+hello-from-sandbox" in shown  # the workspace diff is kept
 
@@ -237,8 +253,7 @@ async def test_a_leaked_key_is_redacted_in_slack_and_in_the_database(
     await create_routine(fake, slack_api, "leaky", f"Leak it. {marker}", git_repo)
 
     message = await run_and_wait(fake, slack_api, "leaky", "succeeded")
-    await fake.click("view_log", message["run_id"])
-    await slack_api.wait_for("views.open", contains="Log of run", timeout=5)
+    assert "ANTHROPIC_API_KEY" in await view_log(fake, slack_api, message)
 
     # The agent did see the key (so redaction, not luck, keeps it out)...
     output = tool_results(anthropic_api.requests_for("leak")[1].body)[0]["content"]

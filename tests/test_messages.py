@@ -13,6 +13,9 @@ from slack_sdk.models.views import View
 from bot.home import MAX_ROUTINES, home_page, mention
 from bot.messages import Messages
 from bot.models import ApiToken, KillSwitch, Routine, Run, RunStatus, TriggerKind
+from bot.redaction import Redactor
+from bot.retry import ScheduledRetry
+from bot.run_buttons import MAX_MESSAGES, log_thread
 from bot.service import RoutineOverview, RunView
 from bot.settings import Settings
 from bot.slack import SlackHandlers
@@ -47,6 +50,10 @@ def check_blocks(message: dict[str, Any]) -> list[Block]:
     for block in blocks:
         block.validate_json()  # raises SlackObjectFormationError past Slack's limits
     return blocks
+
+
+def dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def check_view(view: dict[str, Any]) -> None:
@@ -120,11 +127,98 @@ def test_create_modal_is_a_valid_view() -> None:
     check_view(handlers().create_modal("D0DIRECT1"))  # a DM is not a results channel
 
 
-def test_log_modal_fits_however_long_the_log() -> None:
+def test_log_thread_fits_however_long_the_log() -> None:
     events = [{"type": "tool_output", "output": "<z>" * 2000, "is_error": False}] * 500
-    view = handlers().log_modal(RunView(run(diff="+<>" * 9000), routine()), events)
-    check_view(view)
-    assert "earlier lines not shown" in view["blocks"][0]["elements"][0]["text"]
+    thread = log_thread(messages, RunView(run(diff="+<>" * 9000), routine()), events)
+    assert len(thread) == MAX_MESSAGES + 1  # the log, then the diff
+    for message in thread:
+        for block in check_blocks(message):
+            text = block.to_dict().get("text", {}).get("text", "")
+            assert len(text) <= 3000
+    intro = thread[0]["blocks"][0]["elements"][0]["text"]
+    kept = sum(m["blocks"][i]["text"]["text"].count("\n") + 1
+               for m in thread[:-1] for i in range(1, len(m["blocks"])))
+    assert f"*{500 - kept} more lines* (the earliest) not shown: `routines logs 7`" in intro
+    assert "… [cut: 6,010 characters in all]" in thread[0]["blocks"][1]["text"]["text"]
+    assert "`routines logs 7 --diff` prints it whole" in dump(thread[-1])
+
+
+def test_a_short_log_is_one_message_and_an_empty_one_says_so() -> None:
+    short = log_thread(messages, RunView(run(), routine()),
+                       [{"type": "tool_call", "name": "run_shell", "input": {"command": "ls"}}])
+    assert len(short) == 1 and "part" not in short[0]["text"]
+    check_blocks(short[0])
+    empty = log_thread(messages, RunView(run(), routine()), [])
+    check_blocks(empty[0])
+    assert "No events were recorded." in dump(empty)
+
+
+@pytest.mark.parametrize("status", [RunStatus.FAILED, RunStatus.ERROR, RunStatus.TIMED_OUT])
+def test_a_failure_is_an_alert_with_view_log_and_retry(status: RunStatus) -> None:
+    view = RunView(run(status=status, summary=None, reason="sandbox image not found"),
+                   routine())
+    message = messages.render("run_finished.json.j2", view=view)
+    blocks = check_blocks(message)
+    buttons = blocks[-1].to_dict()["elements"]
+    assert [b["action_id"] for b in buttons] == ["view_log", "retry_run"]
+    assert {b["value"] for b in buttons} == {"7"}
+    assert message["blocks"][1]["text"]["text"] == "*Reason*\nsandbox image not found"
+    assert "Triggered by manual <@U0ALICE01>" in dump(message)
+
+
+def test_success_keeps_view_log_only() -> None:
+    message = messages.render("run_finished.json.j2", view=RunView(run(), routine()))
+    buttons = check_blocks(message)[-1].to_dict()["elements"]
+    assert [b["action_id"] for b in buttons] == ["view_log"]
+
+
+def test_a_failure_with_a_queued_retry_says_when_instead_of_sounding_final() -> None:
+    view = RunView(run(status=RunStatus.ERROR, summary=None, reason="Anthropic API error"),
+                   routine(retry_attempts=2), ScheduledRetry(8, 2, 3, 30))
+    message = messages.render("run_finished.json.j2", view=view)
+    blocks = check_blocks(message)
+    assert message["text"] == "nightly run #7: error — retrying in 30s (attempt 2 of 3)"
+    assert "Retrying in 30s* (attempt 2 of 3): run #8 is queued" in dump(message)
+    assert [b["action_id"] for b in blocks[-1].to_dict()["elements"]] == ["view_log"]
+    last = RunView(run(id=9, status=RunStatus.ERROR, attempt=3, retry_of=8, summary=None),
+                   routine(retry_attempts=2))
+    message = messages.render("run_finished.json.j2", view=last)
+    check_blocks(message)
+    assert "#9* error (attempt 3 of 3)" in dump(message)
+    assert "retry of #8" in dump(message)
+
+
+def test_retry_notes_history_and_retry_status_are_valid() -> None:
+    queued = RunView(run(id=8, status=RunStatus.QUEUED, finished_at=None), routine())
+    for replayed in (False, True):
+        check_blocks(messages.render("run_retried.json.j2", view=queued, retried=7,
+                                     actor="U0BOB0001", replayed=replayed))
+    views = [RunView(run(id=i, attempt=i, retry_of=i - 1, status=RunStatus.QUEUED,
+                         not_before=NOW), routine()) for i in range(2, 12)]
+    history = messages.render("run_history.json.j2", routine=routine(), views=views)
+    check_blocks(history)
+    assert "attempt 2 · retry of #1" in dump(history)
+    assert "waits until 2026-11-23 09:00:00 UTC" in dump(history)
+    status = messages.render("routine_status.json.j2", github=[], overview=RoutineOverview(
+        routine(retry_attempts=2, retry_backoff_seconds=60, retry_agent_failures=True), None))
+    check_blocks(status)
+    assert "up to 2 more, after 60s doubling; agent failures too" in dump(status)
+
+
+def test_no_rendered_message_carries_a_secret_but_a_new_token_is_shown_once() -> None:
+    redacting = Messages(redact=Redactor(["configured-secret-value"]))
+    leaky = RunView(run(summary="token xoxb-1234-5678-abcdefgh and configured-secret-value",
+                        reason='quote " configured-secret-value'), routine())
+    shown = dump(redacting.render("run_finished.json.j2", view=leaky))
+    assert "xoxb-" not in shown and "configured-secret-value" not in shown
+    assert shown.count("[REDACTED]") == 3
+    token = "rt_" + "x" * 43
+    created = redacting.render("token_created.json.j2", routine="n", token_name="ci",
+                               value=token, api_url="/api/v1/routines/n/runs")
+    assert token in dump(created)
+    error = redacting.render("error.json.j2", message=f"bad token {token}")
+    assert token not in dump(error)
+
 
 
 @pytest.mark.parametrize("status", ["pending", "approved", "rejected", "expired", "withdrawn"])
@@ -133,7 +227,8 @@ def test_approval_requests_fit_slack_in_every_state(kind: str, status: str) -> N
     from bot.models import Approval, ApprovalKind, ApprovalStatus
     from bot.service import ApprovalView
 
-    approval = Approval(id=3, run_id=7, kind=ApprovalKind(kind), status=ApprovalStatus(status), requested_by="U0ALICE01",
+    approval = Approval(id=3, run_id=7, kind=ApprovalKind(kind),
+                        status=ApprovalStatus(status), requested_by="U0ALICE01",
                         requested_at=NOW, expires_at=NOW + timedelta(hours=24),
                         decided_by="U0BOB0001", decided_at=NOW, reason="r" * 500)
     huge = run(prompt="<p>" * 5_000, diff="diff --git a/x b/x\n+" + "y" * 10_000,
@@ -166,7 +261,10 @@ def test_governance_layouts_fit_slack() -> None:
         check_blocks(messages.render("spend.json.j2", spend=Spend(spent, cap)))
     check_blocks(messages.render("routine_status.json.j2", github=[], overview=RoutineOverview(
         routine(owners="U0ALICE01,subteam:S0OPS0001", approvers="U0BOB0001",
-                max_runs_per_day=5, max_concurrent=2, max_tokens_per_run=50_000), None)))
+                max_runs_per_day=5, max_concurrent=2, max_tokens_per_run=50_000,
+                retry_attempts=3), None)))
+
+
 @pytest.mark.parametrize(("mine", "team"), [(0, 0), (1, 1), (3, 200), (200, 3), (120, 120)])
 def test_home_tab_is_a_valid_view_within_a_hundred_blocks(mine: int, team: int) -> None:
     long = "<&>" * 2000

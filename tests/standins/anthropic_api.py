@@ -25,7 +25,8 @@ MARKER = re.compile(r"\[\[scenario:([\w-]+)\]\]")
 class Turn:
     content: list[Block]
     delay: float = 0.0
-    status: int = 200
+    status: int = 200  # answered instead of `content`: an API error (500, 529 overloaded...)
+    failures: int | None = None  # only the first N requests get `status` (None: all)
     usage: tuple[int, int] | None = None  # (input, output); default 100+N, 20+N on turn N
 
 
@@ -56,6 +57,7 @@ class AnthropicStandIn:
         self.scenarios: dict[str, list[Turn]] = {}
         self.requests: list[Recorded] = []
         self._ids = itertools.count(1)
+        self._served: dict[tuple[str, int], int] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -93,9 +95,12 @@ class AnthropicStandIn:
         turn = script[turn_index] if turn_index < len(script) else Turn([text("(no script)")])
         if turn.delay:
             await asyncio.sleep(turn.delay)
-        if turn.status != 200:
+        served = self._served[scenario, turn_index] = self._served.get(
+            (scenario, turn_index), 0) + 1
+        if turn.status != 200 and (turn.failures is None or served <= turn.failures):
             return web.json_response({"type": "error", "error": {
-                "type": "api_error", "message": "scripted failure"}}, status=turn.status)
+                "type": "overloaded_error" if turn.status == 529 else "api_error",
+                "message": "scripted failure"}}, status=turn.status)
         content = [dict(b, id=f"toolu_{next(self._ids):04d}") if b["type"] == "tool_use" else b
                    for b in turn.content]
         stop = "tool_use" if any(b["type"] == "tool_use" for b in content) else "end_turn"
