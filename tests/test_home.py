@@ -162,11 +162,11 @@ async def test_buttons_pause_resume_and_run_through_the_service(
 async def test_changes_from_other_doors_and_processes_refresh_open_homes(
     start_bot: BotFactory, slack_api: SlackApiStandIn,
 ) -> None:
-    first, fake = await home_bot(start_bot)
+    first, fake = await home_bot(start_bot, admins=(BOB,))
     await fake.open_home(ALICE)
     await next_home(slack_api, ALICE, 0)
 
-    # Bob pauses Alice's routine with the slash command: Alice's open Home follows.
+    # Bob (an admin) pauses Alice's routine with the slash command: her Home follows.
     seen = len(slack_api.homes_of(ALICE))
     await fake.slash("pause alice-daily", user=BOB)
     view = await next_home(slack_api, ALICE, seen, "paused by")
@@ -192,7 +192,8 @@ async def test_changes_from_other_doors_and_processes_refresh_open_homes(
     # A restart keeps the viewers: a change after it still reaches Alice's Home.
     await first.stop()
     first.port = 0
-    second, fake = await start_bot(max_concurrent_runs=0, home_refresh_seconds=0.5)
+    second, fake = await start_bot(max_concurrent_runs=0, home_refresh_seconds=0.5,
+                                   admins=(BOB,))
     seen = len(slack_api.homes_of(ALICE))
     await fake.slash("resume alice-daily", user=BOB)
     view = await next_home(slack_api, ALICE, seen,
