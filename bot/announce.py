@@ -1,9 +1,10 @@
-"""Posts what a routine's channel must hear: a finished run, missed scheduled fires."""
+"""Posts what a channel must hear: a finished run, missed scheduled fires, a digest."""
 
 from __future__ import annotations
 
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.digest import Digest
 from bot.messages import Messages
 from bot.service import MissedFires, RunView
 
@@ -20,3 +21,7 @@ class Announcer:
     async def missed(self, missed: MissedFires) -> None:
         message = self.messages.render("schedule_missed.json.j2", missed=missed)
         await self.client.chat_postMessage(channel=missed.routine.channel_id, **message)
+
+    async def digest(self, digest: Digest) -> None:
+        message = self.messages.render("digest.json.j2", digest=digest)
+        await self.client.chat_postMessage(channel=digest.channel_id, **message)

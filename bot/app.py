@@ -13,6 +13,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.announce import Announcer
 from bot.db import Database
+from bot.digests import DigestService
 from bot.dispatcher import Dispatcher
 from bot.messages import Messages
 from bot.redaction import Redactor
@@ -40,10 +41,14 @@ class Bot:
         announcer = Announcer(self.slack_client, self.messages)
         self.dispatcher = Dispatcher(self.service, self.sandbox, announcer,
                                      settings.max_concurrent_runs)
+        self.digests = DigestService(self.db, settings.prices,
+                                     settings.min_schedule_interval_seconds)
         self.scheduler = Scheduler(self.service, announcer.missed,
-                                   settings.schedule_grace_seconds)
+                                   settings.schedule_grace_seconds,
+                                   digests=self.digests, post_digest=announcer.digest)
         self.service.on_run_queued(self.dispatcher.wake)
-        self.slack = build_slack_app(settings, self.service, self.messages, self.slack_client)
+        self.slack = build_slack_app(settings, self.service, self.messages, self.slack_client,
+                                     digests=self.digests)
         self._web: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self.port = 0
