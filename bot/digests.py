@@ -180,11 +180,14 @@ class DigestService:
                 usage.append(UsageFact(names.get(routine_id, f"#{routine_id}"),
                                        models.get(routine_id, ""), count, int(tokens_in or 0),
                                        int(tokens_out or 0)))
-            no_report = and_(col(Run.status) == RunStatus.FAILED,
+            # Statuses are tested on the period's rows (walked through ix_run_digest), not
+            # looked up in the status index: that would visit every such run ever stored.
+            status = func.coalesce(col(Run.status), "")
+            no_report = and_(status == RunStatus.FAILED,
                              func.coalesce(col(Run.reason), "").startswith(NO_SELF_REPORT))
             no_report_total = self._count(session, and_(in_period, no_report))
-            failures = and_(col(Run.status).in_(_statuses(FAILURE_STATUSES)), not_(no_report))
-            stopped = col(Run.status).in_(_statuses(STOPPED_STATUSES))
+            failures = and_(status.in_(_statuses(FAILURE_STATUSES)), not_(no_report))
+            stopped = status.in_(_statuses(STOPPED_STATUSES))
             return DigestFacts(
                 channel_id=channel_id, start=start, end=end, status_counts=counts,
                 in_progress=self._count(session, col(Run.status).in_(PENDING_STATUSES)),
@@ -264,9 +267,13 @@ class DigestService:
         """Each active schedule's next fire after `after`, the soonest first."""
         rows = session.exec(select(Routine.name, Routine.schedule, Routine.schedule_tz).where(
             col(Routine.schedule).is_not(None), col(Routine.paused_at).is_(None))).all()
-        upcoming = [UpcomingFact(name, when) for name, expression, zone in rows
-                    for when in schedule.next_fire_times(
-                        schedule.Schedule(expression or "", zone), after, 1)]
+        next_fire: dict[schedule.Schedule, list[datetime]] = {}  # routines share schedules
+        for _, expression, zone in rows:
+            when = schedule.Schedule(expression or "", zone)
+            if when not in next_fire:
+                next_fire[when] = schedule.next_fire_times(when, after, 1)
+        upcoming = [UpcomingFact(name, at) for name, expression, zone in rows
+                    for at in next_fire[schedule.Schedule(expression or "", zone)]]
         return tuple(sorted(upcoming, key=lambda u: (u.at, u.routine))[:limit])
 
     def _changed(self, channel_id: str, when: schedule.Schedule | None) -> None:
