@@ -47,6 +47,7 @@ if str(REPO_ROOT) not in sys.path:
 from sqlalchemy import event, insert  # noqa: E402
 
 from bot.db import Database  # noqa: E402
+from bot.digest import DigestFacts, build_digest  # noqa: E402
 from bot.digests import DigestService  # noqa: E402
 from bot.messages import Messages  # noqa: E402
 from bot.models import (  # noqa: E402
@@ -134,32 +135,48 @@ def bench(db: Database, runs: int, routines: int, days: int, repeat: int) -> Non
     print(f"ratio (digest / bare aggregate, medians): {ratio:.2f}x")
     print(f"digest: {digest.total_runs:,} runs, {len(message['blocks'])} blocks, "
           f"{len(groups)} (routine, status) groups; text: {message['text']}")
-    print("where one digest build spends its time in SQL (the rest is Python):")
-    for seconds, statement in sql_breakdown(db, build):
-        print(f"  {seconds * 1000:7.0f} ms  {statement}")
+    print("where one digest build spends its time:")
+    facts: list[DigestFacts] = []
+    print(f"  {timed(lambda: facts.append(service.facts(CHANNEL, start, end))) * 1000:7.0f} ms"
+          "  the facts: SQL through the ORM, of which (each statement replayed alone):")
+    for seconds, statement in sql_breakdown(db, lambda: service.facts(CHANNEL, start, end)):
+        print(f"  {seconds * 1000:11.0f} ms  {statement}")
+    shape = timed(lambda: messages.render("digest.json.j2", digest=build_digest(
+        facts[0], service.prices, service.limits)))
+    print(f"  {shape * 1000:7.0f} ms  the builder, pricing and the template")
 
 
 def sql_breakdown(db: Database, action: Callable[[], Any]) -> list[tuple[float, str]]:
-    """Each statement's time during one more run of `action`, the slowest first."""
-    spent: list[tuple[float, str]] = []
+    """The SQL statements of one more run of `action`, captured, then replayed one by one
+    on a raw connection and timed (execute and fetch: SQLite does part of the work while
+    rows are fetched), the slowest first."""
+    captured: list[tuple[str, Any]] = []
 
-    def before(conn: Any, *_: Any) -> None:
-        conn.info["began"] = time.perf_counter()
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        captured.append((statement, parameters))
 
-    def after(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        spent.append((time.perf_counter() - conn.info["began"], " ".join(statement.split())))
-
-    event.listen(db.engine, "before_cursor_execute", before)
-    event.listen(db.engine, "after_cursor_execute", after)
+    event.listen(db.engine, "before_cursor_execute", capture)
     try:
-        total = timed(action)
+        action()
     finally:
-        event.remove(db.engine, "before_cursor_execute", before)
-        event.remove(db.engine, "after_cursor_execute", after)
+        event.remove(db.engine, "before_cursor_execute", capture)
+    spent: list[tuple[float, str]] = []
+    connection = db.engine.raw_connection()
+    try:
+        for statement, parameters in captured:
+            cursor = connection.cursor()
+
+            def replay(cursor: Any = cursor, statement: str = statement,
+                       parameters: Any = parameters) -> None:
+                cursor.execute(statement, parameters)
+                cursor.fetchall()
+
+            spent.append((timed(replay), " ".join(statement.split())[:100]))
+    finally:
+        connection.close()
     spent.sort(reverse=True)
-    return [(seconds, statement[:110]) for seconds, statement in spent[:4]] + [
-        (sum(seconds for seconds, _ in spent[4:]), f"{len(spent[4:])} other statements"),
-        (total - sum(seconds for seconds, _ in spent), "Python: builder, pricing, template")]
+    return [*spent[:3],
+            (sum(seconds for seconds, _ in spent[3:]), f"{len(spent[3:])} other statements")]
 
 
 def fill(db: Database, runs: int, routines: int, start: datetime, end: datetime) -> None:
