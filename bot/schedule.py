@@ -257,9 +257,9 @@ class ScheduleRunner:
         A first fire time already past when the job is added still runs if it is within the
         grace period, so `after` closes the gap between a start-up `catch_up` and this call.
         """
-        job_id = _job_id(kind, name)
         if kind not in self._kinds:
             raise ValueError(f"schedule: unknown job kind {kind!r}")
+        job_id = _job_id(kind, name)
         if not self._started:  # before start, APScheduler's replace_existing keeps both jobs
             self.remove(name, kind)
         timing: dict[str, Any] = {}

@@ -99,7 +99,11 @@ class Scheduler:
             self.runner.set(channel_id, when, kind=DIGEST)
 
     async def _fire_digest(self, channel_id: str, scheduled_for: datetime) -> None:
-        await self.send_digest(channel_id)
+        if self.digests is None:
+            return
+        subscribed = await asyncio.to_thread(self.digests.subscription, channel_id)
+        if subscribed is not None:  # not if unsubscribed as it fired
+            await self.send_digest(channel_id)
 
     async def _fire(self, name: str, scheduled_for: datetime) -> None:
         try:
