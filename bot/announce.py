@@ -1,5 +1,5 @@
 """Posts what a routine's channel must hear: a finished run, missed scheduled fires,
-the day's spend nearing or reaching the cap.
+a digest, the day's spend nearing or reaching the cap.
 
 A run that failed, errored or timed out is an alert: its reason, trigger and actor,
 and buttons to view the log and to retry (or, when the routine's policy already queued
@@ -14,6 +14,7 @@ import asyncio
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.budget import Spend
+from bot.digest import Digest
 from bot.messages import Messages
 from bot.service import MissedFires, RoutineService, RunView
 
@@ -44,3 +45,7 @@ class Announcer:
         """80% and 100% of the daily cap: said where incidents go, else where it happened."""
         message = self.messages.render("spend.json.j2", spend=spend)
         await self.client.chat_postMessage(channel=self.incidents_channel or channel, **message)
+
+    async def digest(self, digest: Digest) -> None:
+        message = self.messages.render("digest.json.j2", digest=digest)
+        await self.client.chat_postMessage(channel=digest.channel_id, **message)

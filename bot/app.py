@@ -14,6 +14,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.announce import Announcer
 from bot.approvals import ApprovalDesk, ApprovalMessages
 from bot.db import Database
+from bot.digests import DigestService
 from bot.directory import SlackDirectory
 from bot.dispatcher import Dispatcher
 from bot.home_tab import HomeTab
@@ -49,15 +50,19 @@ class Bot:
         self.dispatcher = Dispatcher(self.service, self.sandbox, announcer,
                                      settings.max_concurrent_runs,
                                      announce_spend=announcer.spend)
+        self.digests = DigestService(self.db, settings.prices,
+                                     settings.min_schedule_interval_seconds)
         self.approvals = ApprovalDesk(self.service, self.slack_client,
                                       ApprovalMessages(self.service, self.messages),
                                       self.dispatcher.publish,
                                       min(5.0, max(0.5, settings.approval_timeout_seconds / 4)))
         self.scheduler = Scheduler(self.service, announcer.missed,
-                                   settings.schedule_grace_seconds)
+                                   settings.schedule_grace_seconds,
+                                   digests=self.digests, post_digest=announcer.digest)
         self.service.on_run_queued(self.dispatcher.wake)
         self.service.on_stop_requested(self.dispatcher.stop_run)
-        self.slack = build_slack_app(settings, self.service, self.messages, self.slack_client)
+        self.slack = build_slack_app(settings, self.service, self.messages, self.slack_client,
+                                     digests=self.digests)
         self.home = HomeTab(self.service, self.messages, self.slack_client, self.db,
                             settings.home_refresh_seconds)
         self.home.register(self.slack)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from bot.digest import SUGAR, is_sugar_word
+
 DEFAULT_TOKEN_NAME = "api"  # noqa: S105 - a label, not a secret
 
 # subcommand -> usage after the subcommand word ("" = takes nothing)
@@ -24,6 +26,7 @@ USAGE = {
     "audit": "[NAME]",
     "budget": "[cap AMOUNT]",
     "retries": "NAME ATTEMPTS [BACKOFF_SECONDS] [agent-failures] | NAME off",
+    "digest": 'here daily 09:00|hourly|weekly|"CRON" [TIMEZONE] | here off | here | now',
 }
 FREE_TEXT = {"github", "schedule", "set", "retries"}  # the rest of the line is one argument
 KILLSWITCH_ACTIONS = {"engage", "status", "disengage", "release", "drop"}
@@ -35,7 +38,7 @@ class Command:
     name: str = ""
     problem: str = ""
     arg: str = ""
-    option: str = ""  # the time zone of `schedule`
+    option: str = ""  # the time zone of `schedule` and `digest`
 
 
 def parse(text: str) -> Command:
@@ -65,9 +68,8 @@ def _parse_named(action: str, rest: list[str], usage: Command) -> Command:
     if not rest:
         return usage
     name, args = rest[0].lower(), rest[1:]
-    if action == "schedule" and args:
-        expression, zone = split_schedule(args)
-        return Command(action, name=name, arg=expression, option=zone)
+    if action in _PARSERS:
+        return _PARSERS[action](name, args) or usage
     if action in FREE_TEXT:
         return Command(action, name=name, arg=" ".join(args)) if args else usage
     if action == "token" and len(args) <= 1:
@@ -112,3 +114,37 @@ def split_schedule(args: list[str]) -> tuple[str, str]:
     else:
         size = 1
     return " ".join(args[:size]), " ".join(args[size:])
+
+
+def _schedule(name: str, args: list[str]) -> Command | None:
+    if not args:
+        return None
+    expression, zone = split_schedule(args)
+    return Command("schedule", name=name, arg=expression, option=zone)
+
+
+def _digest(where: str, args: list[str]) -> Command | None:
+    """`digest now`, `digest here` (what this channel gets), `digest here off`, or
+    `digest here SCHEDULE [TIMEZONE]`; `here` is the channel the command was typed in."""
+    if where == "now" and not args:
+        return Command("digest", name="now")
+    if where != "here":
+        return None
+    if not args or [a.lower() for a in args] == ["off"]:
+        return Command("digest", name="here", arg=" ".join(args).lower())
+    expression, zone = split_digest_schedule(args)
+    return Command("digest", name="here", arg=expression, option=zone)
+
+
+def split_digest_schedule(args: list[str]) -> tuple[str, str]:
+    """Sugar (`daily 09:00`, `weekly fri 16:00`, `hourly :30`) or what `schedule` takes,
+    then the optional time zone."""
+    if args[0].lower() not in SUGAR:
+        return split_schedule(args)
+    size = 1
+    while size < len(args) and is_sugar_word(args[size]):
+        size += 1
+    return " ".join(args[:size]), " ".join(args[size:])
+
+
+_PARSERS = {"schedule": _schedule, "digest": _digest}  # the rest of the line is theirs

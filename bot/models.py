@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import DateTime, UniqueConstraint
+from sqlalchemy import DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -249,3 +249,35 @@ class HomeViewer(SQLModel, table=True):
 
     user_id: str = Field(primary_key=True, max_length=32)
     opened_at: datetime = timestamp_field(required=True)
+
+
+class DigestSubscription(SQLModel, table=True):
+    """A channel's scheduled digest of runs. `last_sent_at` starts the next digest's period
+    (the subscription time until the first one is sent)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel_id: str = Field(index=True, unique=True, max_length=40)
+    schedule: str  # cron or interval, see bot.schedule.parse_schedule
+    schedule_tz: str = "UTC"
+    last_sent_at: datetime = timestamp_field(required=True)
+    created_by: str
+    created_at: datetime = timestamp_field(required=True)
+
+
+class MissedFire(SQLModel, table=True):
+    """A scheduled time that did not run (the bot was down, the scheduler was late)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    routine_id: int = Field(foreign_key="routine.id", index=True)
+    scheduled_for: datetime = timestamp_field(required=True)
+    why: str = ""
+    # Digests select by when it was recorded, so each one is reported exactly once.
+    recorded_at: datetime = Field(default_factory=utcnow, index=True,
+                                  sa_type=DateTime(timezone=True))
+
+
+# Digests aggregate the runs finished in a period: this index covers that query (range on
+# finished_at, GROUP BY routine and status, sums of tokens, durations) without table reads.
+_RUN_COLUMNS = Run.__table__.c  # type: ignore[attr-defined]
+Index("ix_run_digest", *(_RUN_COLUMNS[name] for name in (
+    "finished_at", "status", "routine_id", "input_tokens", "output_tokens", "started_at")))

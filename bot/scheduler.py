@@ -12,6 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from bot.digest import Digest
+from bot.digests import DigestService
 from bot.errors import RoutinesError
 from bot.models import utcnow
 from bot.schedule import Schedule, ScheduleRunner
@@ -19,17 +21,25 @@ from bot.service import MissedFires, RoutineService
 
 log = logging.getLogger(__name__)
 AnnounceMissed = Callable[[MissedFires], Awaitable[None]]
+PostDigest = Callable[[Digest], Awaitable[None]]
+DIGEST = "digest"  # the job kind of channel digests, beside routines
 
 
 class Scheduler:
     def __init__(self, service: RoutineService, announce_missed: AnnounceMissed,
-                 grace_seconds: int) -> None:
+                 grace_seconds: int, digests: DigestService | None = None,
+                 post_digest: PostDigest | None = None) -> None:
         self.service = service
         self.announce_missed = announce_missed
         self.grace_seconds = grace_seconds
         self.runner = ScheduleRunner(self._fire, grace_seconds, missed=self._missed)
         self._loop: asyncio.AbstractEventLoop | None = None
         service.on_schedule_changed(self._changed)
+        self.digests = digests
+        self.post_digest = post_digest
+        if digests is not None:
+            self.runner.register(DIGEST, self._fire_digest)  # a late digest covers it all
+            digests.on_schedule_changed(self._digest_changed)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -40,6 +50,28 @@ class Scheduler:
         self.runner.start()
         for name, when in (await asyncio.to_thread(self.service.schedules)).items():
             self.runner.set(name, when, after=now)
+        if self.digests is not None:
+            await self._start_digests(self.digests, now)
+
+    async def _start_digests(self, digests: DigestService, now: datetime) -> None:
+        """One digest now for each channel whose digest fell due while the bot was down
+        (covering the whole period: no burst), then the jobs, from the database."""
+        for channel in await asyncio.to_thread(digests.owed, now):
+            await self.send_digest(channel)
+        for channel, when in (await asyncio.to_thread(digests.schedules)).items():
+            self.runner.set(channel, when, after=now, kind=DIGEST)
+
+    async def send_digest(self, channel_id: str) -> None:
+        """Compose the channel's digest, post it, and start the next period where it ended
+        (not before it was posted: a digest Slack refused is covered by the next one)."""
+        if self.digests is None or self.post_digest is None:
+            return
+        try:
+            digest = await asyncio.to_thread(self.digests.compose, channel_id, utcnow())
+            await self.post_digest(digest)
+            await asyncio.to_thread(self.digests.mark_sent, digest)
+        except Exception:
+            log.exception("could not send the digest of %s", channel_id)
 
     def stop(self) -> None:
         self.runner.shutdown()
@@ -54,6 +86,24 @@ class Scheduler:
             self.runner.remove(name)
         else:
             self.runner.set(name, when)
+
+    def _digest_changed(self, channel_id: str, when: Schedule | None) -> None:
+        """Thread-safe, as `_changed`."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._apply_digest, channel_id, when)
+
+    def _apply_digest(self, channel_id: str, when: Schedule | None) -> None:
+        if when is None:
+            self.runner.remove(channel_id, kind=DIGEST)
+        else:
+            self.runner.set(channel_id, when, kind=DIGEST)
+
+    async def _fire_digest(self, channel_id: str, scheduled_for: datetime) -> None:
+        if self.digests is None:
+            return
+        subscribed = await asyncio.to_thread(self.digests.subscription, channel_id)
+        if subscribed is not None:  # not if unsubscribed as it fired
+            await self.send_digest(channel_id)
 
     async def _fire(self, name: str, scheduled_for: datetime) -> None:
         try:

@@ -48,6 +48,7 @@ from bot.models import (
     BusyPolicy,
     GitHubSubscription,
     KillSwitch,
+    MissedFire,
     RiskLevel,
     Routine,
     Run,
@@ -473,7 +474,7 @@ class RoutineService:
     def schedule_missed(self, name: str, times: tuple[datetime, ...], why: str,
                         more: bool = False) -> MissedFires:
         """Scheduled times that will not run: recorded, and returned to be announced."""
-        routine = self._advance_schedule(name, times[-1], missed=times)
+        routine = self._advance_schedule(name, times[-1], missed=times, why=why)
         return MissedFires(routine, times, why, more)
 
     def catch_up_schedules(self, now: datetime, grace_seconds: int) -> list[MissedFires]:
@@ -491,7 +492,7 @@ class RoutineService:
         return missed
 
     def _advance_schedule(self, name: str, scheduled_for: datetime,
-                          missed: tuple[datetime, ...] = ()) -> Routine:
+                          missed: tuple[datetime, ...] = (), why: str = "") -> Routine:
         with self.db.session() as session:
             routine = self._require(session, name)
             last = _aware(routine.last_fire_at) if routine.last_fire_at else scheduled_for
@@ -499,6 +500,8 @@ class RoutineService:
             if missed:
                 _audit(session, "schedule", "schedule_missed", routine.name,
                        f"{len(missed)} fire(s), last {missed[-1].isoformat()}")
+            session.add_all(MissedFire(routine_id=_id(routine), scheduled_for=when, why=why)
+                            for when in missed)  # for digests
             return routine
 
     # GitHub -------------------------------------------------------------------------

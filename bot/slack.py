@@ -15,8 +15,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands, retry, trigger
 from bot.approvals import ApprovalMessages
+from bot.digests import DigestService
 from bot.errors import RoutinesError, ValidationFailed
 from bot.messages import Messages
+from bot.models import utcnow
 from bot.routine import RoutineDraft, parse_changes
 from bot.run_buttons import RunButtons
 from bot.service import RoutineService
@@ -29,14 +31,14 @@ KILLSWITCH_ANNOUNCED = {"engage": "engaged", "disengage": "disengaged"}
 
 
 def build_slack_app(settings: Settings, service: RoutineService, messages: Messages,
-                    client: AsyncWebClient) -> AsyncApp:
+                    client: AsyncWebClient, digests: DigestService | None = None) -> AsyncApp:
     app = AsyncApp(
         client=client,
         signing_secret=settings.slack_signing_secret or None,
         request_verification_enabled=not settings.socket_mode,
         logger=log,
     )
-    handlers = SlackHandlers(settings, service, messages)
+    handlers = SlackHandlers(settings, service, messages, digests)
     app.command("/routine")(handlers.routine_command)
     app.view(CREATE_CALLBACK)(handlers.create_submitted)
     buttons = RunButtons(service, messages)
@@ -49,11 +51,13 @@ def build_slack_app(settings: Settings, service: RoutineService, messages: Messa
 
 
 class SlackHandlers:
-    def __init__(self, settings: Settings, service: RoutineService, messages: Messages) -> None:
+    def __init__(self, settings: Settings, service: RoutineService, messages: Messages,
+                 digests: DigestService | None = None) -> None:
         self.settings = settings
         self.service = service
         self.messages = messages
         self.approvals = ApprovalMessages(service, messages)
+        self.digests = digests
 
     async def routine_command(self, ack: AsyncAck, command: dict[str, Any],
                               client: AsyncWebClient) -> None:
@@ -63,8 +67,12 @@ class SlackHandlers:
             await client.views_open(trigger_id=command["trigger_id"],
                                     view=self.create_modal(command.get("channel_id", "")))
             return
+        if parsed.action == "digest" and parsed.name == "now":
+            await self.digest_now(ack, command.get("channel_id", ""), client)
+            return
         try:
-            reply = await asyncio.to_thread(self.answer, parsed, command["user_id"])
+            reply = await asyncio.to_thread(self.answer, parsed, command["user_id"],
+                                            command.get("channel_id", ""))
         except RoutinesError as exc:
             reply = self.messages.render("error.json.j2", message=str(exc))
             await ack(response_type="ephemeral", **reply)
@@ -83,8 +91,13 @@ class SlackHandlers:
             except Exception:
                 log.exception("could not announce the kill switch in %s", target)
 
-    def answer(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
+    def answer(self, parsed: commands.Command, user_id: str,
+               channel_id: str = "") -> dict[str, Any]:
         """The reply to a command other than `create` (runs in a worker thread)."""
+
+        def digest(parsed: commands.Command, user_id: str) -> dict[str, Any]:
+            return self._digest(parsed, user_id, channel_id)  # `here` is this channel
+
         handler = {
             "run": self._run, "list": self._list, "status": self._status,
             "history": self._history, "pause": self._pause, "resume": self._resume,
@@ -92,6 +105,7 @@ class SlackHandlers:
             "github": self._github, "schedule": self._schedule, "retries": self._retries,
             "set": self._set, "delete": self._delete, "cancel": self._cancel,
             "killswitch": self._killswitch, "audit": self._audit, "budget": self._budget,
+            "digest": digest,
         }.get(parsed.action)
         if handler is None:
             return self.messages.render("help.json.j2", problem=parsed.problem)
@@ -241,6 +255,38 @@ class SlackHandlers:
         wanted = self.service.subscribe_github(parsed.name, parsed.arg, user_id)
         return self._say(f"`{parsed.name}` now runs on GitHub events matching "
                          f"`{wanted.describe()}`.")
+
+    def _digest(self, parsed: commands.Command, user_id: str,
+                channel_id: str) -> dict[str, Any]:
+        digests = self._digest_service()
+        if parsed.arg == "off":
+            digests.unsubscribe(channel_id, user_id)
+            return self._say("This channel no longer gets a runs digest.")
+        if parsed.arg:
+            digests.subscribe(channel_id, parsed.arg, parsed.option, user_id)
+        return self.messages.render("digest_subscription.json.j2",
+                                    overview=digests.overview(channel_id))
+
+    async def digest_now(self, ack: AsyncAck, channel_id: str, client: AsyncWebClient) -> None:
+        """Acknowledge at once (a digest of a busy period takes longer than Slack waits),
+        then post the channel's digest there; its next one starts where this one ended."""
+        if self.digests is None:
+            await ack(response_type="ephemeral", text="Digests are not enabled on this bot.")
+            return
+        digests = self.digests
+        await ack(response_type="ephemeral", text="Composing a runs digest for this channel…")
+        try:
+            digest = await asyncio.to_thread(digests.compose, channel_id, utcnow())
+            await client.chat_postMessage(
+                channel=channel_id, **self.messages.render("digest.json.j2", digest=digest))
+            await asyncio.to_thread(digests.mark_sent, digest)
+        except Exception:
+            log.exception("digest now for %s failed", channel_id)
+
+    def _digest_service(self) -> DigestService:
+        if self.digests is None:
+            raise RoutinesError("Digests are not enabled on this bot.")
+        return self.digests
 
     def create_modal(self, channel_id: str) -> dict[str, Any]:
         s = self.settings
