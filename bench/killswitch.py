@@ -58,8 +58,8 @@ CHANNEL = "C0RESULTS1"
 
 
 def running(client: Any, instance: str) -> int:
-    return len(client.containers.list(filters={"label": f"{LABEL_INSTANCE}={instance}",
-                                               "status": "running"}))
+    return len(client.containers.list(sparse=True, filters={
+        "label": f"{LABEL_INSTANCE}={instance}", "status": "running"}))
 
 
 async def wait_until(check: Any, seconds: float, what: str) -> None:

@@ -28,7 +28,7 @@ async def containers_running(docker_client: Any, bot: Bot, count: int,
     deadline = time.monotonic() + timeout
     while True:
         found = docker_client.containers.list(
-            filters={"label": f"org.routines.instance={bot.settings.instance}",
+            sparse=True, filters={"label": f"org.routines.instance={bot.settings.instance}",
                      "status": "running"})
         if len(found) >= count or time.monotonic() > deadline:
             return list(found)
