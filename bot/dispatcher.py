@@ -77,16 +77,13 @@ class Dispatcher:
         active[1].kill()
         # The follower polls its control every second; killing the container directly,
         # in parallel for every run, makes an engaged kill switch take effect at once.
-        self._loop_run(self.sandbox.kill, run_id)
-
-    def _loop_run(self, func: Callable[[int], None], run_id: int) -> None:
         assert self._loop is not None
 
         def done(future: asyncio.Future[None]) -> None:
             if future.exception() is not None:
                 log.warning("could not kill run %s: %s", run_id, future.exception())
 
-        self._loop.run_in_executor(None, func, run_id).add_done_callback(done)
+        self._loop.run_in_executor(None, self.sandbox.kill, run_id).add_done_callback(done)
 
     async def publish(self, view: RunView) -> None:
         """Push an approved run's kept commit to its bot-owned branch, or discard it

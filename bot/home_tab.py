@@ -78,8 +78,8 @@ def change_stamp(db: Database) -> tuple[Any, ...]:
         newest_run = session.exec(select(func.max(Run.id))).one()
         pending = tuple(session.exec(select(Run.id, Run.status).where(
             col(Run.status).in_(PENDING_STATUSES)).order_by(col(Run.id))).all())
-        switch = session.get(KillSwitch, 1)
-        switch_state = (switch.engaged, switch.changed_at) if switch else None
+        switch = KillSwitch.current(session)
+        switch_state = (switch.engaged, switch.changed_at)
     return audit, newest_run, pending, switch_state
 
 

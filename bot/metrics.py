@@ -79,7 +79,7 @@ class RoutinesCollector(Collector):
             routines = session.execute(
                 select(col(Routine.paused_at).is_(None), func.count())
                 .group_by(col(Routine.paused_at).is_(None))).all()
-            switch = session.get(KillSwitch, 1)
+            switch = KillSwitch.current(session)
         used: dict[str, list[int]] = {}
         for name, status, count, input_tokens, output_tokens in by_status:
             status = RunStatus(status)
@@ -109,7 +109,7 @@ class RoutinesCollector(Collector):
         yield GaugeMetricFamily(
             "routines_kill_switch_engaged",
             "1 while the kill switch is engaged (every trigger held), else 0.",
-            value=1 if switch is not None and switch.engaged else 0)
+            value=1 if switch.engaged else 0)
 
     def _duration_query(self) -> Any:
         seconds = _duration_seconds(self.db.engine.dialect.name)

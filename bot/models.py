@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import DateTime, Index, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, Session, SQLModel
 
 
 def utcnow() -> datetime:
@@ -241,6 +241,11 @@ class KillSwitch(SQLModel, table=True):
     reason: str = ""
     changed_by: str = ""
     changed_at: datetime | None = timestamp_field()
+
+    @classmethod
+    def current(cls, session: Session) -> KillSwitch:
+        """The stored state, or a fresh disengaged one if the switch was never touched."""
+        return session.get(cls, 1) or cls(id=1)
 
 
 class HomeViewer(SQLModel, table=True):

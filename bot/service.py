@@ -259,8 +259,8 @@ class RoutineService:
             session.refresh(routine)
             _audit(session, actor, "create", routine.name, f"repo {routine.repo_url}")
         if routine.schedule:
-            for listener in self._schedule_listeners:
-                listener(routine.name, schedule.Schedule(routine.schedule, routine.schedule_tz))
+            _notify(self._schedule_listeners, routine.name,
+                    schedule.Schedule(routine.schedule, routine.schedule_tz))
         return routine
 
     def pause_routine(self, name: str, actor: str) -> Routine:
@@ -313,8 +313,7 @@ class RoutineService:
                 session.execute(delete(owned).where(col(owned.routine_id) == routine.id))
             session.delete(routine)
             _audit(session, actor, "delete", routine.name, f"repo {routine.repo_url}")
-        for listener in self._schedule_listeners:
-            listener(name, None)
+        _notify(self._schedule_listeners, name, None)
 
     def get_routine(self, name: str) -> Routine:
         with self.db.session() as session:
@@ -434,8 +433,7 @@ class RoutineService:
             routine.last_fire_at = utcnow()
             _audit(session, actor, "schedule_set", routine.name,
                    f"{when.expression} ({when.timezone})")
-        for listener in self._schedule_listeners:
-            listener(routine.name, when)
+        _notify(self._schedule_listeners, routine.name, when)
         return routine, when
 
     def clear_schedule(self, name: str, actor: str) -> Routine:
@@ -446,8 +444,7 @@ class RoutineService:
                 raise RoutinesError(f"Routine `{routine.name}` has no schedule.")
             routine.schedule = None
             _audit(session, actor, "schedule_cleared", routine.name)
-        for listener in self._schedule_listeners:
-            listener(routine.name, None)
+        _notify(self._schedule_listeners, routine.name, None)
         return routine
 
     def schedules(self) -> dict[str, schedule.Schedule]:
@@ -662,7 +659,7 @@ class RoutineService:
         and its routine is under its own `max_concurrent`."""
         now = utcnow()
         with self.db.session() as session:
-            if self.kill_switch().engaged:
+            if KillSwitch.current(session).engaged:
                 return None
             candidates = session.exec(
                 select(Run.id, Run.routine_id, Routine.max_concurrent)
@@ -761,11 +758,10 @@ class RoutineService:
                     session.refresh(run)
                     approval = self._request_approval(session, run, routine,
                                                       ApprovalKind.PUBLISH, run.triggered_by)
-        for wake in self._run_queued_listeners if retried else []:
-            wake()
+        if retried:
+            _notify(self._run_queued_listeners)
         if approval is not None:
-            for listener in self._approval_listeners:
-                listener()
+            _notify(self._approval_listeners)
         return self.get_run(run_id)
 
     def _stopped_outcome(self, session: Session, outcome: RunOutcome,
@@ -774,8 +770,8 @@ class RoutineService:
         if outcome.status != RunStatus.KILLED:
             return outcome
         if stopped_by == KILL_SWITCH_ACTOR:
-            state = session.get(KillSwitch, 1)
-            why = f": {state.reason}" if state and state.reason else ""
+            state = KillSwitch.current(session)
+            why = f": {state.reason}" if state.reason else ""
             return RunOutcome(RunStatus.KILLED, None, f"killed by the kill switch{why}")
         if stopped_by:
             return RunOutcome(RunStatus.CANCELLED, None, f"cancelled by <@{stopped_by}>")
@@ -864,11 +860,9 @@ class RoutineService:
 
     def _after_decision(self, approval: Approval, approve: bool) -> None:
         if approval.kind == ApprovalKind.START and approve:
-            for wake in self._run_queued_listeners:
-                wake()
+            _notify(self._run_queued_listeners)
         elif approval.kind == ApprovalKind.PUBLISH:
-            for publish in self._publish_listeners:
-                publish(approval.run_id)  # pushed if approved, discarded otherwise
+            _notify(self._publish_listeners, approval.run_id)  # pushed, or discarded
 
     def _settle_waiting_run(self, session: Session, run_id: int, start: bool,
                             reason: str | None, status: RunStatus = RunStatus.REJECTED) -> None:
@@ -906,8 +900,7 @@ class RoutineService:
                                              "nobody approved it in time", RunStatus.EXPIRED)
         for approval in expired:
             if approval.kind == ApprovalKind.PUBLISH:
-                for listener in self._publish_listeners:
-                    listener(approval.run_id)
+                _notify(self._publish_listeners, approval.run_id)
         return [self.get_approval(_id(a)) for a in expired]
 
     def publish_pending(self) -> list[RunView]:
@@ -988,8 +981,7 @@ class RoutineService:
         assert routine is not None
         decision = retry.decide_retry(retry.policy_of(routine), RunStatus(run.status),
                                       run.attempt, run.reason, utcnow())
-        switch = session.get(KillSwitch, 1)
-        held = routine.paused or (switch is not None and switch.engaged)
+        held = routine.paused or KillSwitch.current(session).engaged
         if not decision.retry or held:
             return False
         session.add(Run(routine_id=run.routine_id, trigger_kind=run.trigger_kind,
@@ -1017,7 +1009,7 @@ class RoutineService:
     def kill_switch(self) -> KillSwitch:
         """The switch's stored state (a fresh, disengaged one if it was never touched)."""
         with self.db.session() as session:
-            return session.get(KillSwitch, 1) or KillSwitch(id=1)
+            return KillSwitch.current(session)
 
     def engage_kill_switch(self, actor: str, reason: str) -> KillSwitchReport:
         """Stop everything: running runs are killed, queued and waiting runs are held,
@@ -1028,7 +1020,7 @@ class RoutineService:
         self._check(actor, Action.ENGAGE, is_approver_anywhere=self._approves_anything(actor))
         now = utcnow()
         with self.db.session() as session:
-            state = session.get(KillSwitch, 1) or KillSwitch(id=1)
+            state = KillSwitch.current(session)
             if state.engaged:
                 raise RoutinesError(f"The kill switch is already engaged (by "
                                     f"<@{state.changed_by}>: {state.reason}).")
@@ -1045,8 +1037,7 @@ class RoutineService:
             _audit(session, actor, "engage", None, state.reason)
             held = self._held(session)
         for run_id in running:
-            for listener in self._stop_listeners:
-                listener(_id_of(run_id))
+            _notify(self._stop_listeners, _id_of(run_id))
         return KillSwitchReport(self.kill_switch(), len(running), held)
 
     def disengage_kill_switch(self, actor: str) -> KillSwitchReport:
@@ -1055,8 +1046,8 @@ class RoutineService:
         self._check(actor, Action.DISENGAGE)
         now = utcnow()
         with self.db.session() as session:
-            state = session.get(KillSwitch, 1)
-            if state is None or not state.engaged:
+            state = KillSwitch.current(session)
+            if not state.engaged:
                 raise RoutinesError("The kill switch is not engaged.")
             state.engaged, state.changed_by, state.changed_at = False, actor, now
             session.execute(update(Routine).where(col(Routine.schedule).is_not(None))
@@ -1094,8 +1085,7 @@ class RoutineService:
             _audit(session, actor, "held_dropped" if drop else "held_released", None,
                    f"{held.queued} queued, {held.awaiting_approval} awaiting approval")
         if not drop:
-            for listener in self._run_queued_listeners:
-                listener()
+            _notify(self._run_queued_listeners)
         return held
 
     def cancel_run(self, run_id: int, actor: str) -> RunView:
@@ -1118,13 +1108,12 @@ class RoutineService:
                                 .values(stop_requested_by=actor))
             _audit(session, actor, "cancel", view.routine.name, f"run #{run_id}")
         if ended.rowcount != 1:  # type: ignore[attr-defined]
-            for listener in self._stop_listeners:
-                listener(run_id)
+            _notify(self._stop_listeners, run_id)
         return self.get_run(run_id)
 
     def _refuse_if_killed(self, session: Session) -> None:
-        state = session.get(KillSwitch, 1)
-        if state is not None and state.engaged:
+        state = KillSwitch.current(session)
+        if state.engaged:
             raise KillSwitchEngaged(state.reason, state.changed_by)
 
     def _approves_anything(self, actor: str) -> bool:
@@ -1273,6 +1262,11 @@ def _audit(session: Session, actor: str, action: str, routine: str | None,
 
 
 KILL_SWITCH_ACTOR = "kill switch"
+
+
+def _notify(listeners: list[Callable[..., None]], *args: object) -> None:
+    for listener in listeners:
+        listener(*args)
 
 
 def _decided_text(approval: Approval) -> str:
