@@ -54,7 +54,8 @@ RUN python3 -m venv /opt/agent \
 # The runner changes most often: copy it last. Root-owned, so the agent cannot
 # modify its own harness; byte-compiled now because the image is read at run time
 # by a non-root user (and usually with a read-only root filesystem).
-COPY runner/ /opt/agent/app/runner/
+COPY runner/__init__.py runner/contract.py /opt/agent/app/runner/
+COPY runner/inside/ /opt/agent/app/runner/inside/
 RUN /opt/agent/bin/python -m compileall -q /opt/agent/app
 
 ENV PYTHONPATH=/opt/agent/app \
@@ -65,7 +66,7 @@ ENV PYTHONPATH=/opt/agent/app \
 
 WORKDIR /workspace
 USER 10001:10001
-ENTRYPOINT ["/opt/agent/bin/python", "-m", "runner.agent"]
+ENTRYPOINT ["/opt/agent/bin/python", "-m", "runner.inside.agent"]
 
 # ---------------------------------------------------------------------------
 # The bot. Optional: build with `make service-image` or the command above after

@@ -46,19 +46,13 @@ if str(REPO_ROOT) not in sys.path:
 
 from sqlalchemy import event, insert  # noqa: E402
 
-from bot.db import Database  # noqa: E402
-from bot.digest import DigestFacts, build_digest  # noqa: E402
-from bot.digests import DigestService  # noqa: E402
-from bot.messages import Messages  # noqa: E402
-from bot.models import (  # noqa: E402
-    DigestSubscription,
-    MissedFire,
-    Routine,
-    Run,
-    RunStatus,
-    TriggerKind,
-)
-from bot.pricing import PriceTable  # noqa: E402
+from bot.core.digest import DigestFacts, build_digest  # noqa: E402
+from bot.core.pricing import PriceTable  # noqa: E402
+from bot.core.statuses import RunStatus, TriggerKind  # noqa: E402
+from bot.doors.slack.messages import Messages  # noqa: E402
+from bot.services.digests import DigestService  # noqa: E402
+from bot.store.database import Database  # noqa: E402
+from bot.store.tables import DigestSubscription, MissedFire, Routine, Run  # noqa: E402
 
 CHANNEL = "C0BENCH001"
 BATCH = 20_000

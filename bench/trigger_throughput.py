@@ -65,10 +65,11 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError  # noqa: E402
 from sqlmodel import col, func, select  # noqa: E402
 
 from bot.app import Bot  # noqa: E402
-from bot.models import AuditEntry, Run, TriggerKind, utcnow  # noqa: E402
-from bot.routine import RoutineDraft  # noqa: E402
-from bot.service import RoutineService  # noqa: E402
+from bot.core.routine import RoutineDraft  # noqa: E402
+from bot.core.statuses import TriggerKind  # noqa: E402
+from bot.services.service import RoutineService  # noqa: E402
 from bot.settings import Settings  # noqa: E402
+from bot.store.tables import AuditEntry, Run, utcnow  # noqa: E402
 from tests.standins.environment import local_settings  # noqa: E402
 from tests.standins.slack_api import SlackApiStandIn  # noqa: E402
 

@@ -11,23 +11,23 @@ from aiohttp import web
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.announce import Announcer
-from bot.approvals import ApprovalDesk, ApprovalMessages
-from bot.db import Database
-from bot.digests import DigestService
-from bot.directory import SlackDirectory
-from bot.dispatcher import Dispatcher
-from bot.home_tab import HomeTab
-from bot.messages import Messages
-from bot.metrics import build_registry, running_containers
-from bot.ops import Readiness, add_ops_routes
-from bot.redaction import Redactor
-from bot.scheduler import Scheduler
-from bot.server import build_web_app
-from bot.service import RoutineService, ServicePolicy
+from bot.core.redaction import Redactor
+from bot.doors.http.ops import Readiness, add_ops_routes
+from bot.doors.http.server import build_web_app
+from bot.doors.scheduler import Scheduler
+from bot.doors.slack.announce import Announcer
+from bot.doors.slack.approvals import ApprovalDesk, ApprovalMessages
+from bot.doors.slack.directory import SlackDirectory
+from bot.doors.slack.home import HomeTab
+from bot.doors.slack.listeners import build_slack_app
+from bot.doors.slack.messages import Messages
+from bot.execution.dispatcher import Dispatcher
+from bot.services.digests import DigestService
+from bot.services.metrics import build_registry, running_containers
+from bot.services.service import RoutineService, ServicePolicy
 from bot.settings import Settings
-from bot.slack import build_slack_app
-from runner.sandbox import Sandbox, SandboxConfig
+from bot.store.database import Database
+from runner.host.sandbox import Sandbox, SandboxConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from bot.redaction import Redactor
+from bot.core.redaction import Redactor
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.core.pricing import PriceTable
+from bot.core.roles import parse_principals
 from bot.errors import SettingsError
-from bot.pricing import PriceTable
-from bot.roles import parse_principals
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 

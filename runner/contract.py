@@ -49,7 +49,7 @@ class RunSpec:
     max_tokens_per_turn: int = 4096
     # Input + output tokens for the whole run; None: no budget of its own.
     max_tokens: int | None = None
-    # Host side only: keep the run's changes as a commit for `runner.publish` to push.
+    # Host side only: keep the run's changes as a commit for `runner.host.publish` to push.
     publish: bool = False
 
     def to_json(self) -> str:
@@ -81,7 +81,7 @@ class RunResult:
     diff: str = ""
     events_seen: int = 0
     detached: bool = False  # the bot stopped following; the container runs on, to be adopted
-    # `RunSpec.publish` and the run changed files: the commit kept for `runner.publish`.
+    # `RunSpec.publish` and the run changed files: the commit kept for `runner.host.publish`.
     commit: str | None = None
     publish_error: str | None = None  # the changes could not be kept as a commit
     # The agent went on calling the API after its token budget was spent: container killed.

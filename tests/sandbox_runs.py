@@ -12,7 +12,7 @@ from typing import Any
 import git
 
 from runner.contract import Event, RunResult, RunSpec
-from runner.sandbox import RunControl, Sandbox, SandboxConfig
+from runner.host.sandbox import RunControl, Sandbox, SandboxConfig
 from tests.standins.anthropic_api import AnthropicStandIn
 from tests.standins.environment import API_KEY, TEST_NETWORK
 

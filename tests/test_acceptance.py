@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bot.trigger import manual
+from bot.core.trigger import manual
 from tests.conftest import RESULTS_CHANNEL, BotFactory
 from tests.slack_requests import FakeSlack, modal_values
 from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool, tool_results

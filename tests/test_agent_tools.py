@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import agent
+from runner.inside import agent
 
 
 @pytest.fixture

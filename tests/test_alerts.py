@@ -14,7 +14,7 @@ from typing import Any
 from sqlmodel import SQLModel
 
 from bot.app import Bot
-from bot.models import Run
+from bot.store.tables import Run
 from tests.conftest import RESULTS_CHANNEL, BotFactory
 from tests.slack_requests import FakeSlack
 from tests.standins.anthropic_api import AnthropicStandIn, Turn, report, tool
@@ -219,7 +219,7 @@ async def test_planted_secrets_reach_neither_the_database_nor_the_cli_nor_slack(
 async def routines_logs(database_url: str, *args: str) -> str:
     """`routines logs ...` in its own process, as an operator runs it."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from bot.cli import main; raise SystemExit(main())", "logs",
+        sys.executable, "-c", "from bot.doors.cli import main; raise SystemExit(main())", "logs",
         *args, cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -12,9 +12,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from bot.commands import Command, parse
-from bot.db import Database
-from bot.digest import (
+from bot.core.digest import (
     Digest,
     DigestFacts,
     DigestLimits,
@@ -27,15 +25,18 @@ from bot.digest import (
     digest_cron,
     digest_owed,
 )
-from bot.digests import DigestService, NotSubscribed
+from bot.core.pricing import Price, PriceTable
+from bot.core.redaction import Redactor
+from bot.core.schedule import Schedule, ScheduleError, ScheduleRunner, parse_schedule
+from bot.core.statuses import RunStatus
+from bot.doors.slack.commands import Command, parse
+from bot.doors.slack.messages import Messages
 from bot.errors import RoutinesError
-from bot.messages import Messages
-from bot.models import AuditEntry, DigestSubscription, Routine, Run, RunStatus
-from bot.pricing import Price, PriceTable
-from bot.redaction import Redactor
-from bot.schedule import Schedule, ScheduleError, ScheduleRunner, parse_schedule
-from bot.service import RoutineService, ServicePolicy
+from bot.services.digests import DigestService, NotSubscribed
+from bot.services.service import RoutineService, ServicePolicy
 from bot.settings import Settings
+from bot.store.database import Database
+from bot.store.tables import AuditEntry, DigestSubscription, Routine, Run
 from tests.test_messages import check_blocks
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -263,7 +264,7 @@ def test_a_small_digest_reads_well() -> None:
 
 
 def test_subscription_replies_are_valid() -> None:
-    from bot.digests import DigestOverview
+    from bot.services.digests import DigestOverview
 
     row = DigestSubscription(channel_id="C0DIGEST1", schedule="0 9 * * *",
                              schedule_tz="Europe/Paris", created_by="U0ALICE01",

@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import update
 
-from bot.models import DigestSubscription, Routine, Run, RunStatus, utcnow
+from bot.core.statuses import RunStatus
+from bot.store.tables import DigestSubscription, Routine, Run, utcnow
 from tests.conftest import RESULTS_CHANNEL, BotFactory
 from tests.slack_requests import modal_values
 from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool

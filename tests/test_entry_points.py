@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
-from bot.db import Database
+from bot.core.redaction import Redactor
+from bot.core.routine import RoutineDraft, RoutineLimits
+from bot.core.trigger import manual
+from bot.doors.cli import main
 from bot.errors import ValidationFailed
-from bot.redaction import Redactor
-from bot.routine import RoutineDraft, RoutineLimits
-from bot.service import RoutineService, ServicePolicy
-from bot.trigger import manual
+from bot.services.service import RoutineService, ServicePolicy
+from bot.store.database import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def test_serve_without_settings_stops_with_one_clear_line(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLACK_", "ANTHROPIC_"))}
     proc = subprocess.run(
-        [sys.executable, "-c", "from bot.cli import main; raise SystemExit(main(['serve']))"],
+        [sys.executable, "-c", "from bot.doors.cli import main; raise SystemExit(main(['serve']))"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert proc.stderr == ("routines: missing required setting: SLACK_BOT_TOKEN, "

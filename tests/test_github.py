@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bot.github import (
+from bot.core.github import (
     GITHUB_EVENTS,
     EventFilter,
     EventFilterError,

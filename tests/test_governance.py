@@ -11,9 +11,14 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from bot import budget, roles
-from bot.commands import parse
-from bot.db import Database
+from bot.core import budget, roles
+from bot.core.redaction import Redactor
+from bot.core.routine import RoutineDraft, RoutineLimits, parse_changes
+from bot.core.run_log import diff_summary
+from bot.core.statuses import BusyPolicy, RiskLevel, RunStatus
+from bot.core.trigger import manual
+from bot.core.verdict import RunOutcome
+from bot.doors.slack.commands import parse
 from bot.errors import (
     AlreadyDecided,
     BudgetExceeded,
@@ -23,20 +28,9 @@ from bot.errors import (
     RoutinesError,
     ValidationFailed,
 )
-from bot.models import (
-    AuditEntry,
-    BusyPolicy,
-    RiskLevel,
-    Run,
-    RunStatus,
-    utcnow,
-)
-from bot.redaction import Redactor
-from bot.routine import RoutineDraft, RoutineLimits, parse_changes
-from bot.run import RunOutcome
-from bot.run_log import diff_summary
-from bot.service import RoutineService, ServicePolicy
-from bot.trigger import manual
+from bot.services.service import RoutineService, ServicePolicy
+from bot.store.database import Database
+from bot.store.tables import AuditEntry, Run, utcnow
 
 ADMIN, OWNER, APPROVER, OTHER, GROUPIE = "U0ADMIN01", "U0OWNER01", "U0APPROV1", "U0OTHER01", \
     "U0GROUP01"

@@ -14,8 +14,8 @@ import aiohttp
 from slack_sdk.models.views import View
 
 from bot.app import Bot
-from bot.models import KillSwitch, utcnow
-from bot.routine import RoutineDraft
+from bot.core.routine import RoutineDraft
+from bot.store.tables import KillSwitch, utcnow
 from tests.conftest import RESULTS_CHANNEL, BotFactory
 from tests.slack_requests import TEAM, FakeSlack, modal_values
 from tests.standins.slack_api import SlackApiStandIn

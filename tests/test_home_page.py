@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from bot.home import MAX_ROUTINES, belongs_to, home_page, mention, next_run
-from bot.models import KillSwitch, Routine
-from bot.service import RoutineOverview
+from bot.core.home_page import MAX_ROUTINES, belongs_to, home_page, mention, next_run
+from bot.services.service import RoutineOverview
+from bot.store.tables import KillSwitch, Routine
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 ALICE = "U0ALICE01"

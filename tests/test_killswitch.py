@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.app import Bot
-from bot.models import utcnow
+from bot.store.tables import utcnow
 from tests.conftest import RESULTS_CHANNEL, BotFactory
 from tests.slack_requests import FakeSlack
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool

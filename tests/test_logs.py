@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.core.redaction import Redactor
 from bot.errors import SettingsError
 from bot.logs import configure_logging
-from bot.redaction import Redactor
 from bot.settings import Settings
 from tests.standins.environment import TEST_NETWORK
 
@@ -27,7 +27,7 @@ SETTINGS = Settings(slack_bot_token="xoxb-planted-bot-token-1", anthropic_api_ke
                     extra_secrets=("planted-extra-value",))
 UNKNOWN_TOKEN = "xoxp-1234567890-someone-elses-token"  # in no setting: caught by its shape
 PLANTED = [*SETTINGS.secrets, UNKNOWN_TOKEN]
-SERVE = "from bot.cli import main; raise SystemExit(main(['serve']))"
+SERVE = "from bot.doors.cli import main; raise SystemExit(main(['serve']))"
 
 
 @pytest.fixture

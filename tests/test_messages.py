@@ -10,15 +10,16 @@ import pytest
 from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
-from bot.home import MAX_ROUTINES, home_page, mention
-from bot.messages import Messages
-from bot.models import ApiToken, KillSwitch, Routine, Run, RunStatus, TriggerKind
-from bot.redaction import Redactor
-from bot.retry import ScheduledRetry
-from bot.run_buttons import MAX_MESSAGES, log_thread
-from bot.service import RoutineOverview, RunView
+from bot.core.home_page import MAX_ROUTINES, home_page, mention
+from bot.core.redaction import Redactor
+from bot.core.retry import ScheduledRetry
+from bot.core.statuses import RunStatus, TriggerKind
+from bot.doors.slack.listeners import SlackHandlers
+from bot.doors.slack.messages import Messages
+from bot.doors.slack.run_buttons import MAX_MESSAGES, log_thread
+from bot.services.service import RoutineOverview, RunView
 from bot.settings import Settings
-from bot.slack import SlackHandlers
+from bot.store.tables import ApiToken, KillSwitch, Routine, Run
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 messages = Messages()
@@ -224,8 +225,9 @@ def test_no_rendered_message_carries_a_secret_but_a_new_token_is_shown_once() ->
 @pytest.mark.parametrize("status", ["pending", "approved", "rejected", "expired", "withdrawn"])
 @pytest.mark.parametrize("kind", ["start", "publish"])
 def test_approval_requests_fit_slack_in_every_state(kind: str, status: str) -> None:
-    from bot.models import Approval, ApprovalKind, ApprovalStatus
-    from bot.service import ApprovalView
+    from bot.core.statuses import ApprovalKind, ApprovalStatus
+    from bot.services.service import ApprovalView
+    from bot.store.tables import Approval
 
     approval = Approval(id=3, run_id=7, kind=ApprovalKind(kind),
                         status=ApprovalStatus(status), requested_by="U0ALICE01",
@@ -241,9 +243,9 @@ def test_approval_requests_fit_slack_in_every_state(kind: str, status: str) -> N
 
 
 def test_governance_layouts_fit_slack() -> None:
-    from bot.budget import Spend
-    from bot.models import AuditEntry, KillSwitch
-    from bot.service import HeldRuns, KillSwitchReport
+    from bot.core.budget import Spend
+    from bot.services.service import HeldRuns, KillSwitchReport
+    from bot.store.tables import AuditEntry, KillSwitch
 
     check_view(messages.render("reject_modal.json.j2", approval_id=3, run_id=7,
                                routine="nightly"))

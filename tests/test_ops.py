@@ -19,10 +19,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app import Bot
-from bot.db import Database
-from bot.metrics import DURATION_BUCKETS, build_registry
-from bot.models import KillSwitch, utcnow
-from bot.ops import Readiness, add_ops_routes
+from bot.doors.http.ops import Readiness, add_ops_routes
+from bot.services.metrics import DURATION_BUCKETS, build_registry
+from bot.store.database import Database
+from bot.store.tables import KillSwitch, utcnow
 from tests.conftest import RESULTS_CHANNEL, BotFactory
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.slack_api import SlackApiStandIn

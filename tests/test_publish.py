@@ -10,8 +10,8 @@ from typing import Any
 import git
 import pytest
 
-from runner import publish, workspace
-from runner.publish import PublishError, PublishRefused, branch_ref, check_refspec
+from runner.host import publish, workspace
+from runner.host.publish import PublishError, PublishRefused, branch_ref, check_refspec
 from tests.conftest import SANDBOX_IMAGE
 from tests.sandbox_runs import bare_copy, execute, make_sandbox, refs, spec
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool

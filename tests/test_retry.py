@@ -7,18 +7,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot import commands
-from bot.errors import ValidationFailed
-from bot.models import RunStatus
-from bot.redaction import MASK, Redactor
-from bot.retry import (
+from bot.core.redaction import MASK, Redactor
+from bot.core.retry import (
     RetryLimits,
     RetryPolicy,
     decide_retry,
     parse_policy,
     validate_policy,
 )
-from bot.run_log import clip_event
+from bot.core.run_log import clip_event
+from bot.core.statuses import RunStatus
+from bot.doors.slack import commands
+from bot.errors import ValidationFailed
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 OVERLOADED = ("Anthropic API error: OverloadedError: Error code: 529 - {'type': 'error', "

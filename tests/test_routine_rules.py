@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bot import commands
+from bot.core.redaction import MASK, Redactor
+from bot.core.routine import RoutineDraft, RoutineLimits, validate
+from bot.core.run_log import chunk, log_lines
+from bot.core.statuses import RunStatus
+from bot.core.verdict import decide_outcome
+from bot.doors.slack import commands
 from bot.errors import SettingsError
-from bot.models import RunStatus
-from bot.redaction import MASK, Redactor
-from bot.routine import RoutineDraft, RoutineLimits, validate
-from bot.run import decide_outcome
-from bot.run_log import chunk, log_lines
 from bot.settings import Settings
 from runner.contract import RunResult, RunSpec, parse_event_line
 

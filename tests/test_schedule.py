@@ -10,8 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.errors import RoutinesError
-from bot.schedule import (
+from bot.core.schedule import (
     CATCH_UP_CAP,
     CatchUp,
     Schedule,
@@ -22,6 +21,7 @@ from bot.schedule import (
     next_fire_times,
     parse_schedule,
 )
+from bot.errors import RoutinesError
 
 
 def at(text: str) -> datetime:

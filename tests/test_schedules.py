@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from bot.app import Bot
-from bot.models import Routine, utcnow
+from bot.store.tables import Routine, utcnow
 from tests.conftest import RESULTS_CHANNEL, BotFactory
 from tests.slack_requests import FakeSlack, modal_values
 from tests.standins.slack_api import SlackApiStandIn

@@ -16,7 +16,7 @@ from pathlib import Path
 import git
 import pytest
 
-from runner import workspace
+from runner.host import workspace
 from tests.conftest import SANDBOX_IMAGE
 from tests.sandbox_runs import execute, make_sandbox, spec
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool

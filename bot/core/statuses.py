@@ -1,0 +1,61 @@
+"""The product's states and kinds, and every group of run statuses. Pure: tables,
+services and doors all speak these."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    AWAITING_APPROVAL = "awaiting_approval"  # a high-risk run waits for a human to start
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    ERROR = "error"  # an infrastructure fault: container, engine or Anthropic API
+    KILLED = "killed"  # stopped by the kill switch
+    CANCELLED = "cancelled"  # stopped by `/routine cancel`, or dropped while held
+    REJECTED = "rejected"  # an approver said no before it started
+    EXPIRED = "expired"  # nobody decided in time
+
+    @property
+    def finished(self) -> bool:
+        return self not in PENDING_STATUSES
+
+
+PENDING_STATUSES = frozenset({RunStatus.AWAITING_APPROVAL, RunStatus.QUEUED,
+                              RunStatus.RUNNING})
+
+
+class RiskLevel(StrEnum):
+    LOW = "low"  # runs freely
+    MEDIUM = "medium"  # runs; what it would publish waits for approval
+    HIGH = "high"  # every run waits for approval before it starts
+
+
+class BusyPolicy(StrEnum):
+    """What a trigger does when the routine already runs `max_concurrent` runs."""
+
+    QUEUE = "queue"
+    SKIP = "skip"
+
+
+class TriggerKind(StrEnum):
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+    API = "api"
+    GITHUB = "github"
+
+
+class ApprovalKind(StrEnum):
+    START = "start"  # high risk: the run waits to start
+    PUBLISH = "publish"  # medium risk: the run's commits wait to be pushed
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"  # the run was cancelled or dropped before anyone decided

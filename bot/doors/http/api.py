@@ -1,0 +1,154 @@
+"""The HTTP API door: another system queues a run with a routine's token and JSON.
+
+Thin by design: read the request, call the service, map its errors to statuses. The
+rules (token of this routine, paused, idempotency, rate limit, payload template) live in
+`RoutineService`, so the Slack and GitHub doors obey the same ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from bot.core.payload import PayloadRejected
+from bot.errors import (
+    BudgetExceeded,
+    Forbidden,
+    InvalidToken,
+    KillSwitchEngaged,
+    RateLimited,
+    RoutineBusy,
+    RoutineNotFound,
+    RoutinePaused,
+    RoutinesError,
+    RunNotFound,
+)
+from bot.services.service import RoutineService, RunView
+from bot.settings import Settings
+
+MAX_KEY_CHARS = 200
+
+
+def add_api_routes(app: web.Application, service: RoutineService, settings: Settings) -> None:
+    async def queue_run(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await read_limited(request, settings.api_max_body_bytes)
+        if body is None:
+            return refusal_body(413, "too_large",
+                          f"body over the {settings.api_max_body_bytes}-byte limit")
+        try:
+            payload = json.loads(body) if body.strip() else {}
+        except ValueError as exc:
+            return refusal_body(400, "invalid_json", f"body is not valid JSON: {exc}")
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 0 < len(key) <= MAX_KEY_CHARS:
+            return refusal_body(400, "invalid_idempotency_key",
+                          f"Idempotency-Key must be 1-{MAX_KEY_CHARS} characters")
+        try:
+            triggered = await asyncio.to_thread(
+                service.api_trigger, name, _bearer(request), payload, key)
+        except RoutinesError as exc:
+            return _refusal(exc)
+        run = triggered.view.run
+        return web.json_response(
+            {"run_id": run.id, "status": run.status, "replayed": triggered.replayed,
+             "status_url": f"/api/v1/runs/{run.id}"},
+            status=200 if triggered.replayed else 202,
+            headers={"Location": f"/api/v1/runs/{run.id}"},
+        )
+
+    async def run_status(request: web.Request) -> web.Response:
+        try:
+            run_id = int(request.match_info["run_id"])
+            view = await asyncio.to_thread(service.api_run, run_id, _bearer(request))
+        except ValueError:
+            return refusal_body(404, "not_found", "no such run")
+        except RoutinesError as exc:
+            return _refusal(exc)
+        return web.json_response(run_document(view))
+
+    app.router.add_post("/api/v1/routines/{name}/runs", queue_run)
+    app.router.add_get("/api/v1/runs/{run_id}", run_status)
+    app.router.add_post("/api/v1/routines/{name}/{verb:pause|resume}",
+                        _pause_or_resume(service))
+
+
+def _pause_or_resume(service: RoutineService) -> Callable[
+        [web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        """Acts as the token's creator: the same role rule as `/routine pause`."""
+        name, verb = request.match_info["name"], request.match_info["verb"]
+        try:
+            routine = await asyncio.to_thread(service.api_set_paused, name,
+                                              _bearer(request), verb == "pause")
+        except RoutinesError as exc:
+            return _refusal(exc)
+        return web.json_response({"routine": routine.name, "paused": routine.paused,
+                                  "paused_by": routine.paused_by})
+
+    return handler
+
+
+def run_document(view: RunView) -> dict[str, Any]:
+    run = view.run
+    return {
+        "id": run.id, "routine": view.routine.name, "status": run.status,
+        "summary": run.summary, "reason": run.reason,
+        "trigger": {"kind": run.trigger_kind, "actor": run.triggered_by,
+                    "ref": run.trigger_ref, "payload_hash": run.payload_hash},
+        "queued_at": _iso(run.queued_at), "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at), "duration_seconds": view.duration_seconds,
+        "tokens": {"input": run.input_tokens, "output": run.output_tokens},
+    }
+
+
+_STATUSES: list[tuple[type[RoutinesError], int, str]] = [
+    (InvalidToken, 401, "unauthorized"),
+    (RoutineNotFound, 404, "not_found"),
+    (RunNotFound, 404, "not_found"),
+    (Forbidden, 403, "forbidden"),
+    (RoutinePaused, 409, "paused"),
+    (RoutineBusy, 409, "busy"),
+    (PayloadRejected, 422, "payload_rejected"),
+    (RateLimited, 429, "rate_limited"),
+    (BudgetExceeded, 429, "budget_exhausted"),
+    (KillSwitchEngaged, 503, "kill_switch"),
+]
+
+
+def _refusal(exc: RoutinesError) -> web.Response:
+    for kind, status, code in _STATUSES:
+        if isinstance(exc, kind):
+            headers = ({"Retry-After": str(exc.retry_after)}
+                       if isinstance(exc, RateLimited) else None)
+            return refusal_body(status, code, str(exc), headers)
+    return refusal_body(400, "refused", str(exc))
+
+
+def refusal_body(status: int, code: str, message: str,
+           headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status,
+                             headers=headers)
+
+
+def _bearer(request: web.Request) -> str:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None past `limit` (checked before reading when the length is declared)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = await request.content.read(limit + 1)
+    return None if len(body) > limit else body
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value.isoformat())

@@ -1,0 +1,54 @@
+"""The GitHub door: `POST /github/webhook`, verified, then handed to the service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from bot.core.github import verify_signature
+from bot.doors.http.api import read_limited, refusal_body
+from bot.errors import KillSwitchEngaged
+from bot.services.service import RoutineService
+from bot.settings import Settings
+
+
+def add_webhook_route(app: web.Application, service: RoutineService,
+                      settings: Settings) -> None:
+    async def github_webhook(request: web.Request) -> web.Response:
+        body = await read_limited(request, settings.github_max_body_bytes)
+        if body is None:
+            return refusal_body(413, "too_large", "delivery too large")
+        # Verified on the raw bytes before anything is parsed or believed.
+        if not verify_signature(settings.github_webhook_secret, body,
+                                request.headers.get("X-Hub-Signature-256")):
+            return refusal_body(401, "bad_signature", "missing or invalid X-Hub-Signature-256")
+        event = request.headers.get("X-GitHub-Event", "")
+        delivery = request.headers.get("X-GitHub-Delivery", "")
+        if event == "ping":
+            return web.json_response({"ok": True, "pong": delivery})
+        if not event or not delivery:
+            return refusal_body(400, "missing_headers",
+                                "X-GitHub-Event and X-GitHub-Delivery are required")
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            return refusal_body(400, "invalid_json", f"body is not valid JSON: {exc}")
+        try:
+            outcome = await asyncio.to_thread(service.github_delivery, event, delivery,
+                                              payload)
+        except KillSwitchEngaged as exc:
+            return refusal_body(503, "kill_switch", str(exc))
+        document = {
+            "event": outcome.event,
+            "fired": [{"routine": v.routine.name, "run_id": v.run.id} for v in outcome.fired],
+            "duplicate": [{"routine": v.routine.name, "run_id": v.run.id}
+                          for v in outcome.duplicates],
+            "refused": outcome.refused,
+        }
+        if outcome.refused and not (outcome.fired or outcome.duplicates):
+            return web.json_response(dict(document, error="refused"), status=409)
+        return web.json_response(document, status=202 if outcome.fired else 200)
+
+    app.router.add_post("/github/webhook", github_webhook)

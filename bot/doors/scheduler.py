@@ -1,0 +1,123 @@
+"""The scheduler as a door: APScheduler (through `bot.core.schedule.ScheduleRunner`, the one
+module that touches it) calls the service, exactly like the Slack and HTTP doors.
+
+The database is the truth: at start-up the jobs are rebuilt from the saved schedules,
+after one catch-up decision per routine for the fires missed while the bot was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from bot.core.digest import Digest
+from bot.core.schedule import Schedule, ScheduleRunner
+from bot.errors import RoutinesError
+from bot.services.digests import DigestService
+from bot.services.service import MissedFires, RoutineService
+from bot.store.tables import utcnow
+
+log = logging.getLogger(__name__)
+AnnounceMissed = Callable[[MissedFires], Awaitable[None]]
+PostDigest = Callable[[Digest], Awaitable[None]]
+DIGEST = "digest"  # the job kind of channel digests, beside routines
+
+
+class Scheduler:
+    def __init__(self, service: RoutineService, announce_missed: AnnounceMissed,
+                 grace_seconds: int, digests: DigestService | None = None,
+                 post_digest: PostDigest | None = None) -> None:
+        self.service = service
+        self.announce_missed = announce_missed
+        self.grace_seconds = grace_seconds
+        self.runner = ScheduleRunner(self._fire, grace_seconds, missed=self._missed)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        service.on_schedule_changed(self._changed)
+        self.digests = digests
+        self.post_digest = post_digest
+        if digests is not None:
+            self.runner.register(DIGEST, self._fire_digest)  # a late digest covers it all
+            digests.on_schedule_changed(self._digest_changed)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        now = utcnow()
+        for missed in await asyncio.to_thread(self.service.catch_up_schedules, now,
+                                              self.grace_seconds):
+            await self._announce(missed)
+        self.runner.start()
+        for name, when in (await asyncio.to_thread(self.service.schedules)).items():
+            self.runner.set(name, when, after=now)
+        if self.digests is not None:
+            await self._start_digests(self.digests, now)
+
+    async def _start_digests(self, digests: DigestService, now: datetime) -> None:
+        """One digest now for each channel whose digest fell due while the bot was down
+        (covering the whole period: no burst), then the jobs, from the database."""
+        for channel in await asyncio.to_thread(digests.owed, now):
+            await self.send_digest(channel)
+        for channel, when in (await asyncio.to_thread(digests.schedules)).items():
+            self.runner.set(channel, when, after=now, kind=DIGEST)
+
+    async def send_digest(self, channel_id: str) -> None:
+        """Compose the channel's digest, post it, and start the next period where it ended
+        (not before it was posted: a digest Slack refused is covered by the next one)."""
+        if self.digests is None or self.post_digest is None:
+            return
+        try:
+            digest = await asyncio.to_thread(self.digests.compose, channel_id, utcnow())
+            await self.post_digest(digest)
+            await asyncio.to_thread(self.digests.mark_sent, digest)
+        except Exception:
+            log.exception("could not send the digest of %s", channel_id)
+
+    def stop(self) -> None:
+        self.runner.shutdown()
+
+    def _changed(self, name: str, when: Schedule | None) -> None:
+        """Thread-safe: the service calls it from whichever thread saved the schedule."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._apply, name, when)
+
+    def _apply(self, name: str, when: Schedule | None) -> None:
+        if when is None:
+            self.runner.remove(name)
+        else:
+            self.runner.set(name, when)
+
+    def _digest_changed(self, channel_id: str, when: Schedule | None) -> None:
+        """Thread-safe, as `_changed`."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._apply_digest, channel_id, when)
+
+    def _apply_digest(self, channel_id: str, when: Schedule | None) -> None:
+        if when is None:
+            self.runner.remove(channel_id, kind=DIGEST)
+        else:
+            self.runner.set(channel_id, when, kind=DIGEST)
+
+    async def _fire_digest(self, channel_id: str, scheduled_for: datetime) -> None:
+        if self.digests is None:
+            return
+        subscribed = await asyncio.to_thread(self.digests.subscription, channel_id)
+        if subscribed is not None:  # not if unsubscribed as it fired
+            await self.send_digest(channel_id)
+
+    async def _fire(self, name: str, scheduled_for: datetime) -> None:
+        try:
+            await asyncio.to_thread(self.service.schedule_fired, name, scheduled_for)
+        except RoutinesError as exc:  # rate limited, routine deleted...: said, not raised
+            log.warning("scheduled run of %s at %s not queued: %s", name, scheduled_for, exc)
+
+    async def _missed(self, name: str, scheduled_for: datetime) -> None:
+        missed = await asyncio.to_thread(self.service.schedule_missed, name,
+                                         (scheduled_for,), "the scheduler was late")
+        await self._announce(missed)
+
+    async def _announce(self, missed: MissedFires) -> None:
+        try:
+            await self.announce_missed(missed)
+        except Exception:
+            log.exception("could not announce missed fires of %s", missed.routine.name)

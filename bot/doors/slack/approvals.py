@@ -1,0 +1,135 @@
+"""Approval requests in Slack: posted in the routine's channel, decided by buttons,
+updated in place. The rules (who may decide, first decision wins, expiry) are the
+service's; this module only moves messages.
+
+`ApprovalDesk` runs in the background: it posts requests that have not reached Slack
+yet (so a Slack outage delays a request, never loses it), expires overdue ones, and
+has kept commits pushed or discarded once their publish request is decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.core.run_log import diff_summary
+from bot.doors.slack.messages import Messages
+from bot.errors import RoutinesError
+from bot.services.service import ApprovalView, RoutineService, RunView
+from bot.store.tables import utcnow
+
+log = logging.getLogger(__name__)
+Publisher = Callable[[RunView], Awaitable[None]]
+
+
+class ApprovalMessages:
+    def __init__(self, service: RoutineService, messages: Messages) -> None:
+        self.service = service
+        self.messages = messages
+
+    def render(self, view: ApprovalView) -> dict[str, Any]:
+        return self.messages.render("approval_request.json.j2", view=view,
+                                    diff_summary=diff_summary(view.run.diff))
+
+    async def post(self, client: AsyncWebClient, view: ApprovalView) -> None:
+        response = await client.chat_postMessage(channel=view.routine.channel_id,
+                                                 **self.render(view))
+        assert view.approval.id is not None
+        await asyncio.to_thread(self.service.record_approval_message, view.approval.id,
+                                str(response["channel"]), str(response["ts"]))
+
+    async def update(self, client: AsyncWebClient, view: ApprovalView) -> None:
+        """Rewrite the request message with its current state (decided, expired...)."""
+        if not view.approval.message_ts:
+            return  # not posted yet: the desk posts it in its current state
+        await client.chat_update(channel=view.approval.channel_id, ts=view.approval.message_ts,
+                                 **self.render(view))
+
+    async def decide(self, client: AsyncWebClient, body: dict[str, Any], raw_id: str,
+                     approve: bool, reason: str = "") -> None:
+        """A click (or the reject form): decide, update the message, or tell the clicker
+        why not (not an approver, their own run, someone else decided first)."""
+        user = body["user"]["id"]
+        try:
+            view = await asyncio.to_thread(self.service.decide, int(raw_id), user, approve,
+                                           reason)
+        except (ValueError, RoutinesError) as exc:
+            await self.tell(client, body, raw_id, str(exc))
+            return
+        await self.update(client, view)
+
+    async def tell(self, client: AsyncWebClient, body: dict[str, Any], raw_id: str,
+                   text: str) -> None:
+        channel = (body.get("channel") or {}).get("id")
+        if not channel:  # a form submission: answer where the request is
+            with contextlib.suppress(ValueError, RoutinesError):
+                view = await asyncio.to_thread(self.service.get_approval, int(raw_id))
+                channel = view.approval.channel_id
+        if channel:
+            await client.chat_postEphemeral(
+                channel=channel, user=body["user"]["id"],
+                **self.messages.render("error.json.j2", message=text))
+
+
+class ApprovalDesk:
+    def __init__(self, service: RoutineService, client: AsyncWebClient,
+                 approval_messages: ApprovalMessages, publish: Publisher,
+                 sweep_seconds: float = 5.0) -> None:
+        self.service = service
+        self.client = client
+        self.approval_messages = approval_messages
+        self.publish = publish
+        self.sweep_seconds = sweep_seconds
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        service.on_approval_requested(self.wake)
+        service.on_publish_approved(lambda _run_id: self.wake())
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._loop_forever(), name="approval-desk")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def wake(self) -> None:
+        """Thread-safe: the service calls it from whichever thread stored the request."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _loop_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # Slack or the database hiccuped: the next sweep retries
+                log.exception("approval sweep failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.sweep_seconds):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def sweep(self) -> None:
+        for view in await asyncio.to_thread(self.service.expire_approvals, utcnow()):
+            await self.approval_messages.update(self.client, view)
+        for view in await asyncio.to_thread(self.service.approvals_to_post):
+            await self.approval_messages.post(self.client, view)
+        for run in await asyncio.to_thread(self.service.publish_pending):
+            await self.publish(run)
+            approval = await asyncio.to_thread(self.service.publish_decision, _id(run))
+            if approval is not None and approval.id is not None:
+                view = await asyncio.to_thread(self.service.get_approval, approval.id)
+                await self.approval_messages.update(self.client, view)
+
+
+def _id(view: RunView) -> int:
+    assert view.run.id is not None
+    return view.run.id

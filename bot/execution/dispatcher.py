@@ -1,0 +1,220 @@
+"""Takes queued runs from the database and executes them, a bounded number at a time.
+
+The database is the queue: a run is claimed by a conditional UPDATE, so nothing is
+lost across restarts. On start, runs left `running` by a previous process are
+reconciled with their containers (found by label): adopted if the container still
+exists, otherwise failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker.errors
+
+from bot.core.budget import Spend
+from bot.core.statuses import ApprovalStatus, RunStatus
+from bot.core.verdict import RunOutcome, decide_outcome
+from bot.services.service import RoutineService, RunView
+from runner.contract import Event, RunResult
+from runner.host import publish
+from runner.host.sandbox import RunControl, Sandbox
+
+log = logging.getLogger(__name__)
+Announce = Callable[[RunView], Awaitable[None]]
+AnnounceSpend = Callable[[Spend, str], Awaitable[None]]  # the spend level, a channel
+LOST_CONTAINER = "interrupted: the bot restarted and the run's container was gone"
+
+
+class Dispatcher:
+    def __init__(self, service: RoutineService, sandbox: Sandbox, announce: Announce,
+                 max_concurrent: int, poll_seconds: float = 2.0,
+                 announce_spend: AnnounceSpend | None = None) -> None:
+        self.service = service
+        self.sandbox = sandbox
+        self.announce = announce
+        self.announce_spend = announce_spend
+        self.max_concurrent = max_concurrent
+        self.poll_seconds = poll_seconds
+        self._active: dict[int, tuple[asyncio.Task[None], RunControl]] = {}
+        self._executor = ThreadPoolExecutor(max_concurrent + 1, thread_name_prefix="run")
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self.sandbox.ensure_network)
+            await self._reconcile()
+        except docker.errors.DockerException as exc:
+            log.error("docker engine unavailable at start, runs will error: %s", exc)
+        for view in await asyncio.to_thread(self.service.runs_to_announce):
+            await self._announce(view)
+        self._task = asyncio.create_task(self._claim_loop(), name="dispatcher")
+
+    def wake(self) -> None:
+        """Thread-safe: the service calls it from whatever thread queued the run."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def stop_run(self, run_id: int) -> None:
+        """Thread-safe: kill a running run's container now (cancel, kill switch). Its
+        follower sees the kill and records the verdict the service decides."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop_run, run_id)
+
+    def _stop_run(self, run_id: int) -> None:
+        active = self._active.get(run_id)
+        if active is None:
+            log.warning("run %s was asked to stop but is not running here", run_id)
+            return
+        active[1].kill()
+        # The follower polls its control every second; killing the container directly,
+        # in parallel for every run, makes an engaged kill switch take effect at once.
+        assert self._loop is not None
+
+        def done(future: asyncio.Future[None]) -> None:
+            if future.exception() is not None:
+                log.warning("could not kill run %s: %s", run_id, future.exception())
+
+        self._loop.run_in_executor(None, self.sandbox.kill, run_id).add_done_callback(done)
+
+    async def publish(self, view: RunView) -> None:
+        """Push an approved run's kept commit to its bot-owned branch, or discard it
+        (rejected, expired). Done here, on the host, never from the sandbox."""
+        run, routine = view.run, view.routine
+        assert run.id is not None
+        decision = await asyncio.to_thread(self.service.publish_decision, run.id)
+        root = self.sandbox.config.workspace_root
+        if decision is None or decision.status != ApprovalStatus.APPROVED:
+            await asyncio.to_thread(publish.discard, root, run.id)
+            why = decision.status if decision else "no decision"
+            await asyncio.to_thread(self.service.record_published, run.id, None,
+                                    f"commit {run.commit_sha} discarded ({why})")
+            return
+        ref = publish.branch_ref(routine.name, run.id)
+        try:
+            sha = await asyncio.to_thread(publish.push, root, run.id, routine.repo_url, ref)
+        except publish.PublishError as exc:
+            log.error("push of run %s failed: %s", run.id, exc)
+            await asyncio.to_thread(self.service.record_published, run.id, None,
+                                    f"push failed: {exc}")
+            return
+        await asyncio.to_thread(self.service.record_published, run.id, ref, f"pushed {sha}")
+
+    async def stop(self) -> None:
+        """Stop waiting on runs without killing them: the next start adopts them."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _, control in self._active.values():
+            control.detach()
+        await asyncio.gather(*(task for task, _ in self._active.values()),
+                             return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def active_runs(self) -> list[int]:
+        return list(self._active)
+
+    async def _claim_loop(self) -> None:
+        while True:
+            while len(self._active) < self.max_concurrent:
+                view = await asyncio.to_thread(self.service.claim_next_run)
+                if view is None:
+                    break
+                self._spawn(view, container=None)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
+            # stop() sends when it lands as the event fires, and stop() then hangs.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    def _spawn(self, view: RunView, container: Any) -> None:
+        run_id = view.run.id
+        assert run_id is not None
+        control = RunControl()
+        task = asyncio.create_task(self._execute(view, control, container), name=f"run-{run_id}")
+        self._active[run_id] = (task, control)
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._active.pop(run_id, None)
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _execute(self, view: RunView, control: RunControl, container: Any) -> None:
+        spec = self.service.run_spec(view)
+        loop = asyncio.get_running_loop()
+
+        def on_event(seq: int, event: Event) -> None:
+            self.service.record_event(spec.run_id, seq, event)
+
+        def on_started(container_id: str) -> None:
+            self.service.record_container(spec.run_id, container_id)
+
+        try:
+            if container is None:
+                result = await loop.run_in_executor(
+                    self._executor, self.sandbox.execute, spec, on_event, on_started, control)
+            else:
+                seen = await asyncio.to_thread(self.service.last_event_seq, spec.run_id)
+                result = await loop.run_in_executor(
+                    self._executor, self.sandbox.follow, spec, container, on_event, control, seen)
+        except Exception as exc:  # a bug must not leave the run `running` forever
+            log.exception("run %s crashed in the dispatcher", spec.run_id)
+            result = RunResult(run_id=spec.run_id, infra_error=f"internal error: {exc}")
+        if result.detached:
+            return
+        outcome = decide_outcome(result, spec.timeout_seconds)
+        finished = await asyncio.to_thread(
+            self.service.finish_run, spec.run_id, outcome, result.input_tokens,
+            result.output_tokens, result.diff, result.commit)
+        if result.commit and finished.run.commit_sha is None:  # nothing to publish
+            await asyncio.to_thread(publish.discard, self.sandbox.config.workspace_root,
+                                    spec.run_id)
+        await self._announce(finished)
+        spend = await asyncio.to_thread(self.service.spend_alert_due)
+        if spend is not None and self.announce_spend is not None:
+            try:
+                await self.announce_spend(spend, finished.routine.channel_id)
+            except Exception:
+                log.exception("could not announce the spend level")
+
+    async def _announce(self, view: RunView) -> None:
+        try:
+            await self.announce(view)
+        except Exception:
+            # Left un-announced in the database: retried at the next start.
+            log.exception("could not announce run %s", view.run.id)
+            return
+        assert view.run.id is not None
+        await asyncio.to_thread(self.service.mark_announced, view.run.id)
+
+    async def _reconcile(self) -> None:
+        containers = await asyncio.to_thread(self.sandbox.find_run_containers)
+        running = await asyncio.to_thread(self.service.runs_with_status, RunStatus.RUNNING)
+        for view in running:
+            assert view.run.id is not None
+            container = containers.pop(view.run.id, None)
+            if container is not None:
+                log.info("adopting run %s from container %s", view.run.id, container.short_id)
+                self._spawn(view, container)
+                continue
+            log.warning("run %s was running but its container is gone", view.run.id)
+            finished = await asyncio.to_thread(
+                self.service.finish_run, view.run.id,
+                RunOutcome(RunStatus.FAILED, None, LOST_CONTAINER), 0, 0, "")
+            await self._announce(finished)
+        for run_id, container in containers.items():
+            log.info("removing leftover container of finished run %s", run_id)
+            with contextlib.suppress(docker.errors.APIError):
+                await asyncio.to_thread(container.remove, force=True)

@@ -1,0 +1,300 @@
+"""Digest subscriptions and the facts of a period, from the database.
+
+The rules of what a digest says are in `bot.core.digest` (pure); this module stores who wants
+one and when, and gathers the facts with a handful of aggregate queries (GROUP BY in the
+database, bounded lists), so a digest over a million runs never loads them into Python.
+Methods are synchronous; async doors call them through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, and_, extract, func, not_, update
+from sqlalchemy import select as columns
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from bot.core import schedule
+from bot.core.digest import (
+    DEFAULT_PERIOD,
+    FAILURE_STATUSES,
+    NO_SELF_REPORT,
+    STOPPED_STATUSES,
+    Digest,
+    DigestFacts,
+    DigestLimits,
+    Listed,
+    MissedFact,
+    RunFact,
+    UpcomingFact,
+    UsageFact,
+    build_digest,
+    digest_cron,
+    digest_owed,
+)
+from bot.core.pricing import PriceTable
+from bot.core.statuses import PENDING_STATUSES, RunStatus
+from bot.errors import RoutinesError
+from bot.store.database import Database
+from bot.store.tables import AuditEntry, DigestSubscription, MissedFire, Routine, Run, utcnow
+
+DigestListener = Callable[[str, "schedule.Schedule | None"], None]
+
+
+class NotSubscribed(RoutinesError, LookupError):
+    def __init__(self, channel_id: str) -> None:
+        super().__init__(f"<#{channel_id}> gets no digest; "
+                         "`/routine digest here daily 09:00` subscribes it.")
+        self.channel_id = channel_id
+
+
+@dataclass(frozen=True)
+class DigestOverview:
+    """A channel's subscription, as `/routine digest here` shows it."""
+
+    channel_id: str
+    subscription: DigestSubscription | None
+    next_sends: tuple[datetime, ...] = ()
+
+
+class DigestService:
+    """Subscriptions (one per channel) and the digest of a channel's current period."""
+
+    def __init__(self, db: Database, prices: PriceTable, min_interval_seconds: int = 60,
+                 limits: DigestLimits | None = None) -> None:
+        self.db = db
+        self.prices = prices
+        self.min_interval_seconds = min_interval_seconds
+        self.limits = limits or DigestLimits()
+        self._listeners: list[DigestListener] = []
+
+    def on_schedule_changed(self, listener: DigestListener) -> None:
+        """Called with (channel, schedule or None) after a subscription is saved or removed."""
+        self._listeners.append(listener)
+
+    # Subscriptions -------------------------------------------------------------------
+
+    def subscribe(self, channel_id: str, expression: str, timezone: str,
+                  actor: str) -> tuple[DigestSubscription, schedule.Schedule]:
+        """Validate, then save (a channel has one subscription: a new schedule replaces the
+        old one, and the next digest still covers everything since the last one)."""
+        if not channel_id:
+            raise RoutinesError("Digests go to a channel: type the command in one.")
+        when = schedule.parse_schedule(digest_cron(expression), timezone or "UTC",
+                                       self.min_interval_seconds)
+        with self.db.session() as session:
+            row = self._find(session, channel_id)
+            if row is None:
+                row = DigestSubscription(channel_id=channel_id, schedule=when.expression,
+                                         schedule_tz=when.timezone, created_by=actor)
+                session.add(row)
+            row.schedule, row.schedule_tz = when.expression, when.timezone
+            try:
+                session.flush()
+            except IntegrityError:  # subscribed at the same moment elsewhere
+                raise RoutinesError("This channel was just subscribed; try again.") from None
+            session.add(AuditEntry(actor=actor, action="digest_subscribed",
+                                   details=f"{channel_id} {when.expression} ({when.timezone})"))
+        self._changed(channel_id, when)
+        return row, when
+
+    def unsubscribe(self, channel_id: str, actor: str) -> None:
+        with self.db.session() as session:
+            row = self._find(session, channel_id)
+            if row is None:
+                raise NotSubscribed(channel_id)
+            session.delete(row)
+            session.add(AuditEntry(actor=actor, action="digest_unsubscribed",
+                                   details=channel_id))
+        self._changed(channel_id, None)
+
+    def subscription(self, channel_id: str) -> DigestSubscription | None:
+        with self.db.session() as session:
+            return self._find(session, channel_id)
+
+    def overview(self, channel_id: str) -> DigestOverview:
+        row = self.subscription(channel_id)
+        if row is None:
+            return DigestOverview(channel_id, None)
+        when = schedule.Schedule(row.schedule, row.schedule_tz)
+        return DigestOverview(channel_id, row,
+                              tuple(schedule.next_fire_times(when, utcnow(), 3)))
+
+    def schedules(self) -> dict[str, schedule.Schedule]:
+        """Every channel's digest schedule: the scheduler is rebuilt from these at start-up."""
+        with self.db.session() as session:
+            rows = session.exec(select(DigestSubscription)).all()
+        return {r.channel_id: schedule.Schedule(r.schedule, r.schedule_tz) for r in rows}
+
+    def owed(self, now: datetime) -> list[str]:
+        """Channels whose digest fell due while the bot was down: one digest each, now."""
+        with self.db.session() as session:
+            rows = session.exec(select(DigestSubscription)).all()
+        return [r.channel_id for r in rows if digest_owed(
+            schedule.Schedule(r.schedule, r.schedule_tz), _aware(r.last_sent_at), now)]
+
+    # Digests -------------------------------------------------------------------------
+
+    def compose(self, channel_id: str, now: datetime) -> Digest:
+        """The channel's digest: since its last one (or since it subscribed); a channel
+        without a subscription gets the last `DEFAULT_PERIOD`."""
+        row = self.subscription(channel_id)
+        start = _aware(row.last_sent_at) if row else now - DEFAULT_PERIOD
+        return build_digest(self.facts(channel_id, start, now), self.prices, self.limits)
+
+    def mark_sent(self, digest: Digest) -> None:
+        """The digest reached the channel: the next one starts where it ended."""
+        end = digest.end.astimezone(UTC)
+        with self.db.session() as session:
+            session.execute(update(DigestSubscription).where(
+                col(DigestSubscription.channel_id) == digest.channel_id,
+                col(DigestSubscription.last_sent_at) < end).values(last_sent_at=end))
+
+    def facts(self, channel_id: str, start: datetime, end: datetime) -> DigestFacts:
+        """Everything that happened in [start, end), aggregated in the database."""
+        start, end = start.astimezone(UTC), end.astimezone(UTC)
+        in_period = and_(col(Run.finished_at) >= start, col(Run.finished_at) < end)
+        limits = self.limits
+        with self.db.session() as session:
+            groups = session.execute(
+                columns(col(Run.routine_id), col(Run.status), func.count(),
+                        func.sum(col(Run.input_tokens)), func.sum(col(Run.output_tokens)))
+                .where(in_period).group_by(col(Run.routine_id), col(Run.status))).all()
+            names, models = self._routines(session, {row[0] for row in groups})
+            counts: dict[str, int] = {}
+            usage: list[UsageFact] = []
+            for routine_id, status, count, tokens_in, tokens_out in groups:
+                counts[str(status)] = counts.get(str(status), 0) + count
+                usage.append(UsageFact(names.get(routine_id, f"#{routine_id}"),
+                                       models.get(routine_id, ""), count, int(tokens_in or 0),
+                                       int(tokens_out or 0)))
+            status = self._status(session)
+            no_report = and_(status == RunStatus.FAILED,
+                             func.coalesce(col(Run.reason), "").startswith(NO_SELF_REPORT))
+            no_report_total = self._count(session, and_(in_period, no_report))
+            failures = and_(status.in_(_statuses(FAILURE_STATUSES)), not_(no_report))
+            stopped = status.in_(_statuses(STOPPED_STATUSES))
+            return DigestFacts(
+                channel_id=channel_id, start=start, end=end, status_counts=counts,
+                in_progress=self._count(session, col(Run.status).in_(PENDING_STATUSES)),
+                failures=Listed(
+                    self._runs(session, and_(in_period, failures), limits.failures, names),
+                    sum(counts.get(s, 0) for s in FAILURE_STATUSES) - no_report_total),
+                no_report=Listed(self._runs(session, and_(in_period, no_report),
+                                            limits.no_report, names), no_report_total),
+                stopped=Listed(self._runs(session, and_(in_period, stopped), limits.stopped,
+                                          names),
+                               sum(counts.get(s, 0) for s in STOPPED_STATUSES)),
+                missed=self._missed(session, start, end, limits.missed),
+                slowest=self._slowest(session, in_period, limits.slowest, names),
+                usage=tuple(usage),
+                upcoming=self._upcoming(session, end, limits.upcoming),
+            )
+
+    # Queries -------------------------------------------------------------------------
+
+    @staticmethod
+    def _find(session: Session, channel_id: str) -> DigestSubscription | None:
+        return session.exec(select(DigestSubscription).where(
+            DigestSubscription.channel_id == channel_id)).first()
+
+    @staticmethod
+    def _routines(session: Session, ids: set[int]) -> tuple[dict[int, str], dict[int, str]]:
+        rows = session.exec(select(Routine.id, Routine.name, Routine.model).where(
+            col(Routine.id).in_(ids))).all() if ids else []
+        return ({r[0]: r[1] for r in rows if r[0] is not None},
+                {r[0]: r[2] for r in rows if r[0] is not None})
+
+    @staticmethod
+    def _count(session: Session, where: ColumnElement[bool]) -> int:
+        return int(session.execute(select(func.count()).select_from(Run).where(where))
+                   .scalar_one())
+
+    def _runs(self, session: Session, where: ColumnElement[bool], limit: int,
+              names: dict[int, str]) -> tuple[RunFact, ...]:
+        """The latest `limit` runs matching `where`."""
+        rows = session.execute(
+            columns(*_RUN_FACT, self._duration(session)).where(where)
+            .order_by(col(Run.finished_at).desc(), col(Run.id).desc()).limit(limit)).all()
+        return tuple(_run_fact(row, names) for row in rows)
+
+    def _slowest(self, session: Session, in_period: ColumnElement[bool], limit: int,
+                 names: dict[int, str]) -> tuple[RunFact, ...]:
+        duration = self._duration(session)
+        rows = session.execute(
+            columns(*_RUN_FACT, duration).where(in_period, col(Run.started_at).is_not(None))
+            .order_by(duration.desc(), col(Run.id)).limit(limit)).all()
+        return tuple(_run_fact(row, names) for row in rows)
+
+    @staticmethod
+    def _status(session: Session) -> ColumnElement[Any]:
+        """The status, to test on the period's rows (walked through ix_run_digest). SQLite's
+        planner, without statistics, would rather look statuses up in their own index and so
+        visit every run of that status ever stored; an expression cannot use that index."""
+        if session.get_bind().dialect.name == "sqlite":
+            return func.coalesce(col(Run.status), "")
+        return cast(ColumnElement[Any], col(Run.status))
+
+    @staticmethod
+    def _duration(session: Session) -> ColumnElement[Any]:
+        """Seconds from start to finish, in the database's own date arithmetic."""
+        if session.get_bind().dialect.name == "sqlite":
+            return (func.julianday(col(Run.finished_at))
+                    - func.julianday(col(Run.started_at))) * 86_400.0
+        return extract("epoch", col(Run.finished_at) - col(Run.started_at))
+
+    @staticmethod
+    def _missed(session: Session, start: datetime, end: datetime,
+                limit: int) -> Listed[MissedFact]:
+        recorded = and_(col(MissedFire.recorded_at) >= start, col(MissedFire.recorded_at) < end)
+        total = session.execute(select(func.count()).select_from(MissedFire)
+                                .where(recorded)).scalar_one()
+        rows = session.execute(
+            select(Routine.name, MissedFire.scheduled_for, MissedFire.why)
+            .join(Routine, col(Routine.id) == col(MissedFire.routine_id)).where(recorded)
+            .order_by(col(MissedFire.scheduled_for).desc(), col(MissedFire.id).desc())
+            .limit(limit)).all()
+        return Listed(tuple(MissedFact(name, _aware(when), why) for name, when, why in rows),
+                      int(total))
+
+    @staticmethod
+    def _upcoming(session: Session, after: datetime, limit: int) -> tuple[UpcomingFact, ...]:
+        """Each active schedule's next fire after `after`, the soonest first."""
+        rows = session.exec(select(Routine.name, Routine.schedule, Routine.schedule_tz).where(
+            col(Routine.schedule).is_not(None), col(Routine.paused_at).is_(None))).all()
+        next_fire: dict[schedule.Schedule, list[datetime]] = {}  # routines share schedules
+        for _, expression, zone in rows:
+            when = schedule.Schedule(expression or "", zone)
+            if when not in next_fire:
+                next_fire[when] = schedule.next_fire_times(when, after, 1)
+        upcoming = [UpcomingFact(name, at) for name, expression, zone in rows
+                    for at in next_fire[schedule.Schedule(expression or "", zone)]]
+        return tuple(sorted(upcoming, key=lambda u: (u.at, u.routine))[:limit])
+
+    def _changed(self, channel_id: str, when: schedule.Schedule | None) -> None:
+        for listener in self._listeners:
+            listener(channel_id, when)
+
+
+_RUN_FACT = (col(Run.id), col(Run.routine_id), col(Run.status), col(Run.finished_at),
+             col(Run.reason))
+
+
+def _statuses(names: tuple[str, ...]) -> list[RunStatus]:
+    return [RunStatus(name) for name in names]
+
+
+def _run_fact(row: Any, names: dict[int, str]) -> RunFact:
+    run_id, routine_id, status, finished_at, reason, duration = row
+    return RunFact(run_id, names.get(routine_id, f"#{routine_id}"), str(status),
+                   _aware(finished_at), reason or "",
+                   float(duration) if duration is not None else None)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite drops the time zone; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,241 @@
+"""Database tables. The database, not memory, is the truth: a restart loses nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Index, UniqueConstraint
+from sqlmodel import Field, Session, SQLModel
+
+from bot.core.statuses import (
+    ApprovalKind,
+    ApprovalStatus,
+    BusyPolicy,
+    RiskLevel,
+    RunStatus,
+    TriggerKind,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def timestamp_field(*, required: bool = False) -> Any:
+    """A time-zone-aware column: every time is stored and compared in UTC."""
+    if required:
+        return Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    return Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class Routine(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=40)
+    prompt: str
+    repo_url: str
+    branch: str = "main"
+    setup_script: str = ""
+    channel_id: str
+    model: str
+    timeout_seconds: int
+    max_turns: int
+    payload_template: str = ""
+    schedule: str | None = None  # see bot.core.schedule.parse_schedule
+    schedule_tz: str = "UTC"
+    last_fire_at: datetime | None = timestamp_field()  # the last scheduled time dealt with
+    created_by: str
+    created_at: datetime = timestamp_field(required=True)
+    paused_at: datetime | None = timestamp_field()
+    paused_by: str | None = None
+    # Roles: Slack user ids, comma-separated; a user group is written `subteam:S0123`.
+    owners: str = ""  # the creator by default; owners and admins may change the routine
+    approvers: str = ""  # who may approve its runs (admins always may)
+    risk: RiskLevel = RiskLevel.LOW
+    # Budgets (None: no limit of its own; the global daily spend cap still applies)
+    max_runs_per_day: int | None = None
+    max_concurrent: int | None = None
+    busy_policy: BusyPolicy = BusyPolicy.QUEUE
+    max_tokens_per_run: int | None = None
+    # Retries of infrastructure faults (container, engine, Anthropic API overloaded/5xx)
+    retry_attempts: int = 0  # extra attempts after the first
+    retry_backoff_seconds: int = 30  # doubled after each attempt
+    retry_agent_failures: bool = False  # also retry when the agent itself reported failure
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
+
+
+class Run(SQLModel, table=True):
+    """One execution of a routine, with its provenance: which door, who, and what came in.
+
+    `trigger_ref` is the caller's Idempotency-Key or GitHub's delivery id: unique per
+    routine and trigger kind, so a retried call or a redelivery never runs twice."""
+
+    __table_args__ = (UniqueConstraint("routine_id", "trigger_kind", "trigger_ref"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    routine_id: int = Field(foreign_key="routine.id", index=True)
+    status: RunStatus = Field(default=RunStatus.QUEUED, index=True)
+    trigger_kind: TriggerKind = TriggerKind.MANUAL
+    triggered_by: str
+    trigger_ref: str | None = None
+    payload_hash: str | None = None
+    prompt: str
+    queued_at: datetime = timestamp_field(required=True)
+    started_at: datetime | None = timestamp_field()
+    finished_at: datetime | None = timestamp_field()
+    container_id: str | None = None
+    summary: str | None = None
+    reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    diff: str = ""
+    notified_at: datetime | None = timestamp_field()
+    attempt: int = 1  # 2, 3...: an automatic retry of `retry_of` after an infrastructure fault
+    retry_of: int | None = Field(default=None, foreign_key="run.id")
+    not_before: datetime | None = timestamp_field()  # a retry waits out its backoff
+    held_at: datetime | None = timestamp_field()  # held by the kill switch until released
+    stop_requested_by: str | None = None  # `/routine cancel`, or "kill switch"
+    commit_sha: str | None = None  # medium risk: the kept commit, pushed after approval
+    published_ref: str | None = None  # where it was pushed
+    announce_channel: str | None = None  # where the result message was posted...
+    announce_ts: str | None = None  # ...and its ts: the log is posted in its thread
+
+
+class RunEvent(SQLModel, table=True):
+    """One line of a run's log, already redacted. `seq` orders it and makes replay idempotent."""
+
+    __table_args__ = (UniqueConstraint("run_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    seq: int
+    type: str
+    data: str
+    created_at: datetime = timestamp_field(required=True)
+
+
+class ApiToken(SQLModel, table=True):
+    """A routine's API token. Only a hash is stored: the value is shown once, at creation."""
+
+    __table_args__ = (UniqueConstraint("routine_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    routine_id: int = Field(foreign_key="routine.id", index=True)
+    name: str
+    token_hash: str = Field(index=True, unique=True)
+    created_by: str
+    created_at: datetime = timestamp_field(required=True)
+    revoked_at: datetime | None = timestamp_field()
+    revoked_by: str | None = None
+    last_used_at: datetime | None = timestamp_field()
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who did what, when: every change of a routine's state is recorded here."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = timestamp_field(required=True)
+    actor: str
+    action: str = Field(index=True)
+    routine: str | None = Field(default=None, index=True)
+    details: str = ""
+
+
+class GitHubSubscription(SQLModel, table=True):
+    """A routine listens to GitHub events matching `spec` (see `bot.core.github.parse_filter`)."""
+
+    __table_args__ = (UniqueConstraint("routine_id", "spec"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    routine_id: int = Field(foreign_key="routine.id", index=True)
+    spec: str
+    created_by: str
+    created_at: datetime = timestamp_field(required=True)
+
+
+class Approval(SQLModel, table=True):
+    """A request for a human decision on one run, and the decision. The first decision
+    wins: it is written by a conditional UPDATE on `status = pending`."""
+
+    __table_args__ = (UniqueConstraint("run_id", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    kind: ApprovalKind
+    status: ApprovalStatus = Field(default=ApprovalStatus.PENDING, index=True)
+    requested_by: str  # who may not approve it (four eyes)
+    requested_at: datetime = timestamp_field(required=True)
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+    decided_by: str | None = None
+    decided_at: datetime | None = timestamp_field()
+    reason: str = ""  # why it was rejected (optional)
+    channel_id: str = ""  # where the request message is (updated in place)
+    message_ts: str | None = None  # None until the request reached Slack
+
+
+class SpendCap(SQLModel, table=True):
+    """The global daily spend cap as raised or lowered by an admin (one row, id 1);
+    absent, the configured default applies."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    cap_usd: float
+    changed_by: str
+    changed_at: datetime = timestamp_field(required=True)
+
+
+class KillSwitch(SQLModel, table=True):
+    """The kill switch: one row (id 1). Stored, so an engaged switch survives a restart."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    engaged: bool = False
+    reason: str = ""
+    changed_by: str = ""
+    changed_at: datetime | None = timestamp_field()
+
+    @classmethod
+    def current(cls, session: Session) -> KillSwitch:
+        """The stored state, or a fresh disengaged one if the switch was never touched."""
+        return session.get(cls, 1) or cls(id=1)
+
+
+class HomeViewer(SQLModel, table=True):
+    """A user who opened the App Home tab: their Home is republished after changes, and
+    a restart keeps the list."""
+
+    user_id: str = Field(primary_key=True, max_length=32)
+    opened_at: datetime = timestamp_field(required=True)
+
+
+class DigestSubscription(SQLModel, table=True):
+    """A channel's scheduled digest of runs. `last_sent_at` starts the next digest's period
+    (the subscription time until the first one is sent)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel_id: str = Field(index=True, unique=True, max_length=40)
+    schedule: str  # cron or interval, see bot.core.schedule.parse_schedule
+    schedule_tz: str = "UTC"
+    last_sent_at: datetime = timestamp_field(required=True)
+    created_by: str
+    created_at: datetime = timestamp_field(required=True)
+
+
+class MissedFire(SQLModel, table=True):
+    """A scheduled time that did not run (the bot was down, the scheduler was late)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    routine_id: int = Field(foreign_key="routine.id", index=True)
+    scheduled_for: datetime = timestamp_field(required=True)
+    why: str = ""
+    # Digests select by when it was recorded, so each one is reported exactly once.
+    recorded_at: datetime = Field(default_factory=utcnow, index=True,
+                                  sa_type=DateTime(timezone=True))
+
+
+# Digests aggregate the runs finished in a period: this index covers that query (range on
+# finished_at, GROUP BY routine and status, sums of tokens, durations) without table reads.
+_RUN_COLUMNS = Run.__table__.c  # type: ignore[attr-defined]
+Index("ix_run_digest", *(_RUN_COLUMNS[name] for name in (
+    "finished_at", "status", "routine_id", "input_tokens", "output_tokens", "started_at")))
