@@ -67,7 +67,7 @@ from sqlmodel import col, func, select  # noqa: E402
 from bot.app import Bot  # noqa: E402
 from bot.core.routine import RoutineDraft  # noqa: E402
 from bot.core.statuses import TriggerKind  # noqa: E402
-from bot.services.service import RoutineService  # noqa: E402
+from bot.services import Services  # noqa: E402
 from bot.settings import Settings  # noqa: E402
 from bot.store.tables import AuditEntry, Run, utcnow  # noqa: E402
 from tests.standins.environment import local_settings  # noqa: E402
@@ -226,9 +226,9 @@ def draft(name: str, tmp: Path) -> RoutineDraft:
                         repo_url=f"file://{tmp / 'repo'}", channel_id=RESULTS_CHANNEL)
 
 
-def create_api_routine(service: RoutineService, tmp: Path) -> str:
-    service.create_routine(draft(ROUTINE, tmp), ACTOR)
-    return service.create_token(ROUTINE, TOKEN_NAME, ACTOR)
+def create_api_routine(services: Services, tmp: Path) -> str:
+    services.routines.create(draft(ROUTINE, tmp), ACTOR)
+    return services.tokens.create(ROUTINE, TOKEN_NAME, ACTOR)
 
 
 async def bench_bot_door(label: str, database_url: str, tmp: Path, requests: int,
@@ -241,7 +241,7 @@ async def bench_bot_door(label: str, database_url: str, tmp: Path, requests: int
         bot = make_bot(bot_settings(tmp, slack_api.url, database_url,
                                     triggers_per_minute=10**9))
         await bot.start()
-        token = await asyncio.to_thread(create_api_routine, bot.service, tmp)
+        token = await asyncio.to_thread(create_api_routine, bot.services, tmp)
         url = f"http://127.0.0.1:{bot.port}/api/v1/routines/{ROUTINE}/runs"
         return await measure(label, url, {"Authorization": f"Bearer {token}"}, requests,
                              concurrency)
@@ -327,11 +327,11 @@ def scratch_postgres(admin_url: str) -> Iterator[str]:
 # Fire lateness ---------------------------------------------------------------------------
 
 
-def create_scheduled_routines(service: RoutineService, tmp: Path, count: int) -> None:
+def create_scheduled_routines(services: Services, tmp: Path, count: int) -> None:
     for index in range(count):
         name = f"late-{index:04d}"
-        service.create_routine(draft(name, tmp), ACTOR)
-        service.set_schedule(name, EVERY_MINUTE, "UTC", ACTOR)
+        services.routines.create(draft(name, tmp), ACTOR)
+        services.schedules.set(name, EVERY_MINUTE, "UTC", ACTOR)
 
 
 def next_boundary(after: datetime) -> datetime:
@@ -401,7 +401,7 @@ async def bench_lateness(tmp: Path, count: int) -> Lateness:
                                     min_schedule_interval_seconds=60))
         await bot.start()
         t0 = time.monotonic()
-        await asyncio.to_thread(create_scheduled_routines, bot.service, tmp, count)
+        await asyncio.to_thread(create_scheduled_routines, bot.services, tmp, count)
         setup_seconds = time.monotonic() - t0
         await asyncio.sleep(0.1)  # the scheduler applies saved schedules on the loop
         due = next_boundary(utcnow() + timedelta(seconds=BOUNDARY_MARGIN))

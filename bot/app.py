@@ -22,9 +22,17 @@ from bot.doors.slack.home import HomeTab
 from bot.doors.slack.listeners import build_slack_app
 from bot.doors.slack.messages import Messages
 from bot.execution.dispatcher import Dispatcher
-from bot.services.digests import DigestService
+from bot.execution.publisher import Publisher
+from bot.services import ServicePolicy, Services
+from bot.services.events import (
+    ApprovalRequested,
+    DigestScheduleChanged,
+    PublishDecided,
+    RunQueued,
+    ScheduleChanged,
+    StopRequested,
+)
 from bot.services.metrics import build_registry, running_containers
-from bot.services.service import RoutineService, ServicePolicy
 from bot.settings import Settings
 from bot.store.database import Database
 from runner.host.sandbox import Sandbox, SandboxConfig
@@ -37,7 +45,7 @@ class Bot:
         self.settings = settings
         self.db = Database(settings.database_url)
         redact = Redactor(settings.secrets)
-        self.service = RoutineService(
+        self.services = Services(
             self.db, ServicePolicy.from_settings(settings), redact,
             SlackDirectory(settings.slack_bot_token, settings.slack_api_url))
         self.messages = Messages(redact=redact)
@@ -45,31 +53,39 @@ class Bot:
                                            base_url=settings.slack_api_url)
         self.docker = docker.DockerClient(base_url=settings.docker_host or None)
         self.sandbox = Sandbox(self.docker, _sandbox_config(settings))
-        announcer = Announcer(self.slack_client, self.messages, self.service,
+        announcer = Announcer(self.slack_client, self.messages, self.services,
                               settings.incidents_channel)
-        self.dispatcher = Dispatcher(self.service, self.sandbox, announcer,
+        self.dispatcher = Dispatcher(self.services, self.sandbox, announcer,
                                      settings.max_concurrent_runs,
                                      announce_spend=announcer.spend)
-        self.digests = DigestService(self.db, settings.prices,
-                                     settings.min_schedule_interval_seconds)
-        self.approvals = ApprovalDesk(self.service, self.slack_client,
-                                      ApprovalMessages(self.service, self.messages),
-                                      self.dispatcher.publish,
+        self.approvals = ApprovalDesk(self.services, self.slack_client,
+                                      ApprovalMessages(self.services, self.messages),
+                                      Publisher(self.services.publishing,
+                                                self.sandbox.config.workspace_root),
                                       min(5.0, max(0.5, settings.approval_timeout_seconds / 4)))
-        self.scheduler = Scheduler(self.service, announcer.missed,
+        self.scheduler = Scheduler(self.services, announcer.missed,
                                    settings.schedule_grace_seconds,
-                                   digests=self.digests, post_digest=announcer.digest)
-        self.service.on_run_queued(self.dispatcher.wake)
-        self.service.on_stop_requested(self.dispatcher.stop_run)
-        self.slack = build_slack_app(settings, self.service, self.messages, self.slack_client,
-                                     digests=self.digests)
-        self.home = HomeTab(self.service, self.messages, self.slack_client, self.db,
+                                   digests=self.services.digests, post_digest=announcer.digest)
+        self.slack = build_slack_app(settings, self.services, self.messages, self.slack_client,
+                                     digests=self.services.digests)
+        self.home = HomeTab(self.services, self.messages, self.slack_client,
                             settings.home_refresh_seconds)
         self.home.register(self.slack)
-        self.service.on_run_queued(self.home.changed)
+        self._wire()
         self._web: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self.port = 0
+
+    def _wire(self) -> None:
+        """Who hears what happened: every event's handlers, in one place."""
+        bus = self.services.bus
+        bus.subscribe(RunQueued, lambda _: self.dispatcher.wake())
+        bus.subscribe(RunQueued, lambda _: self.home.changed())
+        bus.subscribe(StopRequested, lambda event: self.dispatcher.stop_run(event.run_id))
+        bus.subscribe(ApprovalRequested, lambda _: self.approvals.wake())
+        bus.subscribe(PublishDecided, lambda _: self.approvals.wake())
+        bus.subscribe(ScheduleChanged, self.scheduler.schedule_changed)
+        bus.subscribe(DigestScheduleChanged, self.scheduler.digest_schedule_changed)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.db.create_schema)
@@ -78,7 +94,7 @@ class Bot:
         await self.scheduler.start()
         await self.approvals.start()
         await self.home.start()
-        web_app = build_web_app(self.slack, self.db, self.service, self.settings)
+        web_app = build_web_app(self.slack, self.db, self.services, self.settings)
         add_ops_routes(web_app, Readiness(self.db, self.docker), build_registry(
             self.db, running_containers(self.docker, self.settings.instance)))
         self._web = web.AppRunner(web_app, access_log=None)

@@ -136,7 +136,7 @@ async def test_timeout_kills_the_container_and_keeps_the_work(
     message = await run_and_wait(fake, slack_api, "slowpoke", "timed_out")
 
     assert "timed out after 4s" in json.dumps(message["blocks"])
-    run = bot.service.get_run(int(message["run_id"])).run
+    run = bot.services.runs.get(int(message["run_id"])).run
     assert "+partial" in run.diff
     leftovers = docker_client.containers.list(all=True, filters={"label": [
         f"org.routines.run_id={message['run_id']}",
@@ -200,8 +200,8 @@ async def test_a_running_run_whose_container_vanished_is_failed_on_start(
     await create_routine(fake, slack_api, "orphan", "Anything.", git_repo)
     await first.stop()
     # A crash between claiming the run and starting its container.
-    first.service.trigger_run("orphan", manual("U0ALICE01"))
-    claimed = first.service.claim_next_run()
+    first.services.triggers.trigger("orphan", manual("U0ALICE01"))
+    claimed = first.services.runs.claim_next()
     assert claimed is not None and claimed.run.status == "running"
 
     await start_bot()

@@ -44,7 +44,7 @@ async def run_now(fake: FakeSlack, name: str) -> int:
 
 
 def run_row(bot: Bot, run_id: int) -> Run:
-    return bot.service.get_run(run_id).run
+    return bot.services.runs.get(run_id).run
 
 
 async def test_an_infrastructure_fault_is_retried_with_backoff_then_alerted(
@@ -58,7 +58,7 @@ async def test_an_infrastructure_fault_is_retried_with_backoff_then_alerted(
     assert "attempts must be 0 to 5 (got 9); nothing changed." in refused.json()["text"]
     refused = await fake.slash("retries no-image two")
     assert "give ATTEMPTS" in refused.json()["text"]
-    assert bot.service.get_routine("no-image").retry_attempts == 0
+    assert bot.services.routines.get("no-image").retry_attempts == 0
     reply = await fake.slash("retries no-image 2 1")
     assert "up to 2 more, after 1s doubling; infrastructure faults only" in reply.text
 
@@ -117,7 +117,7 @@ async def test_an_infrastructure_fault_is_retried_with_backoff_then_alerted(
     told = await slack_api.wait_for("chat.postEphemeral", {"user": "U0ALICE01"},
                                     contains="is paused", timeout=10)
     assert told.params["channel"] == RESULTS_CHANNEL
-    assert len(bot.service.run_history("no-image")) == 4
+    assert len(bot.services.routines.history("no-image")) == 4
     # A forged click does nothing at all.
     forged = await fake.post("payload=%7B%7D", signature="v0=" + "0" * 64)
     assert forged.status == 401
@@ -162,7 +162,7 @@ async def test_an_agent_failure_is_retried_only_when_the_routine_asks(
     message = await result_of(slack_api, "red-tests", first)
     assert message["text"] == f"red-tests run #{first}: failed"
     assert buttons(message) == ["view_log", "retry_run"]
-    assert len(bot.service.run_history("red-tests")) == 1
+    assert len(bot.services.routines.history("red-tests")) == 1
 
     await fake.slash("retries red-tests 1 1 agent-failures")
     second = await run_now(fake, "red-tests")

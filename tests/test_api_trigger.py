@@ -72,7 +72,7 @@ async def test_the_same_idempotency_key_returns_the_same_run(
     assert (first[0], again[0], other[0]) == (202, 200, 202)
     assert again[1]["run_id"] == first[1]["run_id"] != other[1]["run_id"]
     assert again[1]["replayed"] is True
-    assert len(bot.service.run_history("deploy-notes")) == 2
+    assert len(bot.services.routines.history("deploy-notes")) == 2
 
 
 async def test_every_refusal_has_its_status_and_queues_nothing(
@@ -99,7 +99,7 @@ async def test_every_refusal_has_its_status_and_queues_nothing(
         "invalid json": (400, "invalid_json"), "template fails": (422, "payload_rejected"),
     }
     assert "version" in cases["template fails"][1]["message"]
-    assert bot.service.run_history("deploy-notes") == []
+    assert bot.services.routines.history("deploy-notes") == []
 
 
 async def test_a_template_cannot_escape_its_sandbox(start_bot: BotFactory, git_repo: str) -> None:
@@ -111,7 +111,7 @@ async def test_a_template_cannot_escape_its_sandbox(start_bot: BotFactory, git_r
                                  b"{}")
 
     assert status == 422 and "sandbox" in body["message"]
-    assert bot.service.run_history("deploy-notes") == []
+    assert bot.services.routines.history("deploy-notes") == []
 
 
 async def test_revoked_tokens_and_other_routines_tokens_are_refused(
@@ -170,7 +170,7 @@ async def test_paused_routines_refuse_every_door_until_resumed(
     assert "paused by <@U0ALICE01>" in status
     assert resumed == "Routine deploy-notes resumed"
     assert after[0] == 202
-    assert len(bot.service.run_history("deploy-notes")) == 1
+    assert len(bot.services.routines.history("deploy-notes")) == 1
     with bot.db.engine.connect() as conn:
         actions = conn.exec_driver_sql("SELECT actor, action FROM auditentry").all()
     assert [tuple(a) for a in actions if a[1] != "run"][-2:] == [
@@ -189,7 +189,7 @@ async def test_past_the_rate_limit_the_answer_is_429_with_retry_after(
 
     assert [a[0] for a in answers] == [202, 202, 429]
     assert 1 <= int(answers[2][2]["Retry-After"]) <= 60
-    assert len(bot.service.run_history("deploy-notes")) == 2
+    assert len(bot.services.routines.history("deploy-notes")) == 2
 
 
 async def test_the_payload_reaches_the_agent_fenced_as_untrusted_data(

@@ -103,7 +103,7 @@ async def test_reject_asks_for_a_reason_and_the_run_never_starts(
     assert reply.status == 200 and reply.text == ""
     updated = await slack_api.wait_for("chat.update", contains="Rejected by", timeout=5)
     assert "Not during the freeze." in json.dumps(updated.params["blocks"])
-    view = bot.service.get_run(int(run_id))
+    view = bot.services.runs.get(int(run_id))
     assert view.run.status == "rejected"
     assert view.run.reason == f"rejected by <@{DAVE}>: Not during the freeze."
     await asyncio.sleep(1)
@@ -127,7 +127,7 @@ async def test_two_approvers_clicking_at_once_make_one_decision(
         assert [r.status for r in replies] == [200, 200, 200]
         told = await slack_api.wait_for("chat.postEphemeral", contains="Already approved by",
                                         timeout=5)
-        decided = bot.service.get_approval(int(approval_id)).approval
+        decided = bot.services.approvals.get(int(approval_id)).approval
         assert decided.status == "approved" and decided.decided_by in {BOB, CAROL}
         loser = CAROL if decided.decided_by == BOB else BOB
         assert told.params["user"] == loser
@@ -138,7 +138,7 @@ async def test_two_approvers_clicking_at_once_make_one_decision(
         # Dave's reject opened the form; submitting it now is refused, not applied.
         await fake.submit_view("approval_reject", {}, user=DAVE, private_metadata=approval_id)
         await slack_api.wait_for("chat.postEphemeral", {"user": DAVE}, timeout=5)
-        assert bot.service.get_approval(int(approval_id)).approval.status == "approved"
+        assert bot.services.approvals.get(int(approval_id)).approval.status == "approved"
 
 
 async def test_an_undecided_request_expires_and_says_so(
@@ -150,7 +150,7 @@ async def test_an_undecided_request_expires_and_says_so(
     posted, approval_id = await request_for(slack_api, run_id)
     updated = await slack_api.wait_for("chat.update", contains="Expired", timeout=15)
     assert updated.params["ts"] == _ts(posted)
-    assert bot.service.get_run(int(run_id)).run.status == "expired"
+    assert bot.services.runs.get(int(run_id)).run.status == "expired"
     await fake.click("approve", approval_id, user=DAVE, channel=RESULTS_CHANNEL)
     told = await slack_api.wait_for("chat.postEphemeral", timeout=5)
     assert "expired" in told.params["text"]
@@ -188,7 +188,7 @@ async def test_medium_risk_pushes_only_after_approval_to_a_bot_branch(
     pushed = origin.commit(branch)
     assert pushed.tree["FIX.md"].data_stream.read() == b"fixed\n"
     assert origin.commit("main").hexsha == pushed.parents[0].hexsha  # main untouched
-    assert bot.service.get_run(int(run_id)).run.published_ref == f"refs/heads/{branch}"
+    assert bot.services.runs.get(int(run_id)).run.published_ref == f"refs/heads/{branch}"
 
 
 async def test_roles_are_refused_from_slack_and_from_the_api(
@@ -201,7 +201,7 @@ async def test_roles_are_refused_from_slack_and_from_the_api(
         answer = (await fake.slash(command, user=CAROL)).json()
         assert f"Only its owners (<@{ALICE}>) or an admin may" in answer["text"], command
         assert f"<@{ALICE}>" in json.dumps(answer["blocks"])  # a real mention
-    assert not bot.service.get_routine("nightly").paused
+    assert not bot.services.routines.get("nightly").paused
 
     shown = json.dumps((await fake.slash("token nightly ci")).json())
     token = shown.split("```")[1]
@@ -213,7 +213,7 @@ async def test_roles_are_refused_from_slack_and_from_the_api(
     status, body, _ = await call(bot, "POST", "/api/v1/routines/nightly/pause", token)
     assert status == 403 and body["error"] == "forbidden"
     assert f"Only its owners (<@{BOB}>) or an admin may pause" in body["message"]
-    assert not bot.service.get_routine("nightly").paused
+    assert not bot.services.routines.get("nightly").paused
     # Running is not an owner's privilege: the API door still queues runs.
     status, body, _ = await call(bot, "POST", "/api/v1/routines/nightly/runs", token,
                                  body=b"{}")

@@ -32,8 +32,9 @@ from bot.core.statuses import RunStatus
 from bot.doors.slack.commands import Command, parse
 from bot.doors.slack.messages import Messages
 from bot.errors import RoutinesError
+from bot.services import ServicePolicy, Services
 from bot.services.digests import DigestService, NotSubscribed
-from bot.services.service import RoutineService, ServicePolicy
+from bot.services.events import DigestScheduleChanged
 from bot.settings import Settings
 from bot.store.database import Database
 from bot.store.tables import AuditEntry, DigestSubscription, Routine, Run
@@ -343,10 +344,10 @@ def test_the_facts_of_a_period_come_from_sql_aggregates(db: Database) -> None:
 
 def test_missed_fires_are_recorded_once_and_reported_in_the_period(db: Database) -> None:
     settings = Settings(slack_bot_token="x", anthropic_api_key="k")
-    routines = RoutineService(db, ServicePolicy.from_settings(settings), Redactor(()))
+    routines = Services(db, ServicePolicy.from_settings(settings), Redactor(()))
     add_routine(db, "tick", schedule="0 * * * *")
     before = datetime.now(UTC)
-    routines.schedule_missed("tick", (NOW, NOW + timedelta(hours=1)), "the bot was not running")
+    routines.schedules.missed("tick", (NOW, NOW + timedelta(hours=1)), "the bot was not running")
     service = DigestService(db, PRICES)
 
     found = service.facts("C0DIGEST1", before, datetime.now(UTC) + timedelta(seconds=1))
@@ -363,7 +364,8 @@ def test_missed_fires_are_recorded_once_and_reported_in_the_period(db: Database)
 def test_subscriptions_are_validated_saved_replaced_and_audited(db: Database) -> None:
     changes: list[tuple[str, Schedule | None]] = []
     service = DigestService(db, PRICES, min_interval_seconds=60)
-    service.on_schedule_changed(lambda channel, when: changes.append((channel, when)))
+    service.bus.subscribe(DigestScheduleChanged,
+                          lambda event: changes.append((event.channel, event.schedule)))
 
     for bad, tz in (("daily 25:00", "UTC"), ("0 9 * * *", "Mars/Olympus"),
                     ("every 10s", "UTC"), ("* * *", "UTC")):

@@ -88,7 +88,7 @@ async def test_a_digest_of_real_runs_then_one_that_summarises_the_overflow(
 
     # More than a digest can show, stored as finished runs: the next digest covers only
     # what came after the first one, and says how many it leaves out.
-    red = bot.service.get_routine("red").id
+    red = bot.services.routines.get("red").id
     assert red is not None
     with bot.db.session() as session:
         for i in range(52):
@@ -131,7 +131,7 @@ async def test_refusals_save_nothing_and_a_quiet_period_is_one_line(
     assert "60" in answers['"every 10s"']
     assert "gets no digest" in answers["off"]
     assert status == "This channel gets no runs digest."
-    assert bot.digests.subscription(CHANNEL) is None
+    assert bot.services.digests.subscription(CHANNEL) is None
     assert quiet["text"].startswith("Digest: Quiet period: no runs finished")
     assert len(quiet["blocks"]) == 1
 
@@ -143,9 +143,9 @@ async def test_scheduled_digests_fire_for_real_each_from_where_the_last_ended(
 
     await fake.slash('digest here "every 1s"', channel=CHANNEL)
     first = await next_digest(slack_api, 0)
-    row = bot.digests.subscription(CHANNEL)
+    row = bot.services.digests.subscription(CHANNEL)
     await next_digest(slack_api, 1)
-    later = bot.digests.subscription(CHANNEL)
+    later = bot.services.digests.subscription(CHANNEL)
     reply = (await fake.slash("digest here off", channel=CHANNEL)).json()
     await asyncio.sleep(0.2)
     stopped_at = len(digests_in(slack_api))

@@ -16,7 +16,7 @@ from bot.core.routine import RoutineDraft, RoutineLimits
 from bot.core.trigger import manual
 from bot.doors.cli import main
 from bot.errors import ValidationFailed
-from bot.services.service import RoutineService, ServicePolicy
+from bot.services import ServicePolicy, Services
 from bot.store.database import Database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,13 +50,13 @@ def test_logs_prints_a_runs_redacted_events(
     url = f"sqlite:///{tmp_path / 'r.db'}"
     db = Database(url)
     db.create_schema()
-    service = RoutineService(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
+    services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
                              Redactor(["planted-secret-42"]))
-    service.create_routine(RoutineDraft(name="demo", prompt="p", repo_url="file:///r",
+    services.routines.create(RoutineDraft(name="demo", prompt="p", repo_url="file:///r",
                                         channel_id="C0123ABC"), "U1")
-    run = service.trigger_run("demo", manual("U1")).view.run
+    run = services.triggers.trigger("demo", manual("U1")).view.run
     assert run.id is not None
-    service.record_event(run.id, 1, {"type": "tool_output", "output": "planted-secret-42"})
+    services.runs.record_event(run.id, 1, {"type": "tool_output", "output": "planted-secret-42"})
     monkeypatch.setenv("DATABASE_URL", url)
 
     assert main(["logs", str(run.id)]) == 0
@@ -71,7 +71,7 @@ def test_two_creates_racing_for_one_name_give_one_routine_and_one_field_error(
 ) -> None:
     db = Database(f"sqlite:///{tmp_path / 'r.db'}")
     db.create_schema()
-    service = RoutineService(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
+    services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
                              Redactor(()))
     draft = RoutineDraft(name="twin", prompt="p", repo_url="file:///r", channel_id="C0123ABC")
     outcomes: list[str] = []
@@ -80,7 +80,7 @@ def test_two_creates_racing_for_one_name_give_one_routine_and_one_field_error(
     def create() -> None:
         barrier.wait()
         try:
-            service.create_routine(draft, "U1")
+            services.routines.create(draft, "U1")
             outcomes.append("created")
         except ValidationFailed as exc:
             outcomes.append(exc.field_errors["name"])
@@ -96,17 +96,17 @@ def test_two_creates_racing_for_one_name_give_one_routine_and_one_field_error(
 def test_racing_calls_with_one_idempotency_key_give_one_run(database_url: str) -> None:
     db = Database(database_url)
     db.create_schema()
-    service = RoutineService(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
+    services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
                              Redactor(()))
-    service.create_routine(RoutineDraft(name="hook", prompt="p", repo_url="file:///r",
+    services.routines.create(RoutineDraft(name="hook", prompt="p", repo_url="file:///r",
                                         channel_id="C0123ABC"), "U1")
-    token = service.create_token("hook", "ci", "U1")
+    token = services.tokens.create("hook", "ci", "U1")
     results: list[tuple[int | None, str]] = []
     barrier = threading.Barrier(8)
 
     def call() -> None:
         barrier.wait()
-        triggered = service.api_trigger("hook", token, {"n": 1}, "same-key")
+        triggered = services.tokens.trigger("hook", token, {"n": 1}, "same-key")
         results.append((triggered.view.run.id, triggered.view.routine.name))
 
     threads = [threading.Thread(target=call) for _ in range(8)]
@@ -116,5 +116,5 @@ def test_racing_calls_with_one_idempotency_key_give_one_run(database_url: str) -
         thread.join()
     assert len(results) == 8 and len({run_id for run_id, _ in results}) == 1
     assert {name for _, name in results} == {"hook"}
-    assert len(service.run_history("hook")) == 1
+    assert len(services.routines.history("hook")) == 1
     db.close()

@@ -63,7 +63,7 @@ async def test_bad_or_missing_signatures_are_refused_and_fire_nothing(
                                                             hashlib.sha256).hexdigest())
 
     assert [forged[0], missing[0], tampered[0]] == [401, 401, 401]
-    assert bot.service.run_history("triage") == []
+    assert bot.services.routines.history("triage") == []
 
 
 async def test_ping_answers_200(start_bot: BotFactory) -> None:
@@ -94,13 +94,13 @@ async def test_one_delivery_fires_every_matching_routine_once(
     assert (again_status, again["fired"]) == (200, [])
     assert sorted(d["run_id"] for d in again["duplicate"]) == sorted(
         f["run_id"] for f in first["fired"])
-    run = bot.service.run_history("triage")[0].run
+    run = bot.services.routines.history("triage")[0].run
     assert (run.trigger_kind, run.triggered_by, run.trigger_ref) == (
         "github", "Codertocat", "delivery-72d3162e")
     title = json.loads(body)["pull_request"]["title"]
     assert f"PR: {title}" in run.prompt and "untrusted-data-" in run.prompt
-    assert bot.service.run_history("someone-else") == []
-    assert bot.service.run_history("on-push") == []
+    assert bot.services.routines.history("someone-else") == []
+    assert bot.services.routines.history("on-push") == []
 
 
 async def test_a_paused_routine_is_refused_with_a_clear_body(
@@ -114,7 +114,7 @@ async def test_a_paused_routine_is_refused_with_a_clear_body(
 
     assert (status, body["error"]) == (409, "refused")
     assert "is paused" in body["refused"]["releaser"]
-    assert bot.service.run_history("releaser") == []
+    assert bot.services.routines.history("releaser") == []
 
 
 async def test_bad_filters_are_refused_in_slack(start_bot: BotFactory, git_repo: str) -> None:

@@ -93,7 +93,7 @@ async def test_opening_home_shows_my_routines_and_the_teams(
     assert "active" in section_of(view, "alice-daily")
     assert "on demand (no schedule)" in section_of(view, "alice-daily")
     assert "never run" in section_of(view, "alice-daily")
-    next_fire = bot.service.routine_overview("bob-weekly").next_fires[0]
+    next_fire = bot.services.routines.overview("bob-weekly").next_fires[0]
     assert next_fire.astimezone(UTC).strftime("%Y-%m-%d %H:%M") in section_of(view, "bob-weekly")
     assert buttons_of(view, "bob-weekly") == ["home_run", "home_pause"]
     assert "Kill switch off" in json.dumps(view)
@@ -128,7 +128,7 @@ async def test_buttons_pause_resume_and_run_through_the_service(
 
     assert reply.status == 200
     view = await next_home(slack_api, ALICE, seen, "paused by")
-    assert bot.service.get_routine("alice-daily").paused_by == ALICE
+    assert bot.services.routines.get("alice-daily").paused_by == ALICE
     assert f"paused by <@{ALICE}>" in section_of(view, "alice-daily")
     assert "held (paused)" in section_of(view, "alice-daily")
     assert buttons_of(view, "alice-daily") == ["home_run", "home_resume"]
@@ -139,18 +139,18 @@ async def test_buttons_pause_resume_and_run_through_the_service(
     await fake.home_click("home_run", "alice-daily")
     view = await next_home(slack_api, ALICE, seen, "is paused")
     assert "`/routine resume alice-daily`" in view["blocks"][2]["text"]["text"]
-    assert bot.service.run_history("alice-daily") == []
+    assert bot.services.routines.history("alice-daily") == []
 
     seen = len(slack_api.homes_of(ALICE))
     await fake.home_click("home_resume", "alice-daily")
     view = await next_home(slack_api, ALICE, seen, "resumed")
-    assert not bot.service.get_routine("alice-daily").paused
+    assert not bot.services.routines.get("alice-daily").paused
     assert buttons_of(view, "alice-daily") == ["home_run", "home_pause"]
 
     seen = len(slack_api.homes_of(ALICE))
     await fake.home_click("home_run", "bob-weekly")  # the team's routine, same rules
     view = await next_home(slack_api, ALICE, seen, "queued")
-    [run] = bot.service.run_history("bob-weekly")
+    [run] = bot.services.routines.history("bob-weekly")
     assert run.run.triggered_by == ALICE and run.run.trigger_kind == "manual"
     assert f"#{run.run.id} queued" in section_of(view, "bob-weekly")
 
@@ -173,7 +173,7 @@ async def test_changes_from_other_doors_and_processes_refresh_open_homes(
     assert f"paused by <@{BOB}>" in section_of(view, "alice-daily")
 
     # The API door queues a run: the Home shows it.
-    token = first.service.create_token("bob-weekly", "ci", BOB)
+    token = first.services.tokens.create("bob-weekly", "ci", BOB)
     seen = len(slack_api.homes_of(ALICE))
     assert await api_trigger(first, "bob-weekly", token) == 202
     view = await next_home(slack_api, ALICE, seen, "queued")
@@ -198,13 +198,13 @@ async def test_changes_from_other_doors_and_processes_refresh_open_homes(
     await fake.slash("resume alice-daily", user=BOB)
     view = await next_home(slack_api, ALICE, seen,
                            lambda v: "active" in section_of(v, "alice-daily"))
-    assert not second.service.get_routine("alice-daily").paused
+    assert not second.services.routines.get("alice-daily").paused
 
 
 async def test_home_over_socket_mode(start_bot: BotFactory, slack_api: SlackApiStandIn) -> None:
     bot, _ = await start_bot(slack_app_token="xapp-1-test-app-token-0000",
                              max_concurrent_runs=0)
-    await asyncio.to_thread(bot.service.create_routine, RoutineDraft(
+    await asyncio.to_thread(bot.services.routines.create, RoutineDraft(
         name="socket-home", prompt="p", repo_url="file:///nowhere", channel_id=RESULTS_CHANNEL),
         ALICE)
 
@@ -224,4 +224,4 @@ async def test_home_over_socket_mode(start_bot: BotFactory, slack_api: SlackApiS
                      "value": "socket-home", "type": "button", "action_ts": "1.3"}]})
 
     await next_home(slack_api, ALICE, seen, "paused by")
-    assert bot.service.get_routine("socket-home").paused_by == ALICE
+    assert bot.services.routines.get("socket-home").paused_by == ALICE

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bot.core.home_page import MAX_ROUTINES, belongs_to, home_page, mention, next_run
-from bot.services.service import RoutineOverview
+from bot.services.views import RoutineOverview
 from bot.store.tables import KillSwitch, Routine
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

@@ -116,7 +116,7 @@ async def test_engage_stops_all_runs_refuses_every_door_and_survives_a_restart(
     await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
                              contains="tick run #", timeout=60)
     await fake.slash("schedule tick off")
-    ticks = bot.service.run_history("tick", limit=50)
+    ticks = bot.services.routines.history("tick", limit=50)
     assert ticks and all(v.run.trigger_kind == "schedule" for v in ticks)
     # About one fire a second from the disengage on; the ~10 s spent engaged (restart
     # included) are not made up for with a burst.

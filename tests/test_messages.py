@@ -17,7 +17,7 @@ from bot.core.statuses import RunStatus, TriggerKind
 from bot.doors.slack.listeners import SlackHandlers
 from bot.doors.slack.messages import Messages
 from bot.doors.slack.run_buttons import MAX_MESSAGES, log_thread
-from bot.services.service import RoutineOverview, RunView
+from bot.services.views import RoutineOverview, RunView
 from bot.settings import Settings
 from bot.store.tables import ApiToken, KillSwitch, Routine, Run
 
@@ -120,7 +120,7 @@ def test_status_history_help_and_errors_are_valid() -> None:
 
 def handlers() -> SlackHandlers:
     settings = Settings(slack_bot_token="x", anthropic_api_key="k")
-    return SlackHandlers(settings, service=None, messages=messages)  # type: ignore[arg-type]
+    return SlackHandlers(settings, services=None, messages=messages)  # type: ignore[arg-type]
 
 
 def test_create_modal_is_a_valid_view() -> None:
@@ -226,7 +226,7 @@ def test_no_rendered_message_carries_a_secret_but_a_new_token_is_shown_once() ->
 @pytest.mark.parametrize("kind", ["start", "publish"])
 def test_approval_requests_fit_slack_in_every_state(kind: str, status: str) -> None:
     from bot.core.statuses import ApprovalKind, ApprovalStatus
-    from bot.services.service import ApprovalView
+    from bot.services.views import ApprovalView
     from bot.store.tables import Approval
 
     approval = Approval(id=3, run_id=7, kind=ApprovalKind(kind),
@@ -244,7 +244,7 @@ def test_approval_requests_fit_slack_in_every_state(kind: str, status: str) -> N
 
 def test_governance_layouts_fit_slack() -> None:
     from bot.core.budget import Spend
-    from bot.services.service import HeldRuns, KillSwitchReport
+    from bot.services.views import HeldRuns, KillSwitchReport
     from bot.store.tables import AuditEntry, KillSwitch
 
     check_view(messages.render("reject_modal.json.j2", approval_id=3, run_id=7,

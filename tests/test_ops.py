@@ -93,14 +93,14 @@ async def test_metrics_count_real_runs(
     await wait_until(lambda: not bot.dispatcher.active_runs)
 
     done = await scrape(bot)
-    slow_status = bot.service.get_run(int(slow_id)).run.status
+    slow_status = bot.services.runs.get(int(slow_id)).run.status
     assert value(done, "routines_runs_total", routine="fast", status="succeeded") == 2
     assert value(done, "routines_runs_total", routine="slow", status=slow_status) == 1
     assert value(done, "routines_runs_pending", routine="slow", status="running") is None
     assert value(done, "routines_queue_depth") == 0
     assert value(done, "routines_running_containers") == 0
     for routine, count in (("fast", 2), ("broken", 1), ("slow", 1)):
-        views = bot.service.run_history(routine)
+        views = bot.services.routines.history(routine)
         durations = [v.duration_seconds or 0.0 for v in views]
         assert value(done, "routines_run_duration_seconds_count", routine=routine) == count
         total = value(done, "routines_run_duration_seconds_sum", routine=routine)

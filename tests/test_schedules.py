@@ -28,7 +28,7 @@ async def scheduled_bot(start_bot: BotFactory, git_repo: str, **overrides: objec
 
 
 def schedule_runs(bot: Bot) -> list[str]:
-    return [v.run.trigger_ref or "" for v in bot.service.run_history("tick", limit=100)
+    return [v.run.trigger_ref or "" for v in bot.services.routines.history("tick", limit=100)
             if v.run.trigger_kind == "schedule"]
 
 
@@ -153,6 +153,7 @@ async def test_the_create_form_takes_a_schedule_and_checks_it_inline(
     assert list(worse.json()["errors"]) == ["schedule"]
     assert good.status == 200 and good.text == ""
     deadline = time.monotonic() + 10
-    while not [v for v in bot.service.run_history("formed") if v.run.trigger_kind == "schedule"]:
+    while not [v for v in bot.services.routines.history("formed")
+               if v.run.trigger_kind == "schedule"]:
         assert time.monotonic() < deadline, "the schedule from the form never fired"
         await asyncio.sleep(0.1)

@@ -31,7 +31,7 @@ async def test_forged_signature_is_refused_and_queues_nothing(
     reply = await fake.post(body, signature="v0=" + "0" * 64)
 
     assert reply.status == 401
-    assert bot.service.run_history("nightly") == []
+    assert bot.services.routines.history("nightly") == []
 
 
 async def test_replayed_request_older_than_five_minutes_is_refused(
@@ -44,7 +44,7 @@ async def test_replayed_request_older_than_five_minutes_is_refused(
     reply = await fake.post(body, timestamp=old)  # correctly signed, but stale
 
     assert reply.status == 401
-    assert bot.service.run_history("nightly") == []
+    assert bot.services.routines.history("nightly") == []
 
 
 async def test_unknown_routine_says_so(start_bot: BotFactory) -> None:
@@ -81,8 +81,8 @@ async def test_modal_errors_are_shown_on_the_fields_and_nothing_is_saved(
     assert reply.json()["response_action"] == "errors"
     assert errors["name"] == "A routine named `nightly` already exists."
     assert set(errors) == {"name", "prompt", "repo_url", "branch", "timeout_seconds"}
-    assert [o.routine.name for o in bot.service.list_routines()] == ["nightly"]
-    assert bot.service.get_routine("nightly").prompt == "Check things."
+    assert [o.routine.name for o in bot.services.routines.overviews()] == ["nightly"]
+    assert bot.services.routines.get("nightly").prompt == "Check things."
 
 
 async def test_list_status_and_history_answer_ephemerally(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bot.core import schedule
-from bot.services.service import RoutineOverview
+from bot.services.views import RoutineOverview
 from bot.store.tables import KillSwitch, Routine, Run
 
 MAX_BLOCKS = 100  # Slack's limit for a Home tab

@@ -28,6 +28,13 @@ PENDING_STATUSES = frozenset({RunStatus.AWAITING_APPROVAL, RunStatus.QUEUED,
                               RunStatus.RUNNING})
 
 
+class StopKind(StrEnum):
+    """Why a running run was asked to stop (who asked is `Run.stop_requested_by`)."""
+
+    KILL_SWITCH = "kill_switch"
+    CANCEL = "cancel"
+
+
 class RiskLevel(StrEnum):
     LOW = "low"  # runs freely
     MEDIUM = "medium"  # runs; what it would publish waits for approval

@@ -20,7 +20,7 @@ from bot.logs import configure_logging
 from bot.settings import Settings
 
 if TYPE_CHECKING:
-    from bot.services.service import RoutineService
+    from bot.services import Services
     from bot.store.database import Database
 
 
@@ -74,10 +74,10 @@ async def serve(settings: Settings) -> None:
         await bot.stop()
 
 
-def offline_service() -> tuple[RoutineService, Database]:
-    """The service over the database alone, for commands that need no Slack or Docker
+def offline_services() -> tuple[Services, Database]:
+    """The services over the database alone, for commands that need no Slack or Docker
     (what they read was redacted when it was stored)."""
-    from bot.services.service import RoutineService, ServicePolicy
+    from bot.services import ServicePolicy, Services
     from bot.store.database import Database
 
     settings = Settings(slack_bot_token="", anthropic_api_key="",
@@ -86,7 +86,7 @@ def offline_service() -> tuple[RoutineService, Database]:
                                             .split(",") if v.strip()))
     db = Database(settings.database_url)
     redact = Redactor(settings.secrets)
-    return RoutineService(db, ServicePolicy.from_settings(settings), redact), db
+    return Services(db, ServicePolicy.from_settings(settings), redact), db
 
 
 def print_logs(run_id: int, text: bool = False, diff: bool = False) -> None:
@@ -94,25 +94,25 @@ def print_logs(run_id: int, text: bool = False, diff: bool = False) -> None:
     values are masked again on the way out."""
     from bot.core.run_log import log_lines
 
-    service, db = offline_service()
+    services, db = offline_services()
     try:
         if diff:
-            print(service.redact(service.get_run(run_id).run.diff), end="")
+            print(services.redact(services.runs.get(run_id).run.diff), end="")
             return
-        events = service.run_events(run_id)
+        events = services.runs.events(run_id)
         lines = log_lines(events, limit=None) if text else [json.dumps(e) for e in events]
         for line in lines:
-            print(service.redact(line))
+            print(services.redact(line))
     finally:
         db.close()
 
 
 def print_audit(routine: str | None, as_json: bool) -> None:
     """Every entry, oldest first, read in pages so a long history streams."""
-    service, db = offline_service()
+    services, db = offline_services()
     try:
         after = 0
-        while page := service.audit_entries(routine, limit=None, after_id=after, page=500):
+        while page := services.audit.entries(routine, limit=None, after_id=after, page=500):
             for entry in page:
                 record = {"id": entry.id, "at": entry.at.isoformat(), "actor": entry.actor,
                           "action": entry.action, "routine": entry.routine,

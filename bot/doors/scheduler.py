@@ -1,5 +1,5 @@
 """The scheduler as a door: APScheduler (through `bot.core.schedule.ScheduleRunner`, the one
-module that touches it) calls the service, exactly like the Slack and HTTP doors.
+module that touches it) calls the services, exactly like the Slack and HTTP doors.
 
 The database is the truth: at start-up the jobs are rebuilt from the saved schedules,
 after one catch-up decision per routine for the fires missed while the bot was down.
@@ -15,8 +15,10 @@ from datetime import datetime
 from bot.core.digest import Digest
 from bot.core.schedule import Schedule, ScheduleRunner
 from bot.errors import RoutinesError
+from bot.services import Services
 from bot.services.digests import DigestService
-from bot.services.service import MissedFires, RoutineService
+from bot.services.events import DigestScheduleChanged, ScheduleChanged
+from bot.services.views import MissedFires
 from bot.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -26,29 +28,27 @@ DIGEST = "digest"  # the job kind of channel digests, beside routines
 
 
 class Scheduler:
-    def __init__(self, service: RoutineService, announce_missed: AnnounceMissed,
+    def __init__(self, services: Services, announce_missed: AnnounceMissed,
                  grace_seconds: int, digests: DigestService | None = None,
                  post_digest: PostDigest | None = None) -> None:
-        self.service = service
+        self.services = services
         self.announce_missed = announce_missed
         self.grace_seconds = grace_seconds
         self.runner = ScheduleRunner(self._fire, grace_seconds, missed=self._missed)
         self._loop: asyncio.AbstractEventLoop | None = None
-        service.on_schedule_changed(self._changed)
         self.digests = digests
         self.post_digest = post_digest
         if digests is not None:
             self.runner.register(DIGEST, self._fire_digest)  # a late digest covers it all
-            digests.on_schedule_changed(self._digest_changed)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         now = utcnow()
-        for missed in await asyncio.to_thread(self.service.catch_up_schedules, now,
+        for missed in await asyncio.to_thread(self.services.schedules.catch_up, now,
                                               self.grace_seconds):
             await self._announce(missed)
         self.runner.start()
-        for name, when in (await asyncio.to_thread(self.service.schedules)).items():
+        for name, when in (await asyncio.to_thread(self.services.schedules.all)).items():
             self.runner.set(name, when, after=now)
         if self.digests is not None:
             await self._start_digests(self.digests, now)
@@ -76,10 +76,10 @@ class Scheduler:
     def stop(self) -> None:
         self.runner.shutdown()
 
-    def _changed(self, name: str, when: Schedule | None) -> None:
-        """Thread-safe: the service calls it from whichever thread saved the schedule."""
+    def schedule_changed(self, event: ScheduleChanged) -> None:
+        """Thread-safe: published from whichever thread saved the schedule."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._apply, name, when)
+            self._loop.call_soon_threadsafe(self._apply, event.routine, event.schedule)
 
     def _apply(self, name: str, when: Schedule | None) -> None:
         if when is None:
@@ -87,10 +87,10 @@ class Scheduler:
         else:
             self.runner.set(name, when)
 
-    def _digest_changed(self, channel_id: str, when: Schedule | None) -> None:
-        """Thread-safe, as `_changed`."""
+    def digest_schedule_changed(self, event: DigestScheduleChanged) -> None:
+        """Thread-safe, as `schedule_changed`."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._apply_digest, channel_id, when)
+            self._loop.call_soon_threadsafe(self._apply_digest, event.channel, event.schedule)
 
     def _apply_digest(self, channel_id: str, when: Schedule | None) -> None:
         if when is None:
@@ -107,12 +107,12 @@ class Scheduler:
 
     async def _fire(self, name: str, scheduled_for: datetime) -> None:
         try:
-            await asyncio.to_thread(self.service.schedule_fired, name, scheduled_for)
+            await asyncio.to_thread(self.services.schedules.fired, name, scheduled_for)
         except RoutinesError as exc:  # rate limited, routine deleted...: said, not raised
             log.warning("scheduled run of %s at %s not queued: %s", name, scheduled_for, exc)
 
     async def _missed(self, name: str, scheduled_for: datetime) -> None:
-        missed = await asyncio.to_thread(self.service.schedule_missed, name,
+        missed = await asyncio.to_thread(self.services.schedules.missed, name,
                                          (scheduled_for,), "the scheduler was late")
         await self._announce(missed)
 

@@ -18,9 +18,11 @@ from typing import Any
 import docker.errors
 
 from bot.core.budget import Spend
-from bot.core.statuses import ApprovalStatus, RunStatus
+from bot.core.statuses import RunStatus
 from bot.core.verdict import RunOutcome, decide_outcome
-from bot.services.service import RoutineService, RunView
+from bot.execution.wake import WakeLoop
+from bot.services import Services
+from bot.services.views import RunView
 from runner.contract import Event, RunResult
 from runner.host import publish
 from runner.host.sandbox import RunControl, Sandbox
@@ -32,10 +34,10 @@ LOST_CONTAINER = "interrupted: the bot restarted and the run's container was gon
 
 
 class Dispatcher:
-    def __init__(self, service: RoutineService, sandbox: Sandbox, announce: Announce,
+    def __init__(self, services: Services, sandbox: Sandbox, announce: Announce,
                  max_concurrent: int, poll_seconds: float = 2.0,
                  announce_spend: AnnounceSpend | None = None) -> None:
-        self.service = service
+        self.services = services
         self.sandbox = sandbox
         self.announce = announce
         self.announce_spend = announce_spend
@@ -43,9 +45,8 @@ class Dispatcher:
         self.poll_seconds = poll_seconds
         self._active: dict[int, tuple[asyncio.Task[None], RunControl]] = {}
         self._executor = ThreadPoolExecutor(max_concurrent + 1, thread_name_prefix="run")
-        self._wake = asyncio.Event()
+        self._claims = WakeLoop("dispatcher", self._claim, poll_seconds)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -54,14 +55,13 @@ class Dispatcher:
             await self._reconcile()
         except docker.errors.DockerException as exc:
             log.error("docker engine unavailable at start, runs will error: %s", exc)
-        for view in await asyncio.to_thread(self.service.runs_to_announce):
+        for view in await asyncio.to_thread(self.services.runs.to_announce):
             await self._announce(view)
-        self._task = asyncio.create_task(self._claim_loop(), name="dispatcher")
+        self._claims.start()
 
     def wake(self) -> None:
-        """Thread-safe: the service calls it from whatever thread queued the run."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        """Thread-safe: a run was queued (from whatever thread queued it)."""
+        self._claims.wake()
 
     def stop_run(self, run_id: int) -> None:
         """Thread-safe: kill a running run's container now (cancel, kill switch). Its
@@ -85,35 +85,9 @@ class Dispatcher:
 
         self._loop.run_in_executor(None, self.sandbox.kill, run_id).add_done_callback(done)
 
-    async def publish(self, view: RunView) -> None:
-        """Push an approved run's kept commit to its bot-owned branch, or discard it
-        (rejected, expired). Done here, on the host, never from the sandbox."""
-        run, routine = view.run, view.routine
-        assert run.id is not None
-        decision = await asyncio.to_thread(self.service.publish_decision, run.id)
-        root = self.sandbox.config.workspace_root
-        if decision is None or decision.status != ApprovalStatus.APPROVED:
-            await asyncio.to_thread(publish.discard, root, run.id)
-            why = decision.status if decision else "no decision"
-            await asyncio.to_thread(self.service.record_published, run.id, None,
-                                    f"commit {run.commit_sha} discarded ({why})")
-            return
-        ref = publish.branch_ref(routine.name, run.id)
-        try:
-            sha = await asyncio.to_thread(publish.push, root, run.id, routine.repo_url, ref)
-        except publish.PublishError as exc:
-            log.error("push of run %s failed: %s", run.id, exc)
-            await asyncio.to_thread(self.service.record_published, run.id, None,
-                                    f"push failed: {exc}")
-            return
-        await asyncio.to_thread(self.service.record_published, run.id, ref, f"pushed {sha}")
-
     async def stop(self) -> None:
         """Stop waiting on runs without killing them: the next start adopts them."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._claims.stop()
         for _, control in self._active.values():
             control.detach()
         await asyncio.gather(*(task for task, _ in self._active.values()),
@@ -124,19 +98,13 @@ class Dispatcher:
     def active_runs(self) -> list[int]:
         return list(self._active)
 
-    async def _claim_loop(self) -> None:
-        while True:
-            while len(self._active) < self.max_concurrent:
-                view = await asyncio.to_thread(self.service.claim_next_run)
-                if view is None:
-                    break
-                self._spawn(view, container=None)
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
-            # stop() sends when it lands as the event fires, and stop() then hangs.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_seconds):
-                    await self._wake.wait()
-            self._wake.clear()
+    async def _claim(self) -> None:
+        """Start queued runs while a slot is free."""
+        while len(self._active) < self.max_concurrent:
+            view = await asyncio.to_thread(self.services.runs.claim_next)
+            if view is None:
+                break
+            self._spawn(view, container=None)
 
     def _spawn(self, view: RunView, container: Any) -> None:
         run_id = view.run.id
@@ -147,26 +115,26 @@ class Dispatcher:
 
         def done(_: asyncio.Task[None]) -> None:
             self._active.pop(run_id, None)
-            self._wake.set()
+            self._claims.wake_here()
 
         task.add_done_callback(done)
 
     async def _execute(self, view: RunView, control: RunControl, container: Any) -> None:
-        spec = self.service.run_spec(view)
+        spec = self.services.runs.spec(view)
         loop = asyncio.get_running_loop()
 
         def on_event(seq: int, event: Event) -> None:
-            self.service.record_event(spec.run_id, seq, event)
+            self.services.runs.record_event(spec.run_id, seq, event)
 
         def on_started(container_id: str) -> None:
-            self.service.record_container(spec.run_id, container_id)
+            self.services.runs.record_container(spec.run_id, container_id)
 
         try:
             if container is None:
                 result = await loop.run_in_executor(
                     self._executor, self.sandbox.execute, spec, on_event, on_started, control)
             else:
-                seen = await asyncio.to_thread(self.service.last_event_seq, spec.run_id)
+                seen = await asyncio.to_thread(self.services.runs.last_event_seq, spec.run_id)
                 result = await loop.run_in_executor(
                     self._executor, self.sandbox.follow, spec, container, on_event, control, seen)
         except Exception as exc:  # a bug must not leave the run `running` forever
@@ -176,13 +144,13 @@ class Dispatcher:
             return
         outcome = decide_outcome(result, spec.timeout_seconds)
         finished = await asyncio.to_thread(
-            self.service.finish_run, spec.run_id, outcome, result.input_tokens,
+            self.services.runs.finish, spec.run_id, outcome, result.input_tokens,
             result.output_tokens, result.diff, result.commit)
         if result.commit and finished.run.commit_sha is None:  # nothing to publish
             await asyncio.to_thread(publish.discard, self.sandbox.config.workspace_root,
                                     spec.run_id)
         await self._announce(finished)
-        spend = await asyncio.to_thread(self.service.spend_alert_due)
+        spend = await asyncio.to_thread(self.services.spend.alert_due)
         if spend is not None and self.announce_spend is not None:
             try:
                 await self.announce_spend(spend, finished.routine.channel_id)
@@ -197,11 +165,11 @@ class Dispatcher:
             log.exception("could not announce run %s", view.run.id)
             return
         assert view.run.id is not None
-        await asyncio.to_thread(self.service.mark_announced, view.run.id)
+        await asyncio.to_thread(self.services.runs.mark_announced, view.run.id)
 
     async def _reconcile(self) -> None:
         containers = await asyncio.to_thread(self.sandbox.find_run_containers)
-        running = await asyncio.to_thread(self.service.runs_with_status, RunStatus.RUNNING)
+        running = await asyncio.to_thread(self.services.runs.with_status, RunStatus.RUNNING)
         for view in running:
             assert view.run.id is not None
             container = containers.pop(view.run.id, None)
@@ -211,7 +179,7 @@ class Dispatcher:
                 continue
             log.warning("run %s was running but its container is gone", view.run.id)
             finished = await asyncio.to_thread(
-                self.service.finish_run, view.run.id,
+                self.services.runs.finish, view.run.id,
                 RunOutcome(RunStatus.FAILED, None, LOST_CONTAINER), 0, 0, "")
             await self._announce(finished)
         for run_id, container in containers.items():

@@ -8,7 +8,6 @@ Methods are synchronous; async doors call them through `asyncio.to_thread`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -39,10 +38,10 @@ from bot.core.digest import (
 from bot.core.pricing import PriceTable
 from bot.core.statuses import PENDING_STATUSES, RunStatus
 from bot.errors import RoutinesError
+from bot.services.events import DigestScheduleChanged, EventBus
+from bot.store import audit
 from bot.store.database import Database
-from bot.store.tables import AuditEntry, DigestSubscription, MissedFire, Routine, Run, utcnow
-
-DigestListener = Callable[[str, "schedule.Schedule | None"], None]
+from bot.store.tables import DigestSubscription, MissedFire, Routine, Run, as_utc, utcnow
 
 
 class NotSubscribed(RoutinesError, LookupError):
@@ -65,16 +64,12 @@ class DigestService:
     """Subscriptions (one per channel) and the digest of a channel's current period."""
 
     def __init__(self, db: Database, prices: PriceTable, min_interval_seconds: int = 60,
-                 limits: DigestLimits | None = None) -> None:
+                 limits: DigestLimits | None = None, bus: EventBus | None = None) -> None:
         self.db = db
         self.prices = prices
         self.min_interval_seconds = min_interval_seconds
         self.limits = limits or DigestLimits()
-        self._listeners: list[DigestListener] = []
-
-    def on_schedule_changed(self, listener: DigestListener) -> None:
-        """Called with (channel, schedule or None) after a subscription is saved or removed."""
-        self._listeners.append(listener)
+        self.bus = bus or EventBus()
 
     # Subscriptions -------------------------------------------------------------------
 
@@ -97,9 +92,9 @@ class DigestService:
                 session.flush()
             except IntegrityError:  # subscribed at the same moment elsewhere
                 raise RoutinesError("This channel was just subscribed; try again.") from None
-            session.add(AuditEntry(actor=actor, action="digest_subscribed",
-                                   details=f"{channel_id} {when.expression} ({when.timezone})"))
-        self._changed(channel_id, when)
+            audit.record(session, actor, "digest_subscribed", None,
+                         f"{channel_id} {when.expression} ({when.timezone})")
+        self.bus.publish(DigestScheduleChanged(channel_id, when))
         return row, when
 
     def unsubscribe(self, channel_id: str, actor: str) -> None:
@@ -108,9 +103,8 @@ class DigestService:
             if row is None:
                 raise NotSubscribed(channel_id)
             session.delete(row)
-            session.add(AuditEntry(actor=actor, action="digest_unsubscribed",
-                                   details=channel_id))
-        self._changed(channel_id, None)
+            audit.record(session, actor, "digest_unsubscribed", None, channel_id)
+        self.bus.publish(DigestScheduleChanged(channel_id, None))
 
     def subscription(self, channel_id: str) -> DigestSubscription | None:
         with self.db.session() as session:
@@ -135,7 +129,7 @@ class DigestService:
         with self.db.session() as session:
             rows = session.exec(select(DigestSubscription)).all()
         return [r.channel_id for r in rows if digest_owed(
-            schedule.Schedule(r.schedule, r.schedule_tz), _aware(r.last_sent_at), now)]
+            schedule.Schedule(r.schedule, r.schedule_tz), as_utc(r.last_sent_at), now)]
 
     # Digests -------------------------------------------------------------------------
 
@@ -143,7 +137,7 @@ class DigestService:
         """The channel's digest: since its last one (or since it subscribed); a channel
         without a subscription gets the last `DEFAULT_PERIOD`."""
         row = self.subscription(channel_id)
-        start = _aware(row.last_sent_at) if row else now - DEFAULT_PERIOD
+        start = as_utc(row.last_sent_at) if row else now - DEFAULT_PERIOD
         return build_digest(self.facts(channel_id, start, now), self.prices, self.limits)
 
     def mark_sent(self, digest: Digest) -> None:
@@ -258,7 +252,7 @@ class DigestService:
             .join(Routine, col(Routine.id) == col(MissedFire.routine_id)).where(recorded)
             .order_by(col(MissedFire.scheduled_for).desc(), col(MissedFire.id).desc())
             .limit(limit)).all()
-        return Listed(tuple(MissedFact(name, _aware(when), why) for name, when, why in rows),
+        return Listed(tuple(MissedFact(name, as_utc(when), why) for name, when, why in rows),
                       int(total))
 
     @staticmethod
@@ -275,10 +269,6 @@ class DigestService:
                     for at in next_fire[schedule.Schedule(expression or "", zone)]]
         return tuple(sorted(upcoming, key=lambda u: (u.at, u.routine))[:limit])
 
-    def _changed(self, channel_id: str, when: schedule.Schedule | None) -> None:
-        for listener in self._listeners:
-            listener(channel_id, when)
-
 
 _RUN_FACT = (col(Run.id), col(Run.routine_id), col(Run.status), col(Run.finished_at),
              col(Run.reason))
@@ -291,10 +281,6 @@ def _statuses(names: tuple[str, ...]) -> list[RunStatus]:
 def _run_fact(row: Any, names: dict[int, str]) -> RunFact:
     run_id, routine_id, status, finished_at, reason, duration = row
     return RunFact(run_id, names.get(routine_id, f"#{routine_id}"), str(status),
-                   _aware(finished_at), reason or "",
+                   as_utc(finished_at), reason or "",
                    float(duration) if duration is not None else None)
 
-
-def _aware(value: datetime) -> datetime:
-    """SQLite drops the time zone; every stored time is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -14,12 +14,18 @@ from bot.core.statuses import (
     BusyPolicy,
     RiskLevel,
     RunStatus,
+    StopKind,
     TriggerKind,
 )
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite drops the time zone; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def timestamp_field(*, required: bool = False) -> Any:
@@ -97,7 +103,8 @@ class Run(SQLModel, table=True):
     retry_of: int | None = Field(default=None, foreign_key="run.id")
     not_before: datetime | None = timestamp_field()  # a retry waits out its backoff
     held_at: datetime | None = timestamp_field()  # held by the kill switch until released
-    stop_requested_by: str | None = None  # `/routine cancel`, or "kill switch"
+    stop_requested_by: str | None = None  # who engaged the kill switch or cancelled it
+    stop_kind: StopKind | None = None  # why it was asked to stop
     commit_sha: str | None = None  # medium risk: the kept commit, pushed after approval
     published_ref: str | None = None  # where it was pushed
     announce_channel: str | None = None  # where the result message was posted...

@@ -1,6 +1,6 @@
 """The HTTP API door: another system queues a run with a routine's token and JSON.
 
-Thin by design: read the request, call the service, map its errors to statuses. The
+Thin by design: read the request, call the services, map its errors to statuses. The
 rules (token of this routine, paused, idempotency, rate limit, payload template) live in
 `RoutineService`, so the Slack and GitHub doors obey the same ones.
 """
@@ -27,13 +27,14 @@ from bot.errors import (
     RoutinesError,
     RunNotFound,
 )
-from bot.services.service import RoutineService, RunView
+from bot.services import Services
+from bot.services.views import RunView
 from bot.settings import Settings
 
 MAX_KEY_CHARS = 200
 
 
-def add_api_routes(app: web.Application, service: RoutineService, settings: Settings) -> None:
+def add_api_routes(app: web.Application, services: Services, settings: Settings) -> None:
     async def queue_run(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         body = await read_limited(request, settings.api_max_body_bytes)
@@ -50,7 +51,7 @@ def add_api_routes(app: web.Application, service: RoutineService, settings: Sett
                           f"Idempotency-Key must be 1-{MAX_KEY_CHARS} characters")
         try:
             triggered = await asyncio.to_thread(
-                service.api_trigger, name, _bearer(request), payload, key)
+                services.tokens.trigger, name, _bearer(request), payload, key)
         except RoutinesError as exc:
             return _refusal(exc)
         run = triggered.view.run
@@ -64,7 +65,7 @@ def add_api_routes(app: web.Application, service: RoutineService, settings: Sett
     async def run_status(request: web.Request) -> web.Response:
         try:
             run_id = int(request.match_info["run_id"])
-            view = await asyncio.to_thread(service.api_run, run_id, _bearer(request))
+            view = await asyncio.to_thread(services.tokens.run, run_id, _bearer(request))
         except ValueError:
             return refusal_body(404, "not_found", "no such run")
         except RoutinesError as exc:
@@ -74,16 +75,16 @@ def add_api_routes(app: web.Application, service: RoutineService, settings: Sett
     app.router.add_post("/api/v1/routines/{name}/runs", queue_run)
     app.router.add_get("/api/v1/runs/{run_id}", run_status)
     app.router.add_post("/api/v1/routines/{name}/{verb:pause|resume}",
-                        _pause_or_resume(service))
+                        _pause_or_resume(services))
 
 
-def _pause_or_resume(service: RoutineService) -> Callable[
+def _pause_or_resume(services: Services) -> Callable[
         [web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         """Acts as the token's creator: the same role rule as `/routine pause`."""
         name, verb = request.match_info["name"], request.match_info["verb"]
         try:
-            routine = await asyncio.to_thread(service.api_set_paused, name,
+            routine = await asyncio.to_thread(services.tokens.set_paused, name,
                                               _bearer(request), verb == "pause")
         except RoutinesError as exc:
             return _refusal(exc)

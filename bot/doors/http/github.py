@@ -1,4 +1,4 @@
-"""The GitHub door: `POST /github/webhook`, verified, then handed to the service."""
+"""The GitHub door: `POST /github/webhook`, verified, then handed to the services."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from aiohttp import web
 from bot.core.github import verify_signature
 from bot.doors.http.api import read_limited, refusal_body
 from bot.errors import KillSwitchEngaged
-from bot.services.service import RoutineService
+from bot.services import Services
 from bot.settings import Settings
 
 
-def add_webhook_route(app: web.Application, service: RoutineService,
+def add_webhook_route(app: web.Application, services: Services,
                       settings: Settings) -> None:
     async def github_webhook(request: web.Request) -> web.Response:
         body = await read_limited(request, settings.github_max_body_bytes)
@@ -36,7 +36,7 @@ def add_webhook_route(app: web.Application, service: RoutineService,
         except ValueError as exc:
             return refusal_body(400, "invalid_json", f"body is not valid JSON: {exc}")
         try:
-            outcome = await asyncio.to_thread(service.github_delivery, event, delivery,
+            outcome = await asyncio.to_thread(services.github.delivery, event, delivery,
                                               payload)
         except KillSwitchEngaged as exc:
             return refusal_body(503, "kill_switch", str(exc))

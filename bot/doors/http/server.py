@@ -10,7 +10,7 @@ from slack_bolt.async_app import AsyncApp
 
 from bot.doors.http.api import add_api_routes
 from bot.doors.http.github import add_webhook_route
-from bot.services.service import RoutineService
+from bot.services import Services
 from bot.settings import Settings
 from bot.store.database import Database
 
@@ -18,11 +18,11 @@ MAX_BODY_BYTES = 1024 * 1024  # Slack's payloads are far smaller (the API and Gi
 # read their bodies themselves, under their own limits)
 
 
-def build_web_app(slack: AsyncApp, db: Database, service: RoutineService,
+def build_web_app(slack: AsyncApp, db: Database, services: Services,
                   settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    add_api_routes(app, service, settings)
-    add_webhook_route(app, service, settings)
+    add_api_routes(app, services, settings)
+    add_webhook_route(app, services, settings)
 
     async def slack_events(request: web.Request) -> web.Response:
         bolt_response = await slack.async_dispatch(await to_bolt_request(request))

@@ -16,16 +16,17 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.core.budget import Spend
 from bot.core.digest import Digest
 from bot.doors.slack.messages import Messages
-from bot.services.service import MissedFires, RoutineService, RunView
+from bot.services import Services
+from bot.services.views import MissedFires, RunView
 
 
 class Announcer:
     def __init__(self, client: AsyncWebClient, messages: Messages,
-                 service: RoutineService | None = None,
+                 services: Services | None = None,
                  incidents_channel: str = "") -> None:
         self.client = client
         self.messages = messages
-        self.service = service
+        self.services = services
         self.incidents_channel = incidents_channel
 
     async def __call__(self, view: RunView) -> None:
@@ -33,8 +34,8 @@ class Announcer:
         response = await self.client.chat_postMessage(channel=view.routine.channel_id,
                                                       **message)
         ts, channel = response.get("ts"), response.get("channel")
-        if self.service is not None and view.run.id is not None and ts:
-            await asyncio.to_thread(self.service.record_announcement, view.run.id,
+        if self.services is not None and view.run.id is not None and ts:
+            await asyncio.to_thread(self.services.runs.record_announcement, view.run.id,
                                     str(channel or view.routine.channel_id), str(ts))
 
     async def missed(self, missed: MissedFires) -> None:

@@ -20,16 +20,18 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.core.run_log import diff_summary
 from bot.doors.slack.messages import Messages
 from bot.errors import RoutinesError
-from bot.services.service import ApprovalView, RoutineService, RunView
+from bot.execution.wake import WakeLoop
+from bot.services import Services
+from bot.services.views import ApprovalView, RunView
 from bot.store.tables import utcnow
 
 log = logging.getLogger(__name__)
-Publisher = Callable[[RunView], Awaitable[None]]
+Publish = Callable[[RunView], Awaitable[None]]
 
 
 class ApprovalMessages:
-    def __init__(self, service: RoutineService, messages: Messages) -> None:
-        self.service = service
+    def __init__(self, services: Services, messages: Messages) -> None:
+        self.services = services
         self.messages = messages
 
     def render(self, view: ApprovalView) -> dict[str, Any]:
@@ -40,7 +42,7 @@ class ApprovalMessages:
         response = await client.chat_postMessage(channel=view.routine.channel_id,
                                                  **self.render(view))
         assert view.approval.id is not None
-        await asyncio.to_thread(self.service.record_approval_message, view.approval.id,
+        await asyncio.to_thread(self.services.approvals.record_message, view.approval.id,
                                 str(response["channel"]), str(response["ts"]))
 
     async def update(self, client: AsyncWebClient, view: ApprovalView) -> None:
@@ -56,8 +58,8 @@ class ApprovalMessages:
         why not (not an approver, their own run, someone else decided first)."""
         user = body["user"]["id"]
         try:
-            view = await asyncio.to_thread(self.service.decide, int(raw_id), user, approve,
-                                           reason)
+            view = await asyncio.to_thread(self.services.approvals.decide, int(raw_id), user,
+                                           approve, reason)
         except (ValueError, RoutinesError) as exc:
             await self.tell(client, body, raw_id, str(exc))
             return
@@ -68,7 +70,7 @@ class ApprovalMessages:
         channel = (body.get("channel") or {}).get("id")
         if not channel:  # a form submission: answer where the request is
             with contextlib.suppress(ValueError, RoutinesError):
-                view = await asyncio.to_thread(self.service.get_approval, int(raw_id))
+                view = await asyncio.to_thread(self.services.approvals.get, int(raw_id))
                 channel = view.approval.channel_id
         if channel:
             await client.chat_postEphemeral(
@@ -77,56 +79,36 @@ class ApprovalMessages:
 
 
 class ApprovalDesk:
-    def __init__(self, service: RoutineService, client: AsyncWebClient,
-                 approval_messages: ApprovalMessages, publish: Publisher,
+    def __init__(self, services: Services, client: AsyncWebClient,
+                 approval_messages: ApprovalMessages, publish: Publish,
                  sweep_seconds: float = 5.0) -> None:
-        self.service = service
+        self.services = services
         self.client = client
         self.approval_messages = approval_messages
         self.publish = publish
-        self.sweep_seconds = sweep_seconds
-        self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        service.on_approval_requested(self.wake)
-        service.on_publish_approved(lambda _run_id: self.wake())
+        self.loop = WakeLoop("approval-desk", self.sweep, sweep_seconds)
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._loop_forever(), name="approval-desk")
+        self.loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.loop.stop()
 
     def wake(self) -> None:
-        """Thread-safe: the service calls it from whichever thread stored the request."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
-
-    async def _loop_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:  # Slack or the database hiccuped: the next sweep retries
-                log.exception("approval sweep failed")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.sweep_seconds):
-                    await self._wake.wait()
-            self._wake.clear()
+        """Thread-safe: a request was stored or a publish decided, in any thread."""
+        self.loop.wake()
 
     async def sweep(self) -> None:
-        for view in await asyncio.to_thread(self.service.expire_approvals, utcnow()):
+        for view in await asyncio.to_thread(self.services.approvals.expire, utcnow()):
             await self.approval_messages.update(self.client, view)
-        for view in await asyncio.to_thread(self.service.approvals_to_post):
+        for view in await asyncio.to_thread(self.services.approvals.to_post):
             await self.approval_messages.post(self.client, view)
-        for run in await asyncio.to_thread(self.service.publish_pending):
+        for run in await asyncio.to_thread(self.services.publishing.publish_pending):
             await self.publish(run)
-            approval = await asyncio.to_thread(self.service.publish_decision, _id(run))
+            approval = await asyncio.to_thread(self.services.publishing.publish_decision,
+                                               _id(run))
             if approval is not None and approval.id is not None:
-                view = await asyncio.to_thread(self.service.get_approval, approval.id)
+                view = await asyncio.to_thread(self.services.approvals.get, approval.id)
                 await self.approval_messages.update(self.client, view)
 
 

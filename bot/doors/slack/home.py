@@ -15,7 +15,6 @@ publishes for one user never race each other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -28,18 +27,15 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import func
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
 
 from bot.core import trigger
 from bot.core.home_page import home_page, mention
-from bot.core.statuses import PENDING_STATUSES
 from bot.doors.slack.messages import Messages
 from bot.errors import RoutinesError
-from bot.services.service import RoutineOverview, RoutineService
-from bot.store.database import Database
-from bot.store.tables import AuditEntry, HomeViewer, KillSwitch, Run, utcnow
+from bot.execution.wake import WakeLoop
+from bot.services import Services
+from bot.services.home import Snapshot
+from bot.store.tables import utcnow
 
 log = logging.getLogger(__name__)
 ACTIONS = re.compile(r"^home_(run|pause|resume)$")
@@ -47,55 +43,14 @@ VIEWER_DAYS = 30  # a user who has not opened Home for this long is no longer re
 NOTICE_SECONDS = 120.0  # how long the answer to a click stays on the clicker's Home
 PUBLISH_CONCURRENCY = 4
 
-Snapshot = tuple[list[RoutineOverview], KillSwitch]
-
-
-class HomeViewers:
-    """Who opened the Home tab, and when (the `homeviewer` table)."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def seen(self, user_id: str) -> None:
-        try:
-            with self.db.session() as session:
-                viewer = session.get(HomeViewer, user_id) or HomeViewer(user_id=user_id)
-                viewer.opened_at = utcnow()
-                session.add(viewer)
-        except IntegrityError:  # the same user's first open, recorded a moment ago elsewhere
-            pass
-
-    def since(self, when: datetime) -> list[str]:
-        with self.db.session() as session:
-            return list(session.exec(select(HomeViewer.user_id).where(
-                col(HomeViewer.opened_at) >= when).order_by(col(HomeViewer.user_id))).all())
-
-
-def change_stamp(db: Database) -> tuple[Any, ...]:
-    """Moves whenever something a Home shows changes: a state change is audited, a run is
-    queued (a new id), starts or finishes (the pending set), the kill switch flips."""
-    with db.session() as session:
-        audit = session.exec(select(func.max(AuditEntry.id))).one()
-        newest_run = session.exec(select(func.max(Run.id))).one()
-        pending = tuple(session.exec(select(Run.id, Run.status).where(
-            col(Run.status).in_(PENDING_STATUSES)).order_by(col(Run.id))).all())
-        switch = KillSwitch.current(session)
-        switch_state = (switch.engaged, switch.changed_at)
-    return audit, newest_run, pending, switch_state
-
-
 class HomeTab:
-    def __init__(self, service: RoutineService, messages: Messages, client: AsyncWebClient,
-                 db: Database, refresh_seconds: float) -> None:
-        self.service = service
+    def __init__(self, services: Services, messages: Messages, client: AsyncWebClient,
+                 refresh_seconds: float) -> None:
+        self.services = services
+        self.home = services.home
         self.messages = messages
         self.client = client
-        self.db = db
-        self.viewers = HomeViewers(db)
-        self.refresh_seconds = refresh_seconds
-        self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.loop = WakeLoop("home-tab", self.refresh, refresh_seconds)
         self._stamp: tuple[Any, ...] | None = None
         self._due: set[str] = set()  # users whose Home is published at the next round
         self._notices: dict[str, tuple[str, float]] = {}
@@ -106,19 +61,14 @@ class HomeTab:
         app.action(ACTIONS)(self.clicked)
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._refresh_loop(), name="home-tab")
+        self.loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.loop.stop()
 
     def changed(self) -> None:
         """Thread-safe: something changed here; refresh now rather than at the next poll."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self.loop.wake()
 
     # Listeners -----------------------------------------------------------------------
 
@@ -126,7 +76,7 @@ class HomeTab:
         if event.get("tab", "home") != "home":
             return  # the Messages tab also sends app_home_opened
         user_id = str(event["user"])
-        await asyncio.to_thread(self.viewers.seen, user_id)
+        await asyncio.to_thread(self.home.seen, user_id)
         self._due_now(user_id)
 
     async def clicked(self, ack: AsyncAck, body: dict[str, Any],
@@ -142,24 +92,24 @@ class HomeTab:
             log.exception("Home %s of %s failed", verb, name)
             notice = f"Could not {verb} `{name}`: an internal error (it was logged)."
         self._notices[user_id] = (notice, time.monotonic() + NOTICE_SECONDS)
-        await asyncio.to_thread(self.viewers.seen, user_id)
+        await asyncio.to_thread(self.home.seen, user_id)
         self._due_now(user_id)
 
     def _act(self, verb: str, name: str, user_id: str) -> str:
         """The same service calls as the slash command; runs in a worker thread."""
         if verb == "run":
-            view = self.service.trigger_run(name, trigger.manual(user_id)).view
+            view = self.services.triggers.trigger(name, trigger.manual(user_id)).view
             return str(self.messages.render("run_queued.json.j2", run=view.run,
                                             routine=view.routine)["text"])
         if verb == "pause":
-            routine = self.service.pause_routine(name, user_id)
+            routine = self.services.routines.pause(name, user_id)
         else:
-            routine = self.service.resume_routine(name, user_id)
+            routine = self.services.routines.resume(name, user_id)
         return str(self.messages.render("routine_paused.json.j2", routine=routine)["text"])
 
     def _due_now(self, user_id: str) -> None:
         self._due.add(user_id)
-        self._wake.set()
+        self.loop.wake_here()
 
     # Publishing ----------------------------------------------------------------------
 
@@ -172,33 +122,21 @@ class HomeTab:
         page = home_page(overviews, kill_switch, user_id, now, notice)
         return self.messages.render("app_home.json.j2", page=page, mention=mention)
 
-    async def _refresh_loop(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # the database may be down for a while: keep trying
-                log.warning("Home refresh failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.refresh_seconds):
-                    await self._wake.wait()
-            self._wake.clear()
-
     async def refresh(self) -> None:
         """One round: every recent viewer if the stamp moved; users due in any case."""
         due, self._due = self._due, set()
-        stamp = await asyncio.to_thread(change_stamp, self.db)
+        stamp = await asyncio.to_thread(self.home.change_stamp)
         moved = self._stamp is not None and stamp != self._stamp
         self._stamp = stamp
         users = set(due)
         if moved:
             since = utcnow() - timedelta(days=VIEWER_DAYS)
-            users.update(await asyncio.to_thread(self.viewers.since, since))
+            users.update(await asyncio.to_thread(self.home.viewers_since, since))
         if users:
             await self._publish(sorted(users), always=due)
 
     async def _publish(self, users: Iterable[str], always: set[str]) -> None:
-        snapshot: Snapshot = await asyncio.to_thread(
-            lambda: (self.service.list_routines(), self.service.kill_switch()))
+        snapshot = await asyncio.to_thread(self.home.snapshot)
         now = utcnow()
         slots = asyncio.Semaphore(PUBLISH_CONCURRENCY)
 

@@ -1,4 +1,4 @@
-"""Slack adapter: bolt listeners that parse, call the service, and render templates.
+"""Slack adapter: bolt listeners that parse, call the services, and render templates.
 
 No rule lives here. Blocking service calls go through `asyncio.to_thread` so one slow
 database call never delays another user's acknowledgement.
@@ -20,8 +20,8 @@ from bot.doors.slack.approvals import ApprovalMessages
 from bot.doors.slack.messages import Messages
 from bot.doors.slack.run_buttons import RunButtons
 from bot.errors import RoutinesError, ValidationFailed
+from bot.services import Services
 from bot.services.digests import DigestService
-from bot.services.service import RoutineService
 from bot.settings import Settings
 from bot.store.tables import utcnow
 
@@ -31,7 +31,7 @@ REJECT_CALLBACK = "approval_reject"
 KILLSWITCH_ANNOUNCED = {"engage": "engaged", "disengage": "disengaged"}
 
 
-def build_slack_app(settings: Settings, service: RoutineService, messages: Messages,
+def build_slack_app(settings: Settings, services: Services, messages: Messages,
                     client: AsyncWebClient, digests: DigestService | None = None) -> AsyncApp:
     app = AsyncApp(
         client=client,
@@ -39,10 +39,10 @@ def build_slack_app(settings: Settings, service: RoutineService, messages: Messa
         request_verification_enabled=not settings.socket_mode,
         logger=log,
     )
-    handlers = SlackHandlers(settings, service, messages, digests)
+    handlers = SlackHandlers(settings, services, messages, digests)
     app.command("/routine")(handlers.routine_command)
     app.view(CREATE_CALLBACK)(handlers.create_submitted)
-    buttons = RunButtons(service, messages)
+    buttons = RunButtons(services, messages)
     app.action("view_log")(buttons.view_log)
     app.action("retry_run")(buttons.retry)
     app.action("approve")(handlers.approve_clicked)
@@ -52,12 +52,12 @@ def build_slack_app(settings: Settings, service: RoutineService, messages: Messa
 
 
 class SlackHandlers:
-    def __init__(self, settings: Settings, service: RoutineService, messages: Messages,
+    def __init__(self, settings: Settings, services: Services, messages: Messages,
                  digests: DigestService | None = None) -> None:
         self.settings = settings
-        self.service = service
+        self.services = services
         self.messages = messages
-        self.approvals = ApprovalMessages(service, messages)
+        self.approvals = ApprovalMessages(services, messages)
         self.digests = digests
 
     async def routine_command(self, ack: AsyncAck, command: dict[str, Any],
@@ -116,7 +116,7 @@ class SlackHandlers:
         return self.messages.render("error.json.j2", message=message)
 
     def _run(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
-        triggered = self.service.trigger_run(parsed.name, trigger.manual(user_id))
+        triggered = self.services.triggers.trigger(parsed.name, trigger.manual(user_id))
         view = triggered.view
         if triggered.approval is not None:
             return self._say(f"Run #{view.run.id} of `{view.routine.name}` waits for approval "
@@ -124,17 +124,17 @@ class SlackHandlers:
         return self.messages.render("run_queued.json.j2", run=view.run, routine=view.routine)
 
     def _set(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
-        self.service.change_routine(parsed.name, parse_changes(parsed.arg.split()), user_id)
+        self.services.routines.change(parsed.name, parse_changes(parsed.arg.split()), user_id)
         return self.messages.render("routine_status.json.j2", github=[],
-                                    overview=self.service.routine_overview(parsed.name))
+                                    overview=self.services.routines.overview(parsed.name))
 
     def _delete(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
-        self.service.delete_routine(parsed.name, user_id)
+        self.services.routines.delete(parsed.name, user_id)
         return self._say(f"Routine `{parsed.name}` deleted, with its runs and tokens; the "
                          "audit log keeps the record.")
 
     def _cancel(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
-        view = self.service.cancel_run(int(parsed.arg), user_id)
+        view = self.services.runs.cancel(int(parsed.arg), user_id)
         if view.run.status.finished:
             return self._say(f"Run #{view.run.id} of `{view.routine.name}` cancelled.")
         return self._say(f"Run #{view.run.id} of `{view.routine.name}` is being stopped; "
@@ -143,23 +143,23 @@ class SlackHandlers:
     def _killswitch(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         verb = parsed.arg
         if verb == "engage":
-            report = self.service.engage_kill_switch(user_id, parsed.option)
+            report = self.services.kill_switch.engage(user_id, parsed.option)
         elif verb == "disengage":
-            report = self.service.disengage_kill_switch(user_id)
+            report = self.services.kill_switch.disengage(user_id)
         elif verb in {"release", "drop"}:
-            self.service.release_held(user_id, drop=verb == "drop")
-            report = self.service.kill_switch_report()
+            self.services.kill_switch.release_held(user_id, drop=verb == "drop")
+            report = self.services.kill_switch.report()
         else:
-            report = self.service.kill_switch_report()
+            report = self.services.kill_switch.report()
         event = {"release": "released", "drop": "dropped"}.get(
             verb, KILLSWITCH_ANNOUNCED.get(verb, "status"))
         return self.messages.render("killswitch.json.j2", report=report, event=event)
 
     def _audit(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         if parsed.name:
-            self.service.get_routine(parsed.name)  # an unknown routine is an error, not empty
+            self.services.routines.get(parsed.name)  # an unknown routine is an error, not empty
         return self.messages.render("audit_list.json.j2", routine=parsed.name,
-                                    entries=self.service.audit_entries(parsed.name or None))
+                                    entries=self.services.audit.entries(parsed.name or None))
 
     def _budget(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         if parsed.arg:
@@ -167,9 +167,9 @@ class SlackHandlers:
                 amount = float(parsed.arg.lstrip("$"))
             except ValueError:
                 return self._say("Say the cap in dollars: `/routine budget cap 50`.")
-            spend = self.service.set_spend_cap(amount, user_id)
+            spend = self.services.spend.set_cap(amount, user_id)
         else:
-            spend = self.service.spend_today()
+            spend = self.services.spend.today()
         return self.messages.render("spend.json.j2", spend=spend)
 
     async def approve_clicked(self, ack: AsyncAck, body: dict[str, Any],
@@ -182,7 +182,7 @@ class SlackHandlers:
         """Reject asks for an optional reason first (a modal); its submission decides."""
         await ack()
         try:
-            view = await asyncio.to_thread(self.service.get_approval, int(action["value"]))
+            view = await asyncio.to_thread(self.services.approvals.get, int(action["value"]))
         except (ValueError, RoutinesError) as exc:
             await self.approvals.tell(client, body, action.get("value", ""), str(exc))
             return
@@ -199,61 +199,61 @@ class SlackHandlers:
 
     def _list(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         return self.messages.render("routine_list.json.j2",
-                                    overviews=self.service.list_routines())
+                                    overviews=self.services.routines.overviews())
 
     def _status(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         return self.messages.render("routine_status.json.j2",
-                                    overview=self.service.routine_overview(parsed.name),
-                                    github=self.service.github_filters(parsed.name))
+                                    overview=self.services.routines.overview(parsed.name),
+                                    github=self.services.github.filters(parsed.name))
 
     def _history(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         return self.messages.render("run_history.json.j2",
-                                    routine=self.service.get_routine(parsed.name),
-                                    views=self.service.run_history(parsed.name))
+                                    routine=self.services.routines.get(parsed.name),
+                                    views=self.services.routines.history(parsed.name))
 
     def _pause(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
-        routine = self.service.pause_routine(parsed.name, user_id)
+        routine = self.services.routines.pause(parsed.name, user_id)
         return self.messages.render("routine_paused.json.j2", routine=routine)
 
     def _resume(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
-        routine = self.service.resume_routine(parsed.name, user_id)
+        routine = self.services.routines.resume(parsed.name, user_id)
         return self.messages.render("routine_paused.json.j2", routine=routine)
 
     def _token(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
-        value = self.service.create_token(parsed.name, parsed.arg, user_id)
+        value = self.services.tokens.create(parsed.name, parsed.arg, user_id)
         return self.messages.render(
             "token_created.json.j2", routine=parsed.name, token_name=parsed.arg, value=value,
             api_url=f"/api/v1/routines/{parsed.name}/runs")
 
     def _tokens(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         return self.messages.render("token_list.json.j2", routine=parsed.name,
-                                    tokens=self.service.list_tokens(parsed.name))
+                                    tokens=self.services.tokens.of_routine(parsed.name))
 
     def _revoke(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
-        self.service.revoke_token(parsed.name, parsed.arg, user_id)
+        self.services.tokens.revoke(parsed.name, parsed.arg, user_id)
         return self._say(f"Token `{parsed.arg}` of `{parsed.name}` revoked: it no longer works.")
 
     def _schedule(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         if parsed.arg.lower() == "off":
-            self.service.clear_schedule(parsed.name, user_id)
+            self.services.schedules.clear(parsed.name, user_id)
             return self._say(f"`{parsed.name}` no longer runs on a schedule.")
-        self.service.set_schedule(parsed.name, parsed.arg, parsed.option, user_id)
+        self.services.schedules.set(parsed.name, parsed.arg, parsed.option, user_id)
         return self.messages.render("routine_status.json.j2", github=[],
-                                    overview=self.service.routine_overview(parsed.name))
+                                    overview=self.services.routines.overview(parsed.name))
 
     def _retries(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         policy = retry.parse_policy(parsed.arg.split())
-        self.service.set_retry_policy(parsed.name, policy, user_id)
+        self.services.routines.set_retry_policy(parsed.name, policy, user_id)
         return self.messages.render("routine_status.json.j2",
-                                    overview=self.service.routine_overview(parsed.name),
-                                    github=self.service.github_filters(parsed.name))
+                                    overview=self.services.routines.overview(parsed.name),
+                                    github=self.services.github.filters(parsed.name))
 
     def _github(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         if parsed.arg.lower() == "off":
-            count = self.service.unsubscribe_github(parsed.name, user_id)
+            count = self.services.github.unsubscribe(parsed.name, user_id)
             return self._say(f"`{parsed.name}` no longer listens to GitHub "
                              f"({count} filters removed).")
-        wanted = self.service.subscribe_github(parsed.name, parsed.arg, user_id)
+        wanted = self.services.github.subscribe(parsed.name, parsed.arg, user_id)
         return self._say(f"`{parsed.name}` now runs on GitHub events matching "
                          f"`{wanted.describe()}`.")
 
@@ -301,7 +301,7 @@ class SlackHandlers:
         draft = draft_from_modal(view["state"]["values"])
         user_id = body["user"]["id"]
         try:
-            routine = await asyncio.to_thread(self.service.create_routine, draft, user_id)
+            routine = await asyncio.to_thread(self.services.routines.create, draft, user_id)
         except ValidationFailed as exc:
             await ack(response_action="errors", errors=exc.field_errors)
             return

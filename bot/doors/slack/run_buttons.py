@@ -9,7 +9,7 @@ longer than `LINE_CHARS` (as Slack receives it) is cut with a note. The workspac
 follows in one last message. Retry asks the service to run the run again; a refusal
 (paused, rate limited, not finished...) is told to the clicker alone.
 
-A thin adapter: parse, call the service, render.
+A thin adapter: parse, call the services, render.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.core.run_log import chunk, log_lines
 from bot.doors.slack.messages import Messages, escape_mrkdwn
 from bot.errors import RoutinesError
-from bot.services.service import RoutineService, RunView
+from bot.services import Services
+from bot.services.views import RunView
 from runner.contract import Event
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,8 @@ def _shown(line: str) -> str:
 
 
 class RunButtons:
-    def __init__(self, service: RoutineService, messages: Messages) -> None:
-        self.service = service
+    def __init__(self, services: Services, messages: Messages) -> None:
+        self.services = services
         self.messages = messages
 
     async def view_log(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any],
@@ -70,8 +71,8 @@ class RunButtons:
         await ack()
         try:
             run_id = _run_id(action)
-            view = await asyncio.to_thread(self.service.get_run, run_id)
-            events = await asyncio.to_thread(self.service.run_events, run_id)
+            view = await asyncio.to_thread(self.services.runs.get, run_id)
+            events = await asyncio.to_thread(self.services.runs.events, run_id)
         except RoutinesError as exc:
             await self._tell(client, body, str(exc))
             return
@@ -85,8 +86,8 @@ class RunButtons:
         actor = body["user"]["id"]
         try:
             run_id = _run_id(action)
-            failed = await asyncio.to_thread(self.service.get_run, run_id)
-            triggered = await asyncio.to_thread(self.service.retry_run, run_id, actor)
+            failed = await asyncio.to_thread(self.services.runs.get, run_id)
+            triggered = await asyncio.to_thread(self.services.triggers.retry, run_id, actor)
         except RoutinesError as exc:
             await self._tell(client, body, str(exc))
             return

@@ -1,0 +1,55 @@
+"""One small loop for every background sweep: it runs its step every `period` seconds,
+and at once when woken from any thread. The claim loop, the approval desk and the App
+Home each own one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+
+class WakeLoop:
+    def __init__(self, name: str, step: Callable[[], Awaitable[None]], period: float) -> None:
+        self.name = name
+        self.step = step
+        self.period = period
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._forever(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        """Thread-safe: services publish from whichever thread did the work."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def wake_here(self) -> None:
+        """From the loop's own thread."""
+        self._wake.set()
+
+    async def _forever(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except Exception:  # the database or Slack hiccuped: the next round retries
+                log.exception("%s: one round failed", self.name)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
+            # stop() sends when it lands as the event fires, and stop() then hangs.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.period):
+                    await self._wake.wait()
+            self._wake.clear()

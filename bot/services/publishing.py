@@ -1,0 +1,47 @@
+"""Publishing: a medium-risk run's kept commit, pushed after approval or discarded.
+
+The decision is the approvals' (`ApprovalService`); this is what follows it, also after
+a restart: `bot.execution.publisher` asks for the pending ones and records the result."""
+
+from __future__ import annotations
+
+from sqlmodel import col, select
+
+from bot.core.statuses import ApprovalKind, ApprovalStatus
+from bot.services.context import Service, Shared
+from bot.services.runs import RunService
+from bot.services.views import RunView
+from bot.store import audit
+from bot.store.tables import Approval, Routine, Run
+
+
+class PublishService(Service):
+    def __init__(self, shared: Shared, runs: RunService) -> None:
+        super().__init__(shared)
+        self.runs = runs
+
+    def publish_pending(self) -> list[RunView]:
+        """Runs whose kept commit awaits the push (approved) or the discard (rejected,
+        expired): the dispatcher deals with them, also after a restart."""
+        with self.db.session() as session:
+            ids = session.exec(select(Run.id).join(
+                Approval, col(Approval.run_id) == col(Run.id)).where(
+                Approval.kind == ApprovalKind.PUBLISH,
+                col(Approval.status) != ApprovalStatus.PENDING,
+                col(Run.commit_sha).is_not(None), col(Run.published_ref).is_(None))).all()
+        return [self.runs.get(run_id) for run_id in ids if run_id is not None]
+
+    def publish_decision(self, run_id: int) -> Approval | None:
+        with self.db.session() as session:
+            return session.exec(select(Approval).where(
+                Approval.run_id == run_id, Approval.kind == ApprovalKind.PUBLISH)).first()
+
+    def record_published(self, run_id: int, ref: str | None, detail: str) -> None:
+        """The push happened (`ref`), or the kept commit was discarded (`ref` None)."""
+        with self.db.session() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            routine = session.get(Routine, run.routine_id)
+            run.published_ref = ref or ""
+            audit.record(session, "publisher", "published" if ref else "publish_discarded",
+                   routine.name if routine else None, f"run #{run_id}: {detail}")

@@ -1,0 +1,167 @@
+"""Routines: create, change, pause, resume, delete, and what they look like."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from bot.core import retry, schedule
+from bot.core.roles import Action
+from bot.core.routine import RoutineDraft, normalized, validate
+from bot.errors import (
+    RoutinesError,
+    ValidationFailed,
+)
+from bot.services.context import Service
+from bot.services.events import ScheduleChanged
+from bot.services.views import (
+    RoutineOverview,
+    RunView,
+)
+from bot.store import audit, queries
+from bot.store.tables import (
+    ApiToken,
+    Approval,
+    GitHubSubscription,
+    Routine,
+    Run,
+    RunEvent,
+    utcnow,
+)
+
+
+class RoutineService(Service):
+    def create(self, draft: RoutineDraft, actor: str) -> Routine:
+        draft = normalized(draft)
+        errors = validate(draft, self.policy.limits)
+        with self.db.session() as session:
+            if "name" not in errors and queries.find_routine(session, draft.name):
+                errors["name"] = f"A routine named `{draft.name}` already exists."
+            if errors:
+                raise ValidationFailed(errors)
+            routine = Routine(
+                name=draft.name,
+                prompt=draft.prompt,
+                repo_url=draft.repo_url,
+                branch=draft.branch,
+                setup_script=draft.setup_script,
+                channel_id=draft.channel_id,
+                model=draft.model or self.policy.default_model,
+                timeout_seconds=int(draft.timeout_seconds or self.policy.default_timeout_seconds),
+                max_turns=self.policy.max_turns,
+                payload_template=draft.payload_template,
+                created_by=actor,
+                owners=actor,
+            )
+            if draft.schedule:
+                when = schedule.parse_schedule(draft.schedule, draft.schedule_tz or "UTC",
+                                               self.policy.limits.min_schedule_interval)
+                routine.schedule, routine.schedule_tz = when.expression, when.timezone
+                routine.last_fire_at = utcnow()
+            session.add(routine)
+            try:
+                session.flush()
+            except IntegrityError:  # the same name created at the same moment elsewhere
+                raise ValidationFailed(
+                    {"name": f"A routine named `{draft.name}` already exists."}) from None
+            session.refresh(routine)
+            audit.record(session, actor, "create", routine.name, f"repo {routine.repo_url}")
+        if routine.schedule:
+            self.bus.publish(ScheduleChanged(
+                routine.name, schedule.Schedule(routine.schedule, routine.schedule_tz)))
+        return routine
+
+    def pause(self, name: str, actor: str) -> Routine:
+        """Hold every trigger of the routine (schedules skip, doors refuse) until resumed."""
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            self._check(actor, Action.PAUSE, routine)
+            if routine.paused:
+                raise RoutinesError(f"Routine `{routine.name}` is already paused "
+                                    f"(by {routine.paused_by}).")
+            routine.paused_at, routine.paused_by = utcnow(), actor
+            audit.record(session, actor, "pause", routine.name)
+            return routine
+
+    def resume(self, name: str, actor: str) -> Routine:
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            self._check(actor, Action.RESUME, routine)
+            if not routine.paused:
+                raise RoutinesError(f"Routine `{routine.name}` is not paused.")
+            routine.paused_at, routine.paused_by = None, None
+            audit.record(session, actor, "resume", routine.name)
+            return routine
+
+    def change(self, name: str, changes: dict[str, object], actor: str) -> Routine:
+        """Apply settings parsed by `bot.core.routine.parse_changes` (owners and admins only)."""
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            self._check(actor, Action.CHANGE, routine)
+            for column, value in changes.items():
+                setattr(routine, column, value)
+            audit.record(session, actor, "change", routine.name,
+                   ", ".join(f"{k}={v}" for k, v in changes.items()))
+            return routine
+
+    def delete(self, name: str, actor: str) -> None:
+        """Remove the routine with its runs, tokens and filters; the audit log keeps the
+        record. Refused while a run is pending: cancel it first."""
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            self._check(actor, Action.DELETE, routine)
+            if queries.active_runs(session, routine, pending=True):
+                raise RoutinesError(f"Routine `{routine.name}` has runs in progress or "
+                                    "waiting; cancel them first (`/routine history` lists "
+                                    "them).")
+            run_ids = select(Run.id).where(Run.routine_id == routine.id)
+            for table, column in ((RunEvent, RunEvent.run_id), (Approval, Approval.run_id)):
+                session.execute(delete(table).where(col(column).in_(run_ids)))
+            for owned in (Run, ApiToken, GitHubSubscription):
+                session.execute(delete(owned).where(col(owned.routine_id) == routine.id))
+            session.delete(routine)
+            audit.record(session, actor, "delete", routine.name, f"repo {routine.repo_url}")
+        self.bus.publish(ScheduleChanged(name, None))
+
+    def get(self, name: str) -> Routine:
+        with self.db.session() as session:
+            return self._require(session, name)
+
+    def overviews(self) -> list[RoutineOverview]:
+        with self.db.session() as session:
+            routines = session.exec(select(Routine).order_by(col(Routine.name))).all()
+            return [RoutineOverview(r, queries.last_run(session, r)) for r in routines]
+
+    def overview(self, name: str) -> RoutineOverview:
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            last_run = queries.last_run(session, routine)
+        next_fires: tuple[datetime, ...] = ()
+        if routine.schedule and not routine.paused:
+            when = schedule.Schedule(routine.schedule, routine.schedule_tz)
+            next_fires = tuple(schedule.next_fire_times(when, utcnow(), 3))
+        return RoutineOverview(routine, last_run, next_fires)
+
+    def history(self, name: str, limit: int = 10) -> list[RunView]:
+        routine = self.get(name)
+        with self.db.session() as session:
+            runs = session.exec(
+                select(Run).where(Run.routine_id == routine.id)
+                .order_by(col(Run.id).desc()).limit(limit)
+            ).all()
+            return [RunView(run, routine) for run in runs]
+
+    def set_retry_policy(self, name: str, policy: retry.RetryPolicy, actor: str) -> Routine:
+        """Set how the routine's failed runs are retried; out of bounds changes nothing."""
+        retry.validate_policy(policy, self.policy.retry_limits)
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            self._check(actor, Action.CHANGE, routine)
+            routine.retry_attempts = policy.attempts
+            routine.retry_backoff_seconds = policy.backoff_seconds
+            routine.retry_agent_failures = policy.agent_failures
+            audit.record(session, actor, "retry_policy_set", routine.name, policy.describe())
+            return routine

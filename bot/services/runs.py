@@ -1,0 +1,268 @@
+"""Runs: claimed, followed, finished with a verdict, retried, announced, cancelled."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from bot.core import retry
+from bot.core.roles import Action
+from bot.core.run_log import clip_event
+from bot.core.statuses import (
+    PENDING_STATUSES,
+    ApprovalKind,
+    ApprovalStatus,
+    RiskLevel,
+    RunStatus,
+    StopKind,
+)
+from bot.core.verdict import RunOutcome
+from bot.errors import (
+    RoutinesError,
+    RunNotFound,
+)
+from bot.services.approvals import ApprovalService
+from bot.services.context import Service, Shared
+from bot.services.events import ApprovalRequested, RunQueued, StopRequested
+from bot.services.views import (
+    RunView,
+)
+from bot.store import audit
+from bot.store.queries import known_id, row_id
+from bot.store.tables import (
+    Approval,
+    KillSwitch,
+    Routine,
+    Run,
+    RunEvent,
+    as_utc,
+    utcnow,
+)
+from runner.contract import Event, RunSpec
+
+
+class RunService(Service):
+    def __init__(self, shared: Shared, approvals: ApprovalService) -> None:
+        super().__init__(shared)
+        self.approvals = approvals
+
+    def get(self, run_id: int) -> RunView:
+        with self.db.session() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            routine = session.get(Routine, run.routine_id)
+            assert routine is not None
+            return RunView(run, routine, self._scheduled_retry(session, run, routine))
+
+    def events(self, run_id: int) -> list[Event]:
+        self.get(run_id)
+        with self.db.session() as session:
+            rows = session.exec(
+                select(RunEvent).where(RunEvent.run_id == run_id).order_by(col(RunEvent.seq))
+            ).all()
+            return [json.loads(row.data) for row in rows]
+
+    def claim_next(self) -> RunView | None:
+        """Move the oldest startable queued run to `running`; safe when workers race.
+
+        Startable: the kill switch is off, the run is not held, its retry backoff is over,
+        and its routine is under its own `max_concurrent`."""
+        now = utcnow()
+        with self.db.session() as session:
+            if KillSwitch.current(session).engaged:
+                return None
+            candidates = session.exec(
+                select(Run.id, Run.routine_id, Routine.max_concurrent)
+                .join(Routine, col(Routine.id) == col(Run.routine_id))
+                .where(Run.status == RunStatus.QUEUED, col(Run.held_at).is_(None),
+                       or_(col(Run.not_before).is_(None), col(Run.not_before) <= now))
+                .order_by(col(Run.id)).limit(200)).all()
+            busy: set[int] = set()
+            for run_id, routine_id, limit in candidates:
+                if routine_id in busy or (limit is not None and session.exec(
+                        select(func.count()).select_from(Run).where(
+                            Run.routine_id == routine_id,
+                            Run.status == RunStatus.RUNNING)).one() >= limit):
+                    busy.add(routine_id)
+                    continue
+                claimed = session.execute(
+                    update(Run).where(col(Run.id) == run_id,
+                                      col(Run.status) == RunStatus.QUEUED)
+                    .values(status=RunStatus.RUNNING, started_at=now))
+                if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                    return None
+                break
+            else:
+                return None
+        return self.get(known_id(run_id))
+
+    def spec(self, view: RunView) -> RunSpec:
+        routine, run = view.routine, view.run
+        return RunSpec(
+            run_id=row_id(run),
+            routine=routine.name,
+            prompt=run.prompt,
+            repo_url=routine.repo_url,
+            branch=routine.branch,
+            model=routine.model,
+            timeout_seconds=routine.timeout_seconds,
+            max_turns=routine.max_turns,
+            setup_script=routine.setup_script,
+            max_tokens=routine.max_tokens_per_run,
+            publish=routine.risk == RiskLevel.MEDIUM,
+        )
+
+    def with_status(self, status: RunStatus) -> list[RunView]:
+        with self.db.session() as session:
+            ids = session.exec(select(Run.id).where(Run.status == status)).all()
+        return [self.get(run_id) for run_id in ids if run_id is not None]
+
+    def record_container(self, run_id: int, container_id: str) -> None:
+        with self.db.session() as session:
+            session.execute(update(Run).where(col(Run.id) == run_id)
+                            .values(container_id=container_id))
+
+    def record_event(self, run_id: int, seq: int, event: Event) -> None:
+        """Store one event, redacted. A replayed `seq` (after adoption) is ignored."""
+        row = RunEvent(run_id=run_id, seq=seq, type=str(event.get("type")),
+                       data=json.dumps(self.redact.structure(clip_event(event))))
+        try:
+            with self.db.session() as session:
+                session.add(row)
+        except IntegrityError:
+            pass  # already stored by an earlier process following the same container
+
+    def last_event_seq(self, run_id: int) -> int:
+        with self.db.session() as session:
+            return int(session.exec(
+                select(func.coalesce(func.max(RunEvent.seq), 0)).where(RunEvent.run_id == run_id)
+            ).one())
+
+    def finish(self, run_id: int, outcome: RunOutcome, input_tokens: int,
+               output_tokens: int, diff: str, commit: str | None = None) -> RunView:
+        """Record the verdict once; a run that already finished keeps its first verdict.
+
+        A medium-risk run that succeeded with a kept `commit` asks for publish approval."""
+        retried = False
+        with self.db.session() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            routine = session.get(Routine, run.routine_id)
+            assert routine is not None
+            outcome = self._stopped_outcome(session, outcome, run)
+            publish = (commit is not None and routine.risk == RiskLevel.MEDIUM
+                       and outcome.status == RunStatus.SUCCEEDED)
+            finished = session.execute(
+                update(Run)
+                .where(col(Run.id) == run_id, col(Run.status).in_(PENDING_STATUSES))
+                .values(status=outcome.status,
+                        summary=self.redact(outcome.summary) if outcome.summary else None,
+                        reason=self.redact(outcome.reason) if outcome.reason else None,
+                        input_tokens=input_tokens, output_tokens=output_tokens,
+                        diff=self.redact(diff), finished_at=utcnow(),
+                        commit_sha=commit if publish else None))
+            approval = None
+            if finished.rowcount == 1:  # type: ignore[attr-defined]
+                retried = self._queue_retry(session, run_id)
+                if publish:
+                    session.refresh(run)
+                    approval = self.approvals.request(session, run, routine,
+                                                      ApprovalKind.PUBLISH, run.triggered_by)
+        if retried:
+            self.bus.publish(RunQueued())
+        if approval is not None:
+            self.bus.publish(ApprovalRequested())
+        return self.get(run_id)
+
+    @staticmethod
+    def _stopped_outcome(session: Session, outcome: RunOutcome, run: Run) -> RunOutcome:
+        """A killed container was stopped on purpose: by the kill switch or a cancel."""
+        if outcome.status != RunStatus.KILLED:
+            return outcome
+        stopped_by = run.stop_requested_by
+        if run.stop_kind == StopKind.KILL_SWITCH:
+            state = KillSwitch.current(session)
+            why = f": {state.reason}" if state.reason else ""
+            return RunOutcome(RunStatus.KILLED, None, f"killed by the kill switch{why}")
+        if run.stop_kind == StopKind.CANCEL:
+            return RunOutcome(RunStatus.CANCELLED, None, f"cancelled by <@{stopped_by}>")
+        return outcome
+
+    def to_announce(self) -> list[RunView]:
+        """Finished runs whose result message has not reached Slack yet."""
+        with self.db.session() as session:
+            ids = session.exec(
+                select(Run.id).where(col(Run.notified_at).is_(None),
+                                     col(Run.finished_at).is_not(None))
+            ).all()
+        return [self.get(run_id) for run_id in ids if run_id is not None]
+
+    def mark_announced(self, run_id: int) -> None:
+        with self.db.session() as session:
+            session.execute(update(Run).where(col(Run.id) == run_id)
+                            .values(notified_at=utcnow()))
+
+    def record_announcement(self, run_id: int, channel: str, ts: str) -> None:
+        """Where the run's result message is: its log is posted in that thread."""
+        with self.db.session() as session:
+            session.execute(update(Run).where(col(Run.id) == run_id)
+                            .values(announce_channel=channel, announce_ts=ts))
+
+    def cancel(self, run_id: int, actor: str) -> RunView:
+        """Stop one run: a waiting or queued one ends at once, a running one is killed."""
+        view = self.get(run_id)
+        self._check(actor, Action.CANCEL, view.routine, requester=view.run.triggered_by)
+        if view.run.status.finished:
+            raise RoutinesError(f"Run #{run_id} already ended ({view.run.status}).")
+        with self.db.session() as session:
+            session.execute(update(Approval).where(
+                col(Approval.run_id) == run_id, col(Approval.status) == ApprovalStatus.PENDING)
+                .values(status=ApprovalStatus.WITHDRAWN, decided_by=actor, decided_at=utcnow()))
+            ended = session.execute(update(Run).where(
+                col(Run.id) == run_id,
+                col(Run.status).in_([RunStatus.QUEUED, RunStatus.AWAITING_APPROVAL])).values(
+                status=RunStatus.CANCELLED, finished_at=utcnow(),
+                reason=f"cancelled by {actor} before it started"))
+            if ended.rowcount != 1:  # type: ignore[attr-defined]
+                session.execute(update(Run).where(col(Run.id) == run_id)
+                                .values(stop_requested_by=actor, stop_kind=StopKind.CANCEL))
+            audit.record(session, actor, "cancel", view.routine.name, f"run #{run_id}")
+        if ended.rowcount != 1:  # type: ignore[attr-defined]
+            self.bus.publish(StopRequested(run_id))
+        return self.get(run_id)
+
+    def _queue_retry(self, session: Session, run_id: int) -> bool:
+        """Apply the routine's retry policy to a run that just finished (same unit of work):
+        the next attempt keeps the trigger's provenance and waits out its backoff."""
+        run = session.get(Run, run_id)
+        assert run is not None
+        routine = session.get(Routine, run.routine_id)
+        assert routine is not None
+        decision = retry.decide_retry(retry.policy_of(routine), RunStatus(run.status),
+                                      run.attempt, run.reason, utcnow())
+        held = routine.paused or KillSwitch.current(session).engaged
+        if not decision.retry or held:
+            return False
+        session.add(Run(routine_id=run.routine_id, trigger_kind=run.trigger_kind,
+                        triggered_by=run.triggered_by, payload_hash=run.payload_hash,
+                        prompt=run.prompt, attempt=decision.attempt, retry_of=run_id,
+                        not_before=decision.not_before))
+        return True
+
+    @staticmethod
+    def _scheduled_retry(session: Session, run: Run,
+                         routine: Routine) -> retry.ScheduledRetry | None:
+        if run.status not in retry.FAILURES or run.finished_at is None:
+            return None
+        nxt = session.exec(select(Run).where(Run.retry_of == run.id,
+                                             Run.attempt == run.attempt + 1)).first()
+        if nxt is None or nxt.id is None or nxt.not_before is None:
+            return None
+        delay = (as_utc(nxt.not_before) - as_utc(run.finished_at)).total_seconds()
+        return retry.ScheduledRetry(nxt.id, nxt.attempt,
+                                    max(1 + routine.retry_attempts, nxt.attempt),
+                                    max(round(delay), 0))

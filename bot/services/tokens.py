@@ -1,0 +1,121 @@
+"""API tokens and the API door's rules: a routine's own live token, then a trigger."""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from bot.core.roles import Action
+from bot.core.routine import NAME_RE
+from bot.core.statuses import (
+    TriggerKind,
+)
+from bot.core.trigger import Trigger
+from bot.errors import (
+    InvalidToken,
+    RunNotFound,
+    TokenNotFound,
+    ValidationFailed,
+)
+from bot.services.context import Service, Shared
+from bot.services.routines import RoutineService
+from bot.services.runs import RunService
+from bot.services.triggers import TriggerService
+from bot.services.views import (
+    RunView,
+    Triggered,
+)
+from bot.store import audit, queries
+from bot.store.queries import row_id
+from bot.store.tables import (
+    ApiToken,
+    Routine,
+    utcnow,
+)
+
+
+class TokenService(Service):
+    def __init__(self, shared: Shared, triggers: TriggerService, routines: RoutineService,
+                 runs: RunService) -> None:
+        super().__init__(shared)
+        self.triggers = triggers
+        self.routines = routines
+        self.runs = runs
+
+    def create(self, name: str, token_name: str, actor: str) -> str:
+        """A new token for the routine's API door; the value is returned once, never stored."""
+        if not NAME_RE.match(token_name):
+            raise ValidationFailed({"token": "Name tokens with 2-40 lowercase letters, digits "
+                                             "and dashes."})
+        value = "rt_" + secrets.token_urlsafe(32)
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            self._check(actor, Action.CHANGE, routine)
+            session.add(ApiToken(routine_id=row_id(routine), name=token_name,
+                                 token_hash=queries.token_hash(value), created_by=actor))
+            try:
+                session.flush()
+            except IntegrityError:
+                raise ValidationFailed({"token": f"Routine `{routine.name}` already has a "
+                                                 f"token named `{token_name}`."}) from None
+            audit.record(session, actor, "token_created", routine.name, token_name)
+        return value
+
+    def of_routine(self, name: str) -> list[ApiToken]:
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            return list(session.exec(select(ApiToken).where(ApiToken.routine_id == routine.id)
+                                     .order_by(col(ApiToken.name))).all())
+
+    def revoke(self, name: str, token_name: str, actor: str) -> None:
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            self._check(actor, Action.CHANGE, routine)
+            token = session.exec(select(ApiToken).where(
+                ApiToken.routine_id == routine.id, ApiToken.name == token_name,
+                col(ApiToken.revoked_at).is_(None))).first()
+            if token is None:
+                raise TokenNotFound(routine.name, token_name)
+            token.revoked_at, token.revoked_by = utcnow(), actor
+            audit.record(session, actor, "token_revoked", routine.name, token_name)
+
+    def trigger(self, name: str, bearer: str, payload: object,
+                idempotency_key: str | None) -> Triggered:
+        """The API door's rule: a live token of this very routine, then a normal trigger,
+        all in one unit of work (the token's last use is written with the run)."""
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            token = queries.live_token(session, bearer)
+            if token.routine_id != routine.id:
+                raise InvalidToken()
+            token_id, token_name = token.id, token.name
+            triggered = self.triggers.trigger_in(session, routine, Trigger(
+                TriggerKind.API, f"token:{token_name}", ref=idempotency_key, payload=payload),
+                requester=token.created_by)
+            session.execute(update(ApiToken).where(col(ApiToken.id) == token_id)
+                            .values(last_used_at=utcnow()))
+        self.triggers.queued(triggered)
+        return triggered
+
+    def set_paused(self, name: str, bearer: str, paused: bool) -> Routine:
+        """Pause or resume through the API, with the authority of the token's creator
+        (so a token outlives nobody's role: a former owner's token is refused)."""
+        with self.db.session() as session:
+            routine = self._require(session, name)
+            token = queries.live_token(session, bearer)
+            if token.routine_id != routine.id:
+                raise InvalidToken()
+            creator = token.created_by
+        return (self.routines.pause if paused else self.routines.resume)(name, creator)
+
+    def run(self, run_id: int, bearer: str) -> RunView:
+        """A run, for a token of its routine; another routine's run is simply not found."""
+        with self.db.session() as session:
+            token = queries.live_token(session, bearer)
+        view = self.runs.get(run_id)
+        if view.run.routine_id != token.routine_id:
+            raise RunNotFound(run_id)
+        return view

@@ -1,0 +1,126 @@
+"""Triggers: the rules every door's run request passes, in one place."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from bot.core import payload as payloads
+from bot.core.ratelimit import SlidingWindow
+from bot.core.statuses import (
+    ApprovalKind,
+    RiskLevel,
+    RunStatus,
+    TriggerKind,
+)
+from bot.core.trigger import Trigger
+from bot.errors import (
+    RateLimited,
+    RoutinePaused,
+    RoutinesError,
+    RunNotFound,
+)
+from bot.services.approvals import ApprovalService
+from bot.services.context import Service, Shared
+from bot.services.events import ApprovalRequested, RunQueued
+from bot.services.killswitch import KillSwitchService
+from bot.services.spend import SpendService
+from bot.services.views import (
+    RunView,
+    Triggered,
+)
+from bot.store import audit, queries
+from bot.store.queries import row_id
+from bot.store.tables import (
+    Routine,
+    Run,
+)
+
+
+class TriggerService(Service):
+    def __init__(self, shared: Shared, kill_switch: KillSwitchService, spend: SpendService,
+                 approvals: ApprovalService) -> None:
+        super().__init__(shared)
+        self.kill_switch = kill_switch
+        self.spend = spend
+        self.approvals = approvals
+        # In memory: a restart forgives a burst (see `bot.core.ratelimit`).
+        self.rate_limit = SlidingWindow(shared.policy.triggers_per_minute, 60)
+
+    def trigger(self, name: str, trigger: Trigger) -> Triggered:
+        """Queue a run, whichever door it came through. Written before this returns, so an
+        acknowledgement never lies; a repeated `trigger.ref` returns the first run."""
+        with self.db.session() as session:
+            triggered = self.trigger_in(session, self._require(session, name), trigger)
+        self.queued(triggered)
+        return triggered
+
+    def trigger_in(self, session: Session, routine: Routine, trigger: Trigger,
+                   requester: str | None = None) -> Triggered:
+        """The rules of every trigger, inside the caller's unit of work (one commit).
+
+        `requester` is who may not approve the run (the actor, or an API token's creator).
+        """
+        self.kill_switch.refuse_if_engaged(session)
+        if routine.paused:
+            raise RoutinePaused(routine.name, routine.paused_by)
+        earlier = queries.run_for_ref(session, routine, trigger)
+        if earlier is not None:
+            return Triggered(RunView(earlier, routine), replayed=True)
+        retry_after = self.rate_limit.hit(routine.name)
+        if retry_after is not None:
+            raise RateLimited(routine.name, retry_after)
+        self.spend.enforce(session, routine)
+        run = Run(routine_id=row_id(routine), trigger_kind=trigger.kind,
+                  triggered_by=trigger.actor, trigger_ref=trigger.ref, prompt=routine.prompt)
+        if trigger.has_payload:
+            rendered = payloads.render(routine.payload_template, trigger.payload)
+            run.prompt = payloads.compose_prompt(routine.prompt, trigger.describe(), rendered)
+            run.payload_hash = payloads.payload_hash(trigger.payload)
+        if routine.risk == RiskLevel.HIGH:
+            run.status = RunStatus.AWAITING_APPROVAL
+        session.add(run)
+        try:
+            session.flush()  # assigns the id; the row's other values are already known
+        except IntegrityError:  # the same ref, committed a moment ago by another call
+            session.rollback()
+            earlier = queries.run_for_ref(session, routine, trigger)
+            assert earlier is not None
+            return Triggered(RunView(earlier, routine), replayed=True)
+        approval = None
+        if run.status == RunStatus.AWAITING_APPROVAL:
+            approval = self.approvals.request(session, run, routine, ApprovalKind.START,
+                                              requester or trigger.actor)
+        audit.record(session, trigger.actor, "run", routine.name,
+               f"run #{run.id} by {trigger.kind}" + (" (awaiting approval)" if approval else ""))
+        return Triggered(RunView(run, routine), replayed=False, approval=approval)
+
+    def queued(self, triggered: Triggered) -> None:
+        """After the trigger's unit of work is committed: say what now waits."""
+        if triggered.replayed:
+            return
+        self.bus.publish(ApprovalRequested() if triggered.approval else RunQueued())
+
+    def retry(self, run_id: int, actor: str) -> Triggered:
+        """Run a finished, unsuccessful run again: same prompt and payload provenance, by
+        `actor`, through every rule of a trigger. Twice for one run gives the first retry."""
+        with self.db.session() as session:
+            failed = session.get(Run, run_id)
+            if failed is None:
+                raise RunNotFound(run_id)
+            routine = session.get(Routine, failed.routine_id)
+            assert routine is not None
+            if not RunStatus(failed.status).finished:
+                raise RoutinesError(f"Run #{run_id} is still {failed.status}.")
+            if failed.status == RunStatus.SUCCEEDED:
+                raise RoutinesError(f"Run #{run_id} succeeded: nothing to retry "
+                                    f"(`/routine run {routine.name}` runs it again).")
+            triggered = self.trigger_in(session, routine, Trigger(
+                TriggerKind.MANUAL, actor, ref=f"retry-of-{run_id}"))
+            if not triggered.replayed:
+                run = triggered.view.run
+                run.prompt, run.payload_hash, run.retry_of = (failed.prompt, failed.payload_hash,
+                                                             run_id)
+                audit.record(session, actor, "run_retried", routine.name, f"#{run_id} as #{run.id}")
+        self.queued(triggered)
+        return triggered

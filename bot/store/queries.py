@@ -1,0 +1,75 @@
+"""Named queries that several services share. Services own the statements of their own
+concept; the lookups every concept needs live here once."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from bot.core.statuses import PENDING_STATUSES, RunStatus
+from bot.core.trigger import Trigger
+from bot.errors import InvalidToken, RoutineNotFound
+from bot.store.tables import ApiToken, Routine, Run
+
+
+def find_routine(session: Session, name: str) -> Routine | None:
+    return session.exec(select(Routine).where(Routine.name == name.strip().lower())).first()
+
+
+def require_routine(session: Session, name: str) -> Routine:
+    routine = find_routine(session, name)
+    if routine is None:
+        raise RoutineNotFound(name)
+    return routine
+
+
+def run_for_ref(session: Session, routine: Routine, trigger: Trigger) -> Run | None:
+    """The earlier run of the same routine, door and reference (idempotency), if any."""
+    if trigger.ref is None:
+        return None
+    return session.exec(select(Run).where(
+        Run.routine_id == routine.id, Run.trigger_kind == trigger.kind,
+        Run.trigger_ref == trigger.ref)).first()
+
+
+def last_run(session: Session, routine: Routine) -> Run | None:
+    return session.exec(
+        select(Run).where(Run.routine_id == routine.id).order_by(col(Run.id).desc()).limit(1)
+    ).first()
+
+
+def token_hash(value: str) -> str:
+    # Tokens are 256-bit random values: a fast hash is enough (no dictionary to guess from).
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def live_token(session: Session, bearer: str) -> ApiToken:
+    """The unrevoked token whose hash matches, or `InvalidToken`."""
+    token = session.exec(select(ApiToken).where(
+        ApiToken.token_hash == token_hash(bearer),
+        col(ApiToken.revoked_at).is_(None))).first() if bearer else None
+    if token is None:
+        raise InvalidToken()
+    return token
+
+
+def row_id(row: Routine | Run | ApiToken | object) -> int:
+    """The primary key of a flushed row."""
+    value = getattr(row, "id", None)
+    assert isinstance(value, int), "row must be flushed before its id is used"
+    return value
+
+
+def known_id(value: int | None) -> int:
+    """An id read from a non-null primary-key column (typed optional by the ORM)."""
+    assert value is not None
+    return value
+
+
+def active_runs(session: Session, routine: Routine, pending: bool = False) -> int:
+    """The routine's queued and running runs (`pending`: awaiting approval too)."""
+    statuses = PENDING_STATUSES if pending else {RunStatus.QUEUED, RunStatus.RUNNING}
+    return int(session.exec(select(func.count()).select_from(Run).where(
+        Run.routine_id == routine.id, col(Run.status).in_(statuses))).one())
