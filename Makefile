@@ -1,7 +1,7 @@
 # routines: developer and CI entry points. Run from the repo root.
 #   make venv     create .venv and install the project with its dev extra
 #   make images   start Docker if needed; build routines-base:bookworm and routines-sandbox:latest
-#   make lint     ruff + mypy
+#   make lint     ruff + mypy + lint-imports (the layers: [tool.importlinter] in pyproject.toml)
 #   make test     the test suite (installs the venv and builds the images first if needed)
 #   make serve    run the bot
 #   make bench    measure per-run container overhead
@@ -29,6 +29,7 @@ service-image:
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: venv images
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -1,13 +1,16 @@
-"""Unit tests of the GitHub trigger's pure core, on GitHub's own example payloads."""
+"""Unit tests of the GitHub trigger's pure core.
+
+Ordinary tests use payloads of the project's own (tests/payloads/github/). The conformance
+tier (`@pytest.mark.conformance`) reads, signs and matches GitHub's real example deliveries
+from the shared fixtures folder (tests/github_payloads.py says where).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-import os
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,46 +25,34 @@ from bot.core.github import (
     routines_to_fire,
     verify_signature,
 )
+from tests.github_payloads import REAL_NAMES, github_fixtures_dir, own, real
 
 SECRET = "webhook-secret-for-tests"
-FIXTURE_NAMES = (
-    "check_suite.completed", "issues.opened", "ping", "pull_request.closed",
-    "pull_request.opened", "push", "release.published", "workflow_run.completed",
-)
 
 
-def fixtures_dir() -> Path:
-    """`$ROUTINES_FIXTURES` if set (the github-webhooks dir or the fixtures dir above it),
-    else `../shared/fixtures/github-webhooks` beside the repository, as CI lays it out."""
-    override = os.environ.get("ROUTINES_FIXTURES")
-    if not override:
-        return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / (
-            "github-webhooks")
-    root = Path(override)
-    return root / "github-webhooks" if (root / "github-webhooks").is_dir() else root
+def payload(name: str) -> Any:
+    """One of the project's own payloads (tests/payloads/github/NAME.json)."""
+    return json.loads(own(name))
 
 
-def raw(fixture: str) -> bytes:
-    """The exact request body GitHub sent. Missing fixtures fail: they are not optional."""
-    return (fixtures_dir() / f"{fixture}.json").read_bytes()
-
-
-def payload(fixture: str) -> Any:
-    return json.loads(raw(fixture))
-
-
-def event(fixture: str) -> GitHubEvent:
+def event(name: str) -> GitHubEvent:
     """The delivery as the handler sees it: the event name is the X-GitHub-Event header."""
-    return GitHubEvent.from_payload(fixture.split(".")[0], payload(fixture))
+    return GitHubEvent.from_payload(name.split(".")[0], payload(name))
+
+
+def real_event(fixture: str) -> GitHubEvent:
+    """GitHub's real example delivery, read the same way (conformance tests only)."""
+    return GitHubEvent.from_payload(fixture.split(".")[0], json.loads(real(fixture)))
 
 
 def sign(body: bytes, secret: str = SECRET) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+@pytest.mark.conformance
 def test_every_fixture_is_covered() -> None:
-    assert sorted(p.name.removesuffix(".json") for p in fixtures_dir().glob("*.json")) == (
-        sorted(FIXTURE_NAMES))
+    assert sorted(p.name.removesuffix(".json") for p in github_fixtures_dir().glob("*.json")) == (
+        sorted(REAL_NAMES))
 
 
 # --- signatures --------------------------------------------------------------------------
@@ -73,9 +64,10 @@ def test_githubs_documented_example_signature_verifies() -> None:
     assert not verify_signature("It's a Secret to Everybody", b"Hello, World?", header)
 
 
-@pytest.mark.parametrize("fixture", FIXTURE_NAMES)
+@pytest.mark.conformance
+@pytest.mark.parametrize("fixture", REAL_NAMES)
 def test_a_signed_fixture_body_verifies(fixture: str) -> None:
-    body = raw(fixture)
+    body = real(fixture)
     assert verify_signature(SECRET, body, sign(body))
     assert verify_signature(SECRET, body, sign(body).upper().replace("SHA256=", "sha256="))
 
@@ -130,11 +122,34 @@ EXPECTED_EVENTS = {
 }
 
 
-@pytest.mark.parametrize("fixture", FIXTURE_NAMES)
+@pytest.mark.conformance
+@pytest.mark.parametrize("fixture", REAL_NAMES)
 def test_each_fixture_reads_as_expected(fixture: str) -> None:
-    assert event(fixture) == EXPECTED_EVENTS[fixture]
-    assert event(fixture).kind == fixture
-    assert event(fixture).name in GITHUB_EVENTS
+    assert real_event(fixture) == EXPECTED_EVENTS[fixture]
+    assert real_event(fixture).kind == fixture
+    assert real_event(fixture).name in GITHUB_EVENTS
+
+
+OWN_EVENTS = {
+    "issues.opened": GitHubEvent(
+        "issues", "opened", "acme-corp/widgets", "lee-support",
+        labels=("bug", "good first issue")),
+    "ping": GitHubEvent("ping", None, "acme-corp/widgets", "sam-ops"),
+    "pull_request.opened": GitHubEvent(
+        "pull_request", "opened", "acme-corp/widgets", "mara-dev", labels=("bug", "auth"),
+        pr_author="mara-dev", base_branch="main", draft=False),
+    "push": GitHubEvent(
+        "push", None, "acme-corp/widgets", "mara-dev", ref_kind="branch", ref_name="main"),
+    "release.published": GitHubEvent(
+        "release", "published", "acme-corp/widgets", "sam-ops"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OWN_EVENTS))
+def test_each_own_payload_reads_as_expected(name: str) -> None:
+    assert event(name) == OWN_EVENTS[name]
+    assert event(name).kind == name
+    assert verify_signature(SECRET, own(name), sign(own(name)))
 
 
 def test_the_header_event_name_is_normalized() -> None:
@@ -180,10 +195,10 @@ def test_review_and_comment_events_carry_pr_and_issue_labels() -> None:
     review = GitHubEvent.from_payload("pull_request_review", {
         "action": "submitted", "pull_request": pull["pull_request"]})
     assert (review.labels, review.pr_author, review.base_branch) == (
-        ("bug",), "Codertocat", "master")
+        ("bug", "auth"), "mara-dev", "main")
     comment = GitHubEvent.from_payload("issue_comment", {
         "action": "created", "issue": payload("issues.opened")["issue"]})
-    assert comment.labels == ("bug",) and comment.pr_author is None
+    assert comment.labels == ("bug", "good first issue") and comment.pr_author is None
 
 
 # --- parsing filters ---------------------------------------------------------------------
@@ -266,7 +281,7 @@ def test_bad_filters_say_what_to_type(spec: str, message: str) -> None:
 # --- matching ----------------------------------------------------------------------------
 
 def push_to(ref: str) -> GitHubEvent:
-    """The real push fixture with another ref: the only push example deletes a tag."""
+    """The project's push payload with another ref."""
     return GitHubEvent.from_payload("push", {**payload("push"), "ref": ref})
 
 
@@ -313,8 +328,41 @@ def push_to(ref: str) -> GitHubEvent:
     ("check_suite.completed", "check_suite.completed", True),
     ("check_run.completed", "check_suite.completed", False),
 ])
+@pytest.mark.conformance
 def test_filters_against_real_payloads(spec: str, fixture: str, fires: bool) -> None:
-    assert matches(parse_filter(spec), event(fixture)) is fires
+    assert matches(parse_filter(spec), real_event(fixture)) is fires
+
+
+@pytest.mark.parametrize(("spec", "name", "fires"), [
+    ("pull_request", "pull_request.opened", True),
+    ("pull_request.opened", "pull_request.opened", True),
+    ("pull_request.closed", "pull_request.opened", False),
+    ("issues", "pull_request.opened", False),
+    ("pull_request repo=ACME-CORP/Widgets", "pull_request.opened", True),
+    ("pull_request repo=acme-corp/widgets-2", "pull_request.opened", False),
+    ("pull_request label=AUTH", "pull_request.opened", True),
+    ("pull_request label=au", "pull_request.opened", False),
+    ("pull_request author=Mara-Dev", "pull_request.opened", True),
+    # sam-ops is only the requested reviewer, not the author.
+    ("pull_request author=sam-ops", "pull_request.opened", False),
+    ("pull_request base=main", "pull_request.opened", True),
+    ("pull_request base=ma*", "pull_request.opened", True),
+    ("pull_request base=MAIN", "pull_request.opened", False),
+    ("pull_request draft=false", "pull_request.opened", True),
+    ("pull_request draft=true", "pull_request.opened", False),
+    ("pull_request.opened repo=acme-corp/widgets label=bug author=mara-dev base=main "
+     "draft=false", "pull_request.opened", True),
+    ('issues.opened label="good first issue"', "issues.opened", True),
+    ("issues.opened label=wontfix", "issues.opened", False),
+    ("push branch=main", "push", True),
+    ("push branch=release/*", "push", False),
+    ("push tag=*", "push", False),
+    ("push repo=acme-corp/widgets", "push", True),
+    ("release.published repo=acme-corp/widgets", "release.published", True),
+    ("release.created", "release.published", False),
+])
+def test_filters_against_own_payloads(spec: str, name: str, fires: bool) -> None:
+    assert matches(parse_filter(spec), event(name)) is fires
 
 
 @pytest.mark.parametrize(("spec", "ref", "fires"), [
@@ -362,7 +410,7 @@ def test_a_draft_pull_request_matches_only_a_draft_filter() -> None:
 def test_conditions_the_event_cannot_carry_never_match() -> None:
     # Built directly, bypassing parse_filter's refusals: absence is not a match.
     assert not matches(EventFilter("push", label="bug"), event("push"))
-    assert not matches(EventFilter("push", author="Codertocat"), event("push"))
+    assert not matches(EventFilter("push", author="mara-dev"), event("push"))
     assert not matches(EventFilter("push", base="*"), event("push"))
     assert not matches(EventFilter("release", draft=False), event("release.published"))
     assert not matches(EventFilter("pull_request", branch="*"), event("pull_request.opened"))
@@ -395,10 +443,24 @@ ROUTINE_FILTERS = {
     ("check_suite.completed", ["ci-watch", "everything-here"]),
     ("ping", []),
 ])
+@pytest.mark.conformance
 def test_one_delivery_fires_every_matching_routine_sorted(
     fixture: str, fired: list[str],
 ) -> None:
-    assert routines_to_fire(ROUTINE_FILTERS, event(fixture)) == fired
+    assert routines_to_fire(ROUTINE_FILTERS, real_event(fixture)) == fired
+
+
+@pytest.mark.parametrize(("name", "fired"), [
+    ("pull_request.opened", ["bug-triage", "everything-here", "review-bot"]),
+    ("issues.opened", ["bug-triage", "everything-here"]),
+    ("release.published", ["everything-here"]),
+    ("push", ["everything-here"]),
+    ("ping", []),
+])
+def test_one_own_delivery_fires_every_matching_routine_sorted(
+    name: str, fired: list[str],
+) -> None:
+    assert routines_to_fire(ROUTINE_FILTERS, event(name)) == fired
 
 
 def test_ping_never_fires_even_for_a_filter_that_names_it() -> None:

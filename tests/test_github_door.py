@@ -1,4 +1,8 @@
-"""The GitHub door over real HTTP, with GitHub's real payloads, signed as GitHub signs."""
+"""The GitHub door over real HTTP, with payloads shaped like GitHub's, signed as GitHub signs.
+
+The ordinary tests send the project's own payloads (tests/payloads/github/); the conformance
+test sends GitHub's real example deliveries (tests/github_payloads.py says where they are).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,18 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bot.app import Bot
 from tests.conftest import RESULTS_CHANNEL, BotFactory
+from tests.github_payloads import own, real
 from tests.slack_requests import FakeSlack, modal_values
-from tests.test_github import raw
 
 SECRET = "github-webhook-secret-0123456789"
 
 
 def fixture(name: str) -> bytes:
-    return raw(name)
+    return own(name)
 
 
 async def deliver(bot: Bot, event: str, body: bytes, delivery: str,
@@ -76,11 +81,11 @@ async def test_one_delivery_fires_every_matching_routine_once(
     start_bot: BotFactory, git_repo: str,
 ) -> None:
     bot, fake = await start(start_bot)
-    await routine_listening(fake, "triage", "pull_request.opened repo=Codertocat/Hello-World",
+    await routine_listening(fake, "triage", "pull_request.opened repo=ACME-corp/widgets",
                             git_repo, template="PR: {{ payload.pull_request.title }}")
-    await routine_listening(fake, "reviewer", "pull_request author=codertocat base=master",
+    await routine_listening(fake, "reviewer", "pull_request author=Mara-Dev base=main",
                             git_repo)
-    await routine_listening(fake, "someone-else", "pull_request.opened author=octocat",
+    await routine_listening(fake, "someone-else", "pull_request.opened author=sam-ops",
                             git_repo)
     await routine_listening(fake, "on-push", "push branch=main", git_repo)
     body = fixture("pull_request.opened")
@@ -96,7 +101,7 @@ async def test_one_delivery_fires_every_matching_routine_once(
         f["run_id"] for f in first["fired"])
     run = bot.services.routines.history("triage")[0].run
     assert (run.trigger_kind, run.triggered_by, run.trigger_ref) == (
-        "github", "Codertocat", "delivery-72d3162e")
+        "github", "mara-dev", "delivery-72d3162e")
     title = json.loads(body)["pull_request"]["title"]
     assert f"PR: {title}" in run.prompt and "untrusted-data-" in run.prompt
     assert bot.services.routines.history("someone-else") == []
@@ -126,3 +131,25 @@ async def test_bad_filters_are_refused_in_slack(start_bot: BotFactory, git_repo:
 
     assert "author" in answer and "now runs" not in answer
     assert "issues.opened" in status
+
+
+@pytest.mark.conformance
+async def test_githubs_real_deliveries_are_read_and_fire(
+    start_bot: BotFactory, git_repo: str,
+) -> None:
+    bot, fake = await start(start_bot)
+    await routine_listening(fake, "triage", "pull_request.opened repo=Codertocat/Hello-World "
+                            "author=codertocat base=master label=bug draft=false", git_repo)
+    await routine_listening(fake, "releaser", "release.published", git_repo)
+
+    ping = await deliver(bot, "ping", real("ping"), "real-ping")
+    pull = await deliver(bot, "pull_request", real("pull_request.opened"), "real-pr")
+    issue = await deliver(bot, "issues", real("issues.opened"), "real-issue")
+
+    assert (ping[0], ping[1]["ok"]) == (200, True)
+    assert pull[0] == 202 and [f["routine"] for f in pull[1]["fired"]] == ["triage"]
+    assert (issue[0], issue[1]["fired"]) == (200, [])
+    run = bot.service.run_history("triage")[0].run
+    assert (run.trigger_kind, run.triggered_by, run.trigger_ref) == (
+        "github", "Codertocat", "real-pr")
+    assert bot.service.run_history("releaser") == []

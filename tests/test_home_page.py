@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,6 +66,42 @@ def test_the_block_budget_is_shared(mine: int, team: int, shown: tuple[int, int]
     page = home_page(overviews, KillSwitch(id=1), ALICE, NOW)
     assert (len(page.mine.entries), len(page.team.entries)) == shown
     assert (page.mine.more, page.team.more) == (mine - shown[0], team - shown[1])
+
+
+@dataclass(frozen=True)
+class PlainRoutine:
+    name: str
+    owners: str = ""
+    created_by: str = "U0BOB0001"
+    schedule: str | None = "every 1h"
+    schedule_tz: str = "UTC"
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class PlainOverview:
+    routine: PlainRoutine
+    last_run: str | None = None
+
+
+@dataclass(frozen=True)
+class PlainSwitch:
+    engaged: bool = False
+
+
+def test_the_page_needs_no_table_only_what_it_reads() -> None:
+    # bot.core reads routines through protocols: any object with those fields will do,
+    # and the page hands the very same objects back.
+    mine, team = PlainOverview(PlainRoutine("a", owners=ALICE), "run-1"), PlainOverview(
+        PlainRoutine("b", paused=True))
+    switch = PlainSwitch()
+    page = home_page([mine, team], switch, ALICE, NOW)
+    assert page.kill_switch is switch
+    assert [(e.routine, e.last_run, e.held) for e in page.mine.entries] == [
+        (mine.routine, "run-1", "")]
+    assert page.mine.entries[0].next_run == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    assert [(e.routine.name, e.held, e.next_run) for e in page.team.entries] == [
+        ("b", "paused", None)]
 
 
 def test_mentions_only_for_slack_user_ids() -> None:

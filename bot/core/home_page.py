@@ -3,6 +3,9 @@
 `home_page` splits the routines into the user's own and the team's, works out each one's
 next run and whether it is held, and keeps the whole view inside Slack's 100-block limit
 (the rest is summarised as "N more"). `bot.doors.slack.home` fetches the data and publishes.
+
+It reads a routine, its last run and the kill switch through the small protocols below, not
+the stored tables, and hands the same objects back on the page for the template to show.
 """
 
 from __future__ import annotations
@@ -11,10 +14,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, Protocol, TypeVar
 
 from bot.core import schedule
-from bot.services.views import RoutineOverview
-from bot.store.tables import KillSwitch, Routine, Run
 
 MAX_BLOCKS = 100  # Slack's limit for a Home tab
 FIXED_BLOCKS = 3  # header, kill switch, notice
@@ -26,18 +28,54 @@ TEAM_MIN_SHOWN = 10  # the team's routines keep some room however many the user 
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
 
+class RoutineFacts(Protocol):
+    """What the page decides on about a routine."""
+
+    @property
+    def owners(self) -> str: ...  # comma-separated
+    @property
+    def created_by(self) -> str: ...
+    @property
+    def schedule(self) -> str | None: ...
+    @property
+    def schedule_tz(self) -> str: ...
+    @property
+    def paused(self) -> bool: ...
+
+
+class KillSwitchFacts(Protocol):
+    @property
+    def engaged(self) -> bool: ...
+
+
+R = TypeVar("R", bound=RoutineFacts)  # a routine, shown as it came
+L = TypeVar("L")  # its last run: only passed through to the page
+K = TypeVar("K", bound=KillSwitchFacts)
+R_co = TypeVar("R_co", bound=RoutineFacts, covariant=True)
+L_co = TypeVar("L_co", covariant=True)
+
+
+class Overview(Protocol[R_co, L_co]):
+    """A routine with its last run, e.g. `bot.services.service.RoutineOverview`."""
+
+    @property
+    def routine(self) -> R_co: ...
+    @property
+    def last_run(self) -> L_co | None: ...
+
+
 @dataclass(frozen=True)
-class HomeEntry:
-    routine: Routine
-    last_run: Run | None
+class HomeEntry(Generic[R, L]):
+    routine: R
+    last_run: L | None
     next_run: datetime | None  # None: no schedule, or held
     held: str  # why its triggers are held ("paused", "kill switch"), or ""
 
 
 @dataclass(frozen=True)
-class HomeSection:
+class HomeSection(Generic[R, L]):
     title: str
-    entries: tuple[HomeEntry, ...]
+    entries: tuple[HomeEntry[R, L], ...]
     total: int
 
     @property
@@ -47,21 +85,21 @@ class HomeSection:
 
 
 @dataclass(frozen=True)
-class HomePage:
+class HomePage(Generic[R, L, K]):
     user_id: str
-    kill_switch: KillSwitch
-    mine: HomeSection
-    team: HomeSection
+    kill_switch: K
+    mine: HomeSection[R, L]
+    team: HomeSection[R, L]
     notice: str = ""  # the answer to this user's last click (a refusal says who may)
 
 
-def belongs_to(routine: Routine, user_id: str) -> bool:
+def belongs_to(routine: RoutineFacts, user_id: str) -> bool:
     """The user's routines: they are one of its owners, or created it."""
     owners = {owner.strip() for owner in routine.owners.split(",")}
     return user_id in owners or routine.created_by == user_id
 
 
-def next_run(routine: Routine, now: datetime) -> datetime | None:
+def next_run(routine: RoutineFacts, now: datetime) -> datetime | None:
     if not routine.schedule:
         return None
     when = schedule.Schedule(routine.schedule, routine.schedule_tz)
@@ -69,22 +107,23 @@ def next_run(routine: Routine, now: datetime) -> datetime | None:
     return fires[0] if fires else None
 
 
-def held_because(routine: Routine, kill_switch: KillSwitch) -> str:
+def held_because(routine: RoutineFacts, kill_switch: KillSwitchFacts) -> str:
     if kill_switch.engaged:
         return "kill switch"
     return "paused" if routine.paused else ""
 
 
-def home_page(overviews: Sequence[RoutineOverview], kill_switch: KillSwitch, user_id: str,
-              now: datetime, notice: str = "", max_routines: int = MAX_ROUTINES) -> HomePage:
+def home_page(overviews: Sequence[Overview[R, L]], kill_switch: K, user_id: str,
+              now: datetime, notice: str = "", max_routines: int = MAX_ROUTINES,
+              ) -> HomePage[R, L, K]:
     """The page for one user; `overviews` come in display order (by name)."""
     mine = [o for o in overviews if belongs_to(o.routine, user_id)]
     team = [o for o in overviews if not belongs_to(o.routine, user_id)]
     mine_shown = min(len(mine), max_routines - min(len(team), TEAM_MIN_SHOWN))
     team_shown = min(len(team), max_routines - mine_shown)
 
-    def entries(chosen: Sequence[RoutineOverview]) -> tuple[HomeEntry, ...]:
-        result = []
+    def entries(chosen: Sequence[Overview[R, L]]) -> tuple[HomeEntry[R, L], ...]:
+        result: list[HomeEntry[R, L]] = []
         for o in chosen:
             held = held_because(o.routine, kill_switch)
             result.append(HomeEntry(o.routine, o.last_run,
