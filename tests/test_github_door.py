@@ -149,7 +149,7 @@ async def test_githubs_real_deliveries_are_read_and_fire(
     assert (ping[0], ping[1]["ok"]) == (200, True)
     assert pull[0] == 202 and [f["routine"] for f in pull[1]["fired"]] == ["triage"]
     assert (issue[0], issue[1]["fired"]) == (200, [])
-    run = bot.service.run_history("triage")[0].run
+    run = bot.services.routines.history("triage")[0].run
     assert (run.trigger_kind, run.triggered_by, run.trigger_ref) == (
         "github", "Codertocat", "real-pr")
-    assert bot.service.run_history("releaser") == []
+    assert bot.services.routines.history("releaser") == []
