@@ -27,8 +27,9 @@ from bot.core.digest import (
 )
 from bot.core.pricing import Price, PriceTable
 from bot.core.redaction import Redactor
-from bot.core.schedule import Schedule, ScheduleError, ScheduleRunner, parse_schedule
+from bot.core.schedule import Schedule, ScheduleError, parse_schedule
 from bot.core.statuses import RunStatus
+from bot.doors.scheduler.jobs import ScheduleRunner
 from bot.doors.slack.commands import Command, parse
 from bot.doors.slack.messages import Messages
 from bot.errors import RoutinesError

@@ -15,12 +15,12 @@ from bot.core.schedule import (
     CatchUp,
     Schedule,
     ScheduleError,
-    ScheduleRunner,
     catch_up,
     fires_between,
     next_fire_times,
     parse_schedule,
 )
+from bot.doors.scheduler.jobs import ScheduleRunner
 from bot.errors import RoutinesError
 
 

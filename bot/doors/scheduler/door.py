@@ -1,5 +1,5 @@
-"""The scheduler as a door: APScheduler (through `bot.core.schedule.ScheduleRunner`, the one
-module that touches it) calls the services, exactly like the Slack and HTTP doors.
+"""The scheduler as a door: APScheduler's jobs (`bot.doors.scheduler.jobs.ScheduleRunner`)
+call the services, exactly like the Slack and HTTP doors.
 
 The database is the truth: at start-up the jobs are rebuilt from the saved schedules,
 after one catch-up decision per routine for the fires missed while the bot was down.
@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from bot.core.digest import Digest
-from bot.core.schedule import Schedule, ScheduleRunner
+from bot.core.schedule import Schedule
+from bot.doors.scheduler.jobs import ScheduleRunner
 from bot.errors import RoutinesError
 from bot.services import Services
 from bot.services.digests import DigestService
