@@ -1,14 +1,69 @@
-"""One root error for everything the bot refuses or fails at.
+"""One root error for everything the bot refuses or fails at, each carrying its facts.
 
-Adapters catch `RoutinesError` and render its message; anything else is a bug and is
-logged as one.
+An error holds data (names, ids, who, limits), not a finished sentence: `words(style)`
+says it in a door's style. `str(error)` is the plain sentence the HTTP API, the CLI and
+the logs show; the Slack door passes its own style (`bot.doors.slack.words`), which adds
+mrkdwn code spans, mentions and `/routine` hints. Doors catch `RoutinesError`; anything
+else is a bug and is logged as one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+class Style(Protocol):
+    """How a door says the parts of a sentence that differ between doors."""
+
+    def code(self, text: str) -> str:
+        """A name or a value the user typed (`nightly`)."""
+        ...
+
+    def user(self, user_id: str) -> str:
+        """Someone, by their id."""
+        ...
+
+    def users(self, principals: Iterable[str]) -> str:
+        """People and user groups, comma-separated, or "nobody"."""
+        ...
+
+    def command(self, args: str) -> str | None:
+        """How to do it from this door (`/routine resume nightly`), or None where there
+        is no such command."""
+        ...
+
+
+class PlainStyle:
+    """Plain text: for the HTTP API, the CLI and the logs."""
+
+    def code(self, text: str) -> str:
+        return text
+
+    def user(self, user_id: str) -> str:
+        return user_id
+
+    def users(self, principals: Iterable[str]) -> str:
+        return ", ".join(principals) or "nobody"
+
+    def command(self, args: str) -> str | None:
+        return None
+
+
+PLAIN = PlainStyle()
+
 
 class RoutinesError(Exception):
-    """Root of every error the service layer raises on purpose."""
+    """Root of every error the bot raises on purpose. A subclass with facts overrides
+    `words`; one built from a sentence (input feedback) says that sentence."""
+
+    def words(self, style: Style) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+    def __str__(self) -> str:
+        return self.words(PLAIN)
 
 
 class SettingsError(RoutinesError, ValueError):
@@ -17,14 +72,22 @@ class SettingsError(RoutinesError, ValueError):
 
 class RoutineNotFound(RoutinesError, LookupError):
     def __init__(self, name: str) -> None:
-        super().__init__(f"No routine named `{name}`. `/routine list` shows the routines.")
+        super().__init__(name)
         self.name = name
+
+    def words(self, style: Style) -> str:
+        hint = style.command("list")
+        return f"No routine named {style.code(self.name)}." + (
+            f" {hint} shows the routines." if hint else "")
 
 
 class RunNotFound(RoutinesError, LookupError):
     def __init__(self, run_id: int) -> None:
-        super().__init__(f"No run #{run_id}.")
+        super().__init__(run_id)
         self.run_id = run_id
+
+    def words(self, style: Style) -> str:
+        return f"No run #{self.run_id}."
 
 
 class ValidationFailed(RoutinesError, ValueError):
@@ -32,57 +95,252 @@ class ValidationFailed(RoutinesError, ValueError):
 
     def __init__(self, field_errors: dict[str, str]) -> None:
         self.field_errors = dict(field_errors)
+        super().__init__(self.field_errors)
+
+    def words(self, style: Style) -> str:
         details = "; ".join(f"{field}: {why}" for field, why in self.field_errors.items())
-        super().__init__(f"Invalid routine: {details}")
+        return f"Invalid routine: {details}"
 
 
 class RoutinePaused(RoutinesError):
     def __init__(self, name: str, paused_by: str | None) -> None:
-        who = f" by {paused_by}" if paused_by else ""
-        super().__init__(f"Routine `{name}` is paused{who}; `/routine resume {name}` "
-                         "restores its triggers.")
+        super().__init__(name, paused_by)
+        self.name, self.paused_by = name, paused_by
+
+    def words(self, style: Style) -> str:
+        who = f" by {self.paused_by}" if self.paused_by else ""
+        hint = style.command(f"resume {self.name}")
+        return f"Routine {style.code(self.name)} is paused{who}" + (
+            f"; {hint} restores its triggers." if hint else ".")
+
+
+class AlreadyPaused(RoutinesError):
+    def __init__(self, name: str, paused_by: str | None) -> None:
+        super().__init__(name, paused_by)
+        self.name, self.paused_by = name, paused_by
+
+    def words(self, style: Style) -> str:
+        return f"Routine {style.code(self.name)} is already paused (by {self.paused_by})."
+
+
+class NotPaused(RoutinesError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
         self.name = name
+
+    def words(self, style: Style) -> str:
+        return f"Routine {style.code(self.name)} is not paused."
+
+
+class RunsPending(RoutinesError):
+    """A routine with runs in progress or waiting cannot be deleted."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def words(self, style: Style) -> str:
+        hint = style.command("history")
+        return (f"Routine {style.code(self.name)} has runs in progress or waiting; cancel "
+                "them first" + (f" ({hint} lists them)." if hint else "."))
+
+
+class NoSchedule(RoutinesError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def words(self, style: Style) -> str:
+        return f"Routine {style.code(self.name)} has no schedule."
+
+
+class AlreadySubscribed(RoutinesError):
+    def __init__(self, name: str, spec: str) -> None:
+        super().__init__(name, spec)
+        self.name, self.spec = name, spec
+
+    def words(self, style: Style) -> str:
+        return f"Routine {style.code(self.name)} already listens to {style.code(self.spec)}."
+
+
+class RunAlreadyEnded(RoutinesError):
+    def __init__(self, run_id: int, status: str) -> None:
+        super().__init__(run_id, status)
+        self.run_id, self.status = run_id, status
+
+    def words(self, style: Style) -> str:
+        return f"Run #{self.run_id} already ended ({self.status})."
+
+
+class RunStillPending(RoutinesError):
+    def __init__(self, run_id: int, status: str) -> None:
+        super().__init__(run_id, status)
+        self.run_id, self.status = run_id, status
+
+    def words(self, style: Style) -> str:
+        return f"Run #{self.run_id} is still {self.status}."
+
+
+class NothingToRetry(RoutinesError):
+    """The run succeeded: there is nothing to retry (running it again is another thing)."""
+
+    def __init__(self, run_id: int, routine: str) -> None:
+        super().__init__(run_id, routine)
+        self.run_id, self.routine = run_id, routine
+
+    def words(self, style: Style) -> str:
+        hint = style.command(f"run {self.routine}")
+        return f"Run #{self.run_id} succeeded: nothing to retry" + (
+            f" ({hint} runs it again)." if hint else ".")
 
 
 class InvalidToken(RoutinesError, PermissionError):
-    def __init__(self) -> None:
-        super().__init__("missing, wrong or revoked API token")
+    def words(self, style: Style) -> str:
+        return "missing, wrong or revoked API token"
 
 
 class RateLimited(RoutinesError):
     def __init__(self, name: str, retry_after: int) -> None:
-        super().__init__(f"Routine `{name}` was triggered too often; retry in {retry_after}s.")
-        self.retry_after = retry_after
+        super().__init__(name, retry_after)
+        self.name, self.retry_after = name, retry_after
+
+    def words(self, style: Style) -> str:
+        return (f"Routine {style.code(self.name)} was triggered too often; "
+                f"retry in {self.retry_after}s.")
 
 
 class TokenNotFound(RoutinesError, LookupError):
     def __init__(self, routine: str, token_name: str) -> None:
-        super().__init__(f"Routine `{routine}` has no token named `{token_name}`.")
+        super().__init__(routine, token_name)
+        self.routine, self.token_name = routine, token_name
+
+    def words(self, style: Style) -> str:
+        return (f"Routine {style.code(self.routine)} has no token named "
+                f"{style.code(self.token_name)}.")
+
+
+class MayAct(StrEnum):
+    """Who may do what the actor was refused."""
+
+    OWNERS = "owners"  # the routine's owners or an admin
+    APPROVERS = "approvers"  # the routine's approvers or an admin
+    SOMEONE_ELSE = "someone_else"  # an approver other than the run's requester
+    ADMINS = "admins"
+    ADMINS_OR_APPROVERS = "admins_or_approvers"
 
 
 class Forbidden(RoutinesError, PermissionError):
-    """The actor's role does not allow the action; the message says who may."""
+    """The actor's role does not allow `action`; `may` and `principals` say who may."""
+
+    def __init__(self, action: str, may: MayAct, principals: tuple[str, ...],
+                 routine: str | None = None) -> None:
+        super().__init__(action, may, principals, routine)
+        self.action, self.may, self.principals, self.routine = action, may, principals, routine
+
+    def words(self, style: Style) -> str:
+        people = style.users(self.principals)
+        if self.may is MayAct.SOMEONE_ELSE:
+            return (f"You requested this run, so someone else must approve it: its approvers "
+                    f"({people}) or an admin.")
+        name = style.code(self.routine or "")
+        if self.may is MayAct.OWNERS:
+            return f"Only its owners ({people}) or an admin may {self.action} {name}."
+        if self.may is MayAct.APPROVERS:
+            return f"Only its approvers ({people}) or an admin may approve runs of {name}."
+        who = "admins or approvers" if self.may is MayAct.ADMINS_OR_APPROVERS else "admins"
+        return f"Only {who} may {self.action} (admins: {people})."
 
 
 class KillSwitchEngaged(RoutinesError):
     def __init__(self, reason: str, by: str) -> None:
-        super().__init__(f"The kill switch is engaged (by <@{by}>: {reason}); no routine "
-                         "runs until an admin disengages it.")
-        self.reason = reason
+        super().__init__(reason, by)
+        self.reason, self.by = reason, by
+
+    def words(self, style: Style) -> str:
+        return (f"The kill switch is engaged (by {style.user(self.by)}: {self.reason}); no "
+                "routine runs until an admin disengages it.")
+
+
+class KillSwitchAlreadyEngaged(KillSwitchEngaged):
+    def words(self, style: Style) -> str:
+        return f"The kill switch is already engaged (by {style.user(self.by)}: {self.reason})."
+
+
+class KillSwitchNotEngaged(RoutinesError):
+    def words(self, style: Style) -> str:
+        return "The kill switch is not engaged."
+
+
+class KillSwitchStillEngaged(RoutinesError):
+    """Held runs are released only once the switch is disengaged."""
+
+    def words(self, style: Style) -> str:
+        return ("Disengage the kill switch first: held runs cannot start while it is "
+                "engaged.")
+
+
+class BudgetKind(StrEnum):
+    RUNS_PER_DAY = "runs_per_day"
+    SPEND_CAP = "spend_cap"
 
 
 class BudgetExceeded(RoutinesError):
     """A run was refused by a budget: the routine's daily runs or the global spend cap."""
 
+    def __init__(self, kind: BudgetKind, routine: str = "", limit: int = 0,
+                 spent_usd: float = 0.0, cap_usd: float = 0.0) -> None:
+        super().__init__(kind, routine, limit, spent_usd, cap_usd)
+        self.kind, self.routine, self.limit = kind, routine, limit
+        self.spent_usd, self.cap_usd = spent_usd, cap_usd
+
+    def words(self, style: Style) -> str:
+        if self.kind is BudgetKind.RUNS_PER_DAY:
+            return (f"Routine {style.code(self.routine)} has used its {self.limit} run(s) for "
+                    f"today; it can run again after 00:00 UTC (an owner can raise "
+                    f"{style.code('max-runs-per-day')}).")
+        hint = style.command("budget cap AMOUNT")
+        return (f"The daily spend cap is reached (${self.spent_usd:.2f} of "
+                f"${self.cap_usd:.2f} today): new runs are refused until 00:00 UTC or until "
+                "an admin raises it" + (f" with {hint}." if hint else "."))
+
 
 class RoutineBusy(RoutinesError):
     """The routine already runs its maximum and its busy policy is `skip`."""
 
+    def __init__(self, routine: str, active: int, limit: int) -> None:
+        super().__init__(routine, active, limit)
+        self.routine, self.active, self.limit = routine, active, limit
+
+    def words(self, style: Style) -> str:
+        return (f"Routine {style.code(self.routine)} already has {self.active} run(s) in "
+                f"progress (its limit is {self.limit}, policy {style.code('skip')}): this "
+                "trigger was skipped.")
+
 
 class ApprovalNotFound(RoutinesError, LookupError):
     def __init__(self, approval_id: int) -> None:
-        super().__init__(f"No approval request #{approval_id}.")
+        super().__init__(approval_id)
+        self.approval_id = approval_id
+
+    def words(self, style: Style) -> str:
+        return f"No approval request #{self.approval_id}."
 
 
 class AlreadyDecided(RoutinesError):
-    """Someone else decided first; the message says who and what."""
+    """Someone else decided first (or the request expired, or was withdrawn)."""
+
+    def __init__(self, status: str, decided_by: str | None, decided_at: datetime) -> None:
+        super().__init__(status, decided_by, decided_at)
+        self.status, self.decided_by, self.decided_at = status, decided_by, decided_at
+
+    def words(self, style: Style) -> str:
+        if self.status == "expired":
+            return "This request expired before anyone decided."
+        if self.status == "withdrawn":
+            return f"This request was withdrawn (the run was cancelled by {self.decided_by})."
+        return (f"Already {self.status} by {style.user(self.decided_by or '')} at "
+                f"{self.decided_at.strftime('%H:%M:%S UTC')}.")
+
+
+class TryAgain(RoutinesError):
+    """The same change was made at the same moment elsewhere; trying again settles it."""

@@ -212,7 +212,9 @@ async def test_roles_are_refused_from_slack_and_from_the_api(
     await fake.slash(f"set nightly owners=<@{BOB}>")
     status, body, _ = await call(bot, "POST", "/api/v1/routines/nightly/pause", token)
     assert status == 403 and body["error"] == "forbidden"
-    assert f"Only its owners (<@{BOB}>) or an admin may pause" in body["message"]
+    # The API says it in plain words: no Slack mentions or mrkdwn in a JSON body.
+    assert f"Only its owners ({BOB}) or an admin may pause" in body["message"]
+    assert "<@" not in body["message"] and "`" not in body["message"]
     assert not bot.services.routines.get("nightly").paused
     # Running is not an owner's privilege: the API door still queues runs.
     status, body, _ = await call(bot, "POST", "/api/v1/routines/nightly/runs", token,

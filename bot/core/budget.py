@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from bot.errors import BudgetExceeded, BudgetKind, RoutineBusy
+
 WARNING_SHARE = 0.8
 
 
@@ -22,19 +24,18 @@ def next_reset(now: datetime) -> datetime:
     return day_start(now) + timedelta(days=1)
 
 
-def runs_per_day_refusal(routine: str, runs_today: int, limit: int | None) -> str | None:
+def runs_per_day_refusal(routine: str, runs_today: int,
+                         limit: int | None) -> BudgetExceeded | None:
     if limit is None or runs_today < limit:
         return None
-    return (f"Routine `{routine}` has used its {limit} run(s) for today; it can run again "
-            f"after 00:00 UTC (an owner can raise `max-runs-per-day`).")
+    return BudgetExceeded(BudgetKind.RUNS_PER_DAY, routine=routine, limit=limit)
 
 
-def busy_refusal(routine: str, active: int, limit: int | None) -> str | None:
+def busy_refusal(routine: str, active: int, limit: int | None) -> RoutineBusy | None:
     """For the `skip` policy: a trigger while the routine is at its limit is dropped."""
     if limit is None or active < limit:
         return None
-    return (f"Routine `{routine}` already has {active} run(s) in progress (its limit is "
-            f"{limit}, policy `skip`): this trigger was skipped.")
+    return RoutineBusy(routine, active, limit)
 
 
 class SpendLevel(StrEnum):
@@ -62,9 +63,8 @@ class Spend:
     def share(self) -> float:
         return self.spent_usd / self.cap_usd if self.cap_usd > 0 else 0.0
 
-    def refusal(self) -> str | None:
+    def refusal(self) -> BudgetExceeded | None:
         if self.level is not SpendLevel.EXHAUSTED:
             return None
-        return (f"The daily spend cap is reached (${self.spent_usd:.2f} of "
-                f"${self.cap_usd:.2f} today): new runs are refused until 00:00 UTC or "
-                "until an admin raises it with `/routine budget cap AMOUNT`.")
+        return BudgetExceeded(BudgetKind.SPEND_CAP, spent_usd=self.spent_usd,
+                              cap_usd=self.cap_usd)

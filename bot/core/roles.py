@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from bot.errors import Forbidden
+from bot.errors import Forbidden, MayAct
 
 Directory = Callable[[str], frozenset[str]]  # user group id -> its members' user ids
 
@@ -106,8 +106,8 @@ class Roles:
         """Raise `Forbidden`, saying who may, unless `user` may do `action`."""
         if self.is_admin(user):
             if action is Action.APPROVE and user == requester:
-                raise Forbidden(f"You requested this run, so someone else must approve it: "
-                                f"{self._approvers_text(routine)}.")
+                raise Forbidden(action.value, MayAct.SOMEONE_ELSE, _approvers(routine),
+                                _name(routine))
             return
         if action in OWNER_ACTIONS:
             assert routine is not None
@@ -115,23 +115,24 @@ class Roles:
                 return
             if action is Action.CANCEL and user == requester:
                 return  # whoever started a run may stop it
-            who = f"its owners ({format_principals(routine.owners)}) or an admin"
-            raise Forbidden(f"Only {who} may {action.value} `{routine.name}`.")
+            raise Forbidden(action.value, MayAct.OWNERS, routine.owners, routine.name)
         if action is Action.APPROVE:
             assert routine is not None
             if user == requester:
-                raise Forbidden(f"You requested this run, so someone else must approve it: "
-                                f"{self._approvers_text(routine)}.")
+                raise Forbidden(action.value, MayAct.SOMEONE_ELSE, routine.approvers,
+                                routine.name)
             if self.holds(user, routine.approvers):
                 return
-            raise Forbidden(f"Only {self._approvers_text(routine)} may approve runs of "
-                            f"`{routine.name}`.")
+            raise Forbidden(action.value, MayAct.APPROVERS, routine.approvers, routine.name)
         if action is Action.ENGAGE and is_approver_anywhere:
             return
-        who = "admins or approvers" if action is Action.ENGAGE else "admins"
-        raise Forbidden(f"Only {who} may {action.value} (admins: "
-                        f"{format_principals(self.admins)}).")
+        may = MayAct.ADMINS_OR_APPROVERS if action is Action.ENGAGE else MayAct.ADMINS
+        raise Forbidden(action.value, may, self.admins)
 
-    def _approvers_text(self, routine: RoutineRoles | None) -> str:
-        approvers = routine.approvers if routine else ()
-        return f"its approvers ({format_principals(approvers)}) or an admin"
+
+def _approvers(routine: RoutineRoles | None) -> tuple[str, ...]:
+    return routine.approvers if routine else ()
+
+
+def _name(routine: RoutineRoles | None) -> str | None:
+    return routine.name if routine else None

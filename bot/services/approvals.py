@@ -90,7 +90,7 @@ class ApprovalService(Service):
                 .values(status=status, decided_by=actor, decided_at=utcnow(),
                         reason=self.redact(reason.strip())[:500]))
             if won.rowcount != 1:  # type: ignore[attr-defined]
-                raise AlreadyDecided(_decided_text(self.get(approval_id).approval))
+                raise _already_decided(self.get(approval_id).approval)
             kind = current.approval.kind
             audit.record(session, actor, "approve" if approve else "reject", current.routine.name,
                    f"run #{current.run.id} ({kind})" + (f": {reason.strip()}" if reason else ""))
@@ -146,13 +146,9 @@ class ApprovalService(Service):
         return [self.get(row_id(a)) for a in expired]
 
 
-def _decided_text(approval: Approval) -> str:
-    if approval.status == ApprovalStatus.EXPIRED:
-        return "This request expired before anyone decided."
-    if approval.status == ApprovalStatus.WITHDRAWN:
-        return f"This request was withdrawn (the run was cancelled by {approval.decided_by})."
-    return (f"Already {approval.status} by <@{approval.decided_by}> at "
-            f"{as_utc(approval.decided_at or utcnow()).strftime('%H:%M:%S UTC')}.")
+def _already_decided(approval: Approval) -> AlreadyDecided:
+    return AlreadyDecided(approval.status, approval.decided_by,
+                          as_utc(approval.decided_at or utcnow()))
 
 
 def _rejection(actor: str, reason: str) -> str:

@@ -37,7 +37,7 @@ from bot.core.digest import (
 )
 from bot.core.pricing import PriceTable
 from bot.core.statuses import PENDING_STATUSES, RunStatus
-from bot.errors import RoutinesError
+from bot.errors import RoutinesError, TryAgain
 from bot.services.events import DigestScheduleChanged, EventBus
 from bot.store import audit
 from bot.store.database import Database
@@ -91,7 +91,7 @@ class DigestService:
             try:
                 session.flush()
             except IntegrityError:  # subscribed at the same moment elsewhere
-                raise RoutinesError("This channel was just subscribed; try again.") from None
+                raise TryAgain("This channel was just subscribed; try again.") from None
             audit.record(session, actor, "digest_subscribed", None,
                          f"{channel_id} {when.expression} ({when.timezone})")
         self.bus.publish(DigestScheduleChanged(channel_id, when))

@@ -12,6 +12,7 @@ from bot.core.statuses import (
 )
 from bot.core.trigger import Trigger
 from bot.errors import (
+    AlreadySubscribed,
     RoutinesError,
 )
 from bot.services.context import Service, Shared
@@ -46,8 +47,7 @@ class GitHubService(Service):
             try:
                 session.flush()
             except IntegrityError:
-                raise RoutinesError(f"Routine `{routine.name}` already listens to "
-                                    f"`{wanted.describe()}`.") from None
+                raise AlreadySubscribed(routine.name, wanted.describe()) from None
             audit.record(session, actor, "github_subscribed", routine.name, wanted.describe())
         return wanted
 

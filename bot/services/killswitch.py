@@ -14,8 +14,10 @@ from bot.core.statuses import (
     StopKind,
 )
 from bot.errors import (
+    KillSwitchAlreadyEngaged,
     KillSwitchEngaged,
-    RoutinesError,
+    KillSwitchNotEngaged,
+    KillSwitchStillEngaged,
     ValidationFailed,
 )
 from bot.services.context import Service
@@ -52,8 +54,7 @@ class KillSwitchService(Service):
         with self.db.session() as session:
             state = KillSwitch.current(session)
             if state.engaged:
-                raise RoutinesError(f"The kill switch is already engaged (by "
-                                    f"<@{state.changed_by}>: {state.reason}).")
+                raise KillSwitchAlreadyEngaged(state.reason, state.changed_by)
             state.engaged, state.reason, state.changed_by, state.changed_at = (
                 True, self.redact(reason)[:500], actor, now)
             session.add(state)
@@ -78,7 +79,7 @@ class KillSwitchService(Service):
         with self.db.session() as session:
             state = KillSwitch.current(session)
             if not state.engaged:
-                raise RoutinesError("The kill switch is not engaged.")
+                raise KillSwitchNotEngaged()
             state.engaged, state.changed_by, state.changed_at = False, actor, now
             session.execute(update(Routine).where(col(Routine.schedule).is_not(None))
                             .values(last_fire_at=now))
@@ -95,8 +96,7 @@ class KillSwitchService(Service):
         """After disengaging: let held runs go on (`drop` False) or cancel them."""
         self._check(actor, Action.DISENGAGE)
         if self.state().engaged:
-            raise RoutinesError("Disengage the kill switch first: held runs cannot start "
-                                "while it is engaged.")
+            raise KillSwitchStillEngaged()
         with self.db.session() as session:
             held = self._held(session)
             held_ids = select(Run.id).where(col(Run.held_at).is_not(None),

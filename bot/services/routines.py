@@ -12,7 +12,9 @@ from bot.core import retry, schedule
 from bot.core.roles import Action
 from bot.core.routine import RoutineDraft, normalized, validate
 from bot.errors import (
-    RoutinesError,
+    AlreadyPaused,
+    NotPaused,
+    RunsPending,
     ValidationFailed,
 )
 from bot.services.context import Service
@@ -80,8 +82,7 @@ class RoutineService(Service):
             routine = self._require(session, name)
             self._check(actor, Action.PAUSE, routine)
             if routine.paused:
-                raise RoutinesError(f"Routine `{routine.name}` is already paused "
-                                    f"(by {routine.paused_by}).")
+                raise AlreadyPaused(routine.name, routine.paused_by)
             routine.paused_at, routine.paused_by = utcnow(), actor
             audit.record(session, actor, "pause", routine.name)
             return routine
@@ -91,7 +92,7 @@ class RoutineService(Service):
             routine = self._require(session, name)
             self._check(actor, Action.RESUME, routine)
             if not routine.paused:
-                raise RoutinesError(f"Routine `{routine.name}` is not paused.")
+                raise NotPaused(routine.name)
             routine.paused_at, routine.paused_by = None, None
             audit.record(session, actor, "resume", routine.name)
             return routine
@@ -114,9 +115,7 @@ class RoutineService(Service):
             routine = self._require(session, name)
             self._check(actor, Action.DELETE, routine)
             if queries.active_runs(session, routine, pending=True):
-                raise RoutinesError(f"Routine `{routine.name}` has runs in progress or "
-                                    "waiting; cancel them first (`/routine history` lists "
-                                    "them).")
+                raise RunsPending(routine.name)
             run_ids = select(Run.id).where(Run.routine_id == routine.id)
             for table, column in ((RunEvent, RunEvent.run_id), (Approval, Approval.run_id)):
                 session.execute(delete(table).where(col(column).in_(run_ids)))

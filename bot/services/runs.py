@@ -21,7 +21,7 @@ from bot.core.statuses import (
 )
 from bot.core.verdict import RunOutcome
 from bot.errors import (
-    RoutinesError,
+    RunAlreadyEnded,
     RunNotFound,
 )
 from bot.services.approvals import ApprovalService
@@ -217,7 +217,7 @@ class RunService(Service):
         view = self.get(run_id)
         self._check(actor, Action.CANCEL, view.routine, requester=view.run.triggered_by)
         if view.run.status.finished:
-            raise RoutinesError(f"Run #{run_id} already ended ({view.run.status}).")
+            raise RunAlreadyEnded(run_id, view.run.status)
         with self.db.session() as session:
             session.execute(update(Approval).where(
                 col(Approval.run_id) == run_id, col(Approval.status) == ApprovalStatus.PENDING)

@@ -13,8 +13,8 @@ from bot.core.statuses import (
 )
 from bot.core.trigger import Trigger
 from bot.errors import (
+    NoSchedule,
     RoutinePaused,
-    RoutinesError,
 )
 from bot.services.context import Service, Shared
 from bot.services.events import ScheduleChanged
@@ -61,7 +61,7 @@ class ScheduleService(Service):
             routine = self._require(session, name)
             self._check(actor, Action.CHANGE, routine)
             if routine.schedule is None:
-                raise RoutinesError(f"Routine `{routine.name}` has no schedule.")
+                raise NoSchedule(routine.name)
             routine.schedule = None
             audit.record(session, actor, "schedule_cleared", routine.name)
         self.bus.publish(ScheduleChanged(routine.name, None))

@@ -14,8 +14,6 @@ from bot.core.statuses import (
     RunStatus,
 )
 from bot.errors import (
-    BudgetExceeded,
-    RoutineBusy,
     ValidationFailed,
 )
 from bot.services.context import Service
@@ -94,10 +92,10 @@ class SpendService(Service):
             busy = budget.busy_refusal(routine.name, queries.active_runs(session, routine),
                                        routine.max_concurrent)
             if busy is not None:
-                raise RoutineBusy(busy)
+                raise busy
         if refusal is None:
             refusal = self.spend_in(session, now).refusal()
         if refusal is not None:
             with self.db.session() as audit_session:  # kept although the trigger is refused
-                audit.record(audit_session, "budget", "budget_hit", routine.name, refusal)
-            raise BudgetExceeded(refusal)
+                audit.record(audit_session, "budget", "budget_hit", routine.name, str(refusal))
+            raise refusal

@@ -15,10 +15,11 @@ from bot.core.statuses import (
 )
 from bot.core.trigger import Trigger
 from bot.errors import (
+    NothingToRetry,
     RateLimited,
     RoutinePaused,
-    RoutinesError,
     RunNotFound,
+    RunStillPending,
 )
 from bot.services.approvals import ApprovalService
 from bot.services.context import Service, Shared
@@ -111,10 +112,9 @@ class TriggerService(Service):
             routine = session.get(Routine, failed.routine_id)
             assert routine is not None
             if not RunStatus(failed.status).finished:
-                raise RoutinesError(f"Run #{run_id} is still {failed.status}.")
+                raise RunStillPending(run_id, failed.status)
             if failed.status == RunStatus.SUCCEEDED:
-                raise RoutinesError(f"Run #{run_id} succeeded: nothing to retry "
-                                    f"(`/routine run {routine.name}` runs it again).")
+                raise NothingToRetry(run_id, routine.name)
             triggered = self.trigger_in(session, routine, Trigger(
                 TriggerKind.MANUAL, actor, ref=f"retry-of-{run_id}"))
             if not triggered.replayed:

@@ -19,6 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.run_log import diff_summary
 from bot.doors.slack.messages import Messages
+from bot.doors.slack.words import say
 from bot.errors import RoutinesError
 from bot.execution.wake import WakeLoop
 from bot.services import Services
@@ -61,7 +62,7 @@ class ApprovalMessages:
             view = await asyncio.to_thread(self.services.approvals.decide, int(raw_id), user,
                                            approve, reason)
         except (ValueError, RoutinesError) as exc:
-            await self.tell(client, body, raw_id, str(exc))
+            await self.tell(client, body, raw_id, say(exc))
             return
         await self.update(client, view)
 

@@ -31,6 +31,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.core import trigger
 from bot.core.home_page import home_page, mention
 from bot.doors.slack.messages import Messages
+from bot.doors.slack.words import say
 from bot.errors import RoutinesError
 from bot.execution.wake import WakeLoop
 from bot.services import Services
@@ -87,7 +88,7 @@ class HomeTab:
         try:
             notice = await asyncio.to_thread(self._act, verb, name, user_id)
         except RoutinesError as exc:  # a refusal: the message says why, and who may
-            notice = str(exc)
+            notice = say(exc)
         except Exception:
             log.exception("Home %s of %s failed", verb, name)
             notice = f"Could not {verb} `{name}`: an internal error (it was logged)."

@@ -19,6 +19,7 @@ from bot.doors.slack import commands
 from bot.doors.slack.approvals import ApprovalMessages
 from bot.doors.slack.messages import Messages
 from bot.doors.slack.run_buttons import RunButtons
+from bot.doors.slack.words import say
 from bot.errors import RoutinesError, ValidationFailed
 from bot.services import Services
 from bot.services.digests import DigestService
@@ -75,7 +76,7 @@ class SlackHandlers:
             reply = await asyncio.to_thread(self.answer, parsed, command["user_id"],
                                             command.get("channel_id", ""))
         except RoutinesError as exc:
-            reply = self.messages.render("error.json.j2", message=str(exc))
+            reply = self.messages.render("error.json.j2", message=say(exc))
             await ack(response_type="ephemeral", **reply)
             return
         await ack(response_type="ephemeral", **reply)
@@ -184,7 +185,7 @@ class SlackHandlers:
         try:
             view = await asyncio.to_thread(self.services.approvals.get, int(action["value"]))
         except (ValueError, RoutinesError) as exc:
-            await self.approvals.tell(client, body, action.get("value", ""), str(exc))
+            await self.approvals.tell(client, body, action.get("value", ""), say(exc))
             return
         await client.views_open(trigger_id=body["trigger_id"], view=self.messages.render(
             "reject_modal.json.j2", approval_id=view.approval.id, run_id=view.run.id,

@@ -23,6 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.run_log import chunk, log_lines
 from bot.doors.slack.messages import Messages, escape_mrkdwn
+from bot.doors.slack.words import say
 from bot.errors import RoutinesError
 from bot.services import Services
 from bot.services.views import RunView
@@ -74,7 +75,7 @@ class RunButtons:
             view = await asyncio.to_thread(self.services.runs.get, run_id)
             events = await asyncio.to_thread(self.services.runs.events, run_id)
         except RoutinesError as exc:
-            await self._tell(client, body, str(exc))
+            await self._tell(client, body, say(exc))
             return
         channel, thread_ts = _thread_of(view, body)
         for message in log_thread(self.messages, view, events):
@@ -89,7 +90,7 @@ class RunButtons:
             failed = await asyncio.to_thread(self.services.runs.get, run_id)
             triggered = await asyncio.to_thread(self.services.triggers.retry, run_id, actor)
         except RoutinesError as exc:
-            await self._tell(client, body, str(exc))
+            await self._tell(client, body, say(exc))
             return
         message = self.messages.render("run_retried.json.j2", view=triggered.view,
                                        retried=run_id, actor=actor,
