@@ -24,8 +24,15 @@ class RunStatus(StrEnum):
         return self not in PENDING_STATUSES
 
 
+# Every group of statuses the bot reasons about, defined once.
 PENDING_STATUSES = frozenset({RunStatus.AWAITING_APPROVAL, RunStatus.QUEUED,
-                              RunStatus.RUNNING})
+                              RunStatus.RUNNING})  # not finished yet
+NOT_STARTED = frozenset({RunStatus.AWAITING_APPROVAL, RunStatus.QUEUED})  # held, or cancelled
+ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})  # what `max-concurrent` counts
+NEVER_RAN = frozenset({RunStatus.REJECTED, RunStatus.EXPIRED,
+                       RunStatus.CANCELLED})  # not counted in a routine's runs per day
+AGENT_FAILURES = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT})  # the agent's to answer for
+FAILURES = AGENT_FAILURES | {RunStatus.ERROR}  # alerted, with a Retry button
 
 
 class StopKind(StrEnum):

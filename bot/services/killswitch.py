@@ -8,6 +8,7 @@ from sqlmodel import Session, col, select
 from bot.core import roles
 from bot.core.roles import Action
 from bot.core.statuses import (
+    NOT_STARTED,
     PENDING_STATUSES,
     ApprovalStatus,
     RunStatus,
@@ -59,7 +60,7 @@ class KillSwitchService(Service):
                 True, self.redact(reason)[:500], actor, now)
             session.add(state)
             session.execute(update(Run).where(
-                col(Run.status).in_([RunStatus.QUEUED, RunStatus.AWAITING_APPROVAL]),
+                col(Run.status).in_(NOT_STARTED),
                 col(Run.held_at).is_(None)).values(held_at=now))
             running = list(session.exec(select(Run.id).where(
                 Run.status == RunStatus.RUNNING)).all())

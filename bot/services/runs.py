@@ -12,6 +12,7 @@ from bot.core import retry
 from bot.core.roles import Action
 from bot.core.run_log import clip_event
 from bot.core.statuses import (
+    NOT_STARTED,
     PENDING_STATUSES,
     ApprovalKind,
     ApprovalStatus,
@@ -224,7 +225,7 @@ class RunService(Service):
                 .values(status=ApprovalStatus.WITHDRAWN, decided_by=actor, decided_at=utcnow()))
             ended = session.execute(update(Run).where(
                 col(Run.id) == run_id,
-                col(Run.status).in_([RunStatus.QUEUED, RunStatus.AWAITING_APPROVAL])).values(
+                col(Run.status).in_(NOT_STARTED)).values(
                 status=RunStatus.CANCELLED, finished_at=utcnow(),
                 reason=f"cancelled by {actor} before it started"))
             if ended.rowcount != 1:  # type: ignore[attr-defined]

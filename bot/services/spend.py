@@ -10,8 +10,8 @@ from sqlmodel import Session, col, select
 from bot.core import budget
 from bot.core.roles import Action
 from bot.core.statuses import (
+    NEVER_RAN,
     BusyPolicy,
-    RunStatus,
 )
 from bot.errors import (
     ValidationFailed,
@@ -78,8 +78,7 @@ class SpendService(Service):
     def _runs_since(session: Session, routine: Routine, since: datetime) -> int:
         return int(session.exec(select(func.count()).select_from(Run).where(
             Run.routine_id == routine.id, col(Run.queued_at) >= since,
-            col(Run.status).not_in([RunStatus.REJECTED, RunStatus.EXPIRED,
-                                    RunStatus.CANCELLED]))).one())
+            col(Run.status).not_in(NEVER_RAN))).one())
 
     def enforce(self, session: Session, routine: Routine) -> None:
         """Refuse (and record) a trigger over the routine's day, its busy limit, or the

@@ -8,7 +8,7 @@ import hashlib
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from bot.core.statuses import PENDING_STATUSES, RunStatus
+from bot.core.statuses import ACTIVE, PENDING_STATUSES
 from bot.core.trigger import Trigger
 from bot.errors import InvalidToken, RoutineNotFound
 from bot.store.tables import ApiToken, Routine, Run
@@ -70,6 +70,6 @@ def known_id(value: int | None) -> int:
 
 def active_runs(session: Session, routine: Routine, pending: bool = False) -> int:
     """The routine's queued and running runs (`pending`: awaiting approval too)."""
-    statuses = PENDING_STATUSES if pending else {RunStatus.QUEUED, RunStatus.RUNNING}
+    statuses = PENDING_STATUSES if pending else ACTIVE
     return int(session.exec(select(func.count()).select_from(Run).where(
         Run.routine_id == routine.id, col(Run.status).in_(statuses))).one())

@@ -18,6 +18,7 @@ import jinja2
 
 from bot.core.redaction import Redactor
 from bot.core.roles import format_principals, split
+from bot.core.statuses import FAILURES
 
 DEFAULT_TEMPLATES = Path(__file__).resolve().parents[3] / "templates"
 # Templates whose whole point is to show a secret once, to the one user who made it.
@@ -56,6 +57,7 @@ class Messages:
             truncate_text=truncate_text, mentions=escape_keeping_mentions,
             principals=lambda stored: format_principals(split(str(stored))),
         )
+        self.env.globals["FAILURES"] = sorted(FAILURES)  # the statuses that alert
         self.env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
 
     def render(self, template: str, **context: Any) -> dict[str, Any]:
