@@ -22,7 +22,7 @@ from bot.services.events import PublishDecided, RunQueued
 from bot.services.views import (
     ApprovalView,
 )
-from bot.store import audit
+from bot.store import audit, queries
 from bot.store.queries import row_id
 from bot.store.tables import (
     Approval,
@@ -66,10 +66,7 @@ class ApprovalService(Service):
             approval = session.get(Approval, approval_id)
             if approval is None:
                 raise ApprovalNotFound(approval_id)
-            run = session.get(Run, approval.run_id)
-            assert run is not None
-            routine = session.get(Routine, run.routine_id)
-            assert routine is not None
+            run, routine = queries.run_with_routine(session, approval.run_id)
             return ApprovalView(approval, run, routine)
 
     def decide(self, approval_id: int, actor: str, approve: bool,

@@ -11,8 +11,8 @@ from bot.core.statuses import ApprovalKind, ApprovalStatus
 from bot.services.context import Service, Shared
 from bot.services.runs import RunService
 from bot.services.views import RunView
-from bot.store import audit
-from bot.store.tables import Approval, Routine, Run
+from bot.store import audit, queries
+from bot.store.tables import Approval, Run
 
 
 class PublishService(Service):
@@ -39,9 +39,7 @@ class PublishService(Service):
     def record_published(self, run_id: int, ref: str | None, detail: str) -> None:
         """The push happened (`ref`), or the kept commit was discarded (`ref` None)."""
         with self.db.session() as session:
-            run = session.get(Run, run_id)
-            assert run is not None
-            routine = session.get(Routine, run.routine_id)
+            run, routine = queries.run_with_routine(session, run_id)
             run.published_ref = ref or ""
             audit.record(session, "publisher", "published" if ref else "publish_discarded",
-                   routine.name if routine else None, f"run #{run_id}: {detail}")
+                   routine.name, f"run #{run_id}: {detail}")

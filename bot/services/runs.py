@@ -23,7 +23,6 @@ from bot.core.statuses import (
 from bot.core.verdict import RunOutcome
 from bot.errors import (
     RunAlreadyEnded,
-    RunNotFound,
 )
 from bot.services.approvals import ApprovalService
 from bot.services.context import Service, Shared
@@ -31,7 +30,7 @@ from bot.services.events import ApprovalRequested, RunQueued, StopRequested
 from bot.services.views import (
     RunView,
 )
-from bot.store import audit
+from bot.store import audit, queries
 from bot.store.queries import known_id, row_id
 from bot.store.tables import (
     Approval,
@@ -52,11 +51,7 @@ class RunService(Service):
 
     def get(self, run_id: int) -> RunView:
         with self.db.session() as session:
-            run = session.get(Run, run_id)
-            if run is None:
-                raise RunNotFound(run_id)
-            routine = session.get(Routine, run.routine_id)
-            assert routine is not None
+            run, routine = queries.run_with_routine(session, run_id)
             return RunView(run, routine, self._scheduled_retry(session, run, routine))
 
     def events(self, run_id: int) -> list[Event]:
@@ -150,10 +145,7 @@ class RunService(Service):
         A medium-risk run that succeeded with a kept `commit` asks for publish approval."""
         retried = False
         with self.db.session() as session:
-            run = session.get(Run, run_id)
-            assert run is not None
-            routine = session.get(Routine, run.routine_id)
-            assert routine is not None
+            run, routine = queries.run_with_routine(session, run_id)
             outcome = self._stopped_outcome(session, outcome, run)
             publish = (commit is not None and routine.risk == RiskLevel.MEDIUM
                        and outcome.status == RunStatus.SUCCEEDED)
@@ -239,10 +231,7 @@ class RunService(Service):
     def _queue_retry(self, session: Session, run_id: int) -> bool:
         """Apply the routine's retry policy to a run that just finished (same unit of work):
         the next attempt keeps the trigger's provenance and waits out its backoff."""
-        run = session.get(Run, run_id)
-        assert run is not None
-        routine = session.get(Routine, run.routine_id)
-        assert routine is not None
+        run, routine = queries.run_with_routine(session, run_id)
         decision = retry.decide_retry(retry.policy_of(routine), RunStatus(run.status),
                                       run.attempt, run.reason, utcnow())
         held = routine.paused or KillSwitch.current(session).engaged

@@ -18,7 +18,6 @@ from bot.errors import (
     NothingToRetry,
     RateLimited,
     RoutinePaused,
-    RunNotFound,
     RunStillPending,
 )
 from bot.services.approvals import ApprovalService
@@ -106,11 +105,7 @@ class TriggerService(Service):
         """Run a finished, unsuccessful run again: same prompt and payload provenance, by
         `actor`, through every rule of a trigger. Twice for one run gives the first retry."""
         with self.db.session() as session:
-            failed = session.get(Run, run_id)
-            if failed is None:
-                raise RunNotFound(run_id)
-            routine = session.get(Routine, failed.routine_id)
-            assert routine is not None
+            failed, routine = queries.run_with_routine(session, run_id)
             if not RunStatus(failed.status).finished:
                 raise RunStillPending(run_id, failed.status)
             if failed.status == RunStatus.SUCCEEDED:

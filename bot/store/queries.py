@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 
 from bot.core.statuses import ACTIVE, PENDING_STATUSES
 from bot.core.trigger import Trigger
-from bot.errors import InvalidToken, RoutineNotFound
+from bot.errors import InvalidToken, RoutineNotFound, RunNotFound
 from bot.store.tables import ApiToken, Routine, Run
 
 
@@ -23,6 +23,16 @@ def require_routine(session: Session, name: str) -> Routine:
     if routine is None:
         raise RoutineNotFound(name)
     return routine
+
+
+def run_with_routine(session: Session, run_id: int) -> tuple[Run, Routine]:
+    """A run and its routine, or `RunNotFound`."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    routine = session.get(Routine, run.routine_id)
+    assert routine is not None  # a routine is deleted with its runs
+    return run, routine
 
 
 def run_for_ref(session: Session, routine: Routine, trigger: Trigger) -> Run | None:
