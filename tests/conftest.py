@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,6 @@ import sqlalchemy
 
 from bot.app import Bot
 from bot.settings import Settings
-from tests.github_payloads import FIXTURES_ENV, github_fixtures_dir
-from tests.slack_requests import FakeSlack
 from tests.standins.anthropic_api import AnthropicStandIn
 from tests.standins.environment import (
     API_KEY,
@@ -27,9 +25,9 @@ from tests.standins.environment import (
     network_gateway,
 )
 from tests.standins.slack_api import SlackApiStandIn
-
-SANDBOX_IMAGE = os.environ.get("ROUTINES_SANDBOX_IMAGE", "routines-sandbox:latest")
-RESULTS_CHANNEL = "C0RESULTS1"
+from tests.support.bots import SANDBOX_IMAGE, BotFactory
+from tests.support.github_payloads import FIXTURES_ENV, github_fixtures_dir
+from tests.support.slack_requests import FakeSlack
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -111,9 +109,6 @@ def settings(tmp_path: Path, slack_api: SlackApiStandIn, anthropic_api: Anthropi
              sandbox_gateway: str, database_url: str) -> Settings:
     return local_settings(tmp_path, slack_api.url, anthropic_api.url,
                           database_url=database_url, sandbox_image=SANDBOX_IMAGE)
-
-
-BotFactory = Callable[..., Awaitable[tuple[Bot, FakeSlack]]]
 
 
 @pytest.fixture

@@ -3,65 +3,16 @@ the real agent in the real container talking to the Anthropic stand-in."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from bot.core.trigger import manual
-from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.slack_requests import FakeSlack, modal_values
 from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool, tool_results
 from tests.standins.environment import API_KEY
 from tests.standins.slack_api import SlackApiStandIn
-
-
-async def create_routine(fake: FakeSlack, slack_api: SlackApiStandIn, name: str, prompt: str,
-                         repo: str, timeout: str = "60", setup: str = "") -> None:
-    reply = await fake.slash("create")
-    assert reply.status == 200
-    opened = await slack_api.wait_for("views.open", contains="routine_create", timeout=5)
-    assert opened.params["view"]["callback_id"] == "routine_create"
-    reply = await fake.submit_view("routine_create", modal_values(
-        name=name, prompt=prompt, repo_url=repo, branch="main", setup_script=setup,
-        channel_id=RESULTS_CHANNEL, model="claude-test-1", timeout_seconds=timeout))
-    assert reply.status == 200 and reply.text == "", reply.text
-    await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
-                             contains=f"created routine *{name}*", timeout=5)
-
-
-async def run_and_wait(fake: FakeSlack, slack_api: SlackApiStandIn, name: str,
-                       status: str, timeout: float = 90) -> dict[str, Any]:
-    reply = await fake.slash(f"run {name}")
-    assert reply.status == 200
-    body = reply.json()
-    assert body["response_type"] == "ephemeral"
-    assert "queued" in body["text"], body
-    run_id = body["text"].split("#")[1].split(" ")[0]
-    call = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
-                                    contains=f"run #{run_id}: ", timeout=timeout)
-    shown = json.dumps(call.params["blocks"])[:1500]
-    assert call.params["text"] == f"{name} run #{run_id}: {status}", shown
-    return dict(call.params, run_id=run_id, ts=call.response["ts"])
-
-
-async def view_log(fake: FakeSlack, slack_api: SlackApiStandIn, message: dict[str, Any],
-                   last: str = "Log of") -> str:
-    """Press View log; wait for the thread's `last` message; return the whole thread."""
-    reply = await fake.click("view_log", message["run_id"], channel=RESULTS_CHANNEL,
-                             message_ts=message["ts"])
-    assert reply.status == 200
-    await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL,
-                                                  "thread_ts": message["ts"]},
-                             contains=last, timeout=10)
-    return thread(slack_api, message["ts"])
-
-
-def thread(slack_api: SlackApiStandIn, ts: str) -> str:
-    """Everything posted in the thread of the message `ts`, as JSON text."""
-    return json.dumps([c.params for c in slack_api.calls_to("chat.postMessage")
-                       if c.params.get("thread_ts") == ts], ensure_ascii=False)
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.slack_flows import create_routine, run_and_wait, view_log, wait_until
 
 
 async def test_create_run_success_reaches_the_channel(
@@ -210,13 +161,6 @@ async def test_a_running_run_whose_container_vanished_is_failed_on_start(
                                     contains=f"run #{claimed.run.id}: ", timeout=10)
     assert call.params["text"] == f"orphan run #{claimed.run.id}: failed"
     assert "container was gone" in json.dumps(call.params["blocks"])
-
-
-async def wait_until(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 

@@ -15,11 +15,11 @@ from sqlmodel import SQLModel
 
 from bot.app import Bot
 from bot.store.tables import Run
-from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.slack_requests import FakeSlack
 from tests.standins.anthropic_api import AnthropicStandIn, Turn, report, tool
 from tests.standins.slack_api import SlackApiStandIn
-from tests.test_acceptance import create_routine, thread, view_log, wait_until
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.slack_flows import create_routine, thread, view_log, wait_until
+from tests.support.slack_requests import FakeSlack
 
 ROOT = Path(__file__).resolve().parent.parent
 BOB = "U0BOB0001"

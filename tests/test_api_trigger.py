@@ -6,13 +6,12 @@ import json
 import re
 from typing import Any
 
-import aiohttp
-
 from bot.app import Bot
-from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.slack_requests import FakeSlack, modal_values
 from tests.standins.anthropic_api import AnthropicStandIn, report
 from tests.standins.slack_api import SlackApiStandIn
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.http_doors import call
+from tests.support.slack_requests import FakeSlack, modal_values
 
 
 async def setup_routine(start_bot: BotFactory, git_repo: str, name: str = "deploy-notes",
@@ -29,18 +28,6 @@ async def setup_routine(start_bot: BotFactory, git_repo: str, name: str = "deplo
     token = re.search(r"```(rt_[\w-]+)```", json.dumps(shown["blocks"]))
     assert token is not None, shown
     return bot, fake, token.group(1)
-
-
-async def call(bot: Bot, method: str, path: str, token: str | None = None,
-               body: bytes | None = None, **headers: str) -> tuple[int, dict[str, Any],
-                                                                   dict[str, str]]:
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    headers.setdefault("Content-Type", "application/json")
-    async with aiohttp.ClientSession() as session, session.request(
-        method, f"http://127.0.0.1:{bot.port}{path}", data=body, headers=headers,
-    ) as response:
-        return response.status, await response.json(), dict(response.headers)
 
 
 async def test_a_token_queues_a_run_and_reads_its_status(

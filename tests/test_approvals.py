@@ -10,25 +10,13 @@ from typing import Any
 
 import git
 
-from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.slack_requests import FakeSlack, modal_values
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.environment import make_git_repo
 from tests.standins.slack_api import SlackApiStandIn, SlackCall
-from tests.test_api_trigger import call
-
-ALICE, BOB, CAROL, DAVE = "U0ALICE01", "U0BOB0001", "U0CAROL01", "U0DAVE001"  # DAVE: admin
-
-
-async def routine(fake: FakeSlack, name: str, prompt: str, repo: str, *settings: str) -> None:
-    """Created by Alice (its owner), then governed with `/routine set`."""
-    reply = await fake.submit_view("routine_create", modal_values(
-        name=name, prompt=prompt, repo_url=repo, branch="main", channel_id=RESULTS_CHANNEL,
-        model="claude-test-1", timeout_seconds="60"))
-    assert reply.status == 200 and reply.text == "", reply.text
-    if settings:
-        answer = (await fake.slash(f"set {name} " + " ".join(settings))).json()
-        assert answer["text"].startswith(f"Routine {name}"), answer
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.http_doors import call
+from tests.support.slack_flows import ALICE, BOB, CAROL, DAVE, routine
+from tests.support.slack_requests import FakeSlack
 
 
 async def request_for(slack_api: SlackApiStandIn, run_id: str) -> tuple[SlackCall, str]:

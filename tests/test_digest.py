@@ -39,7 +39,7 @@ from bot.services.events import DigestScheduleChanged
 from bot.settings import Settings
 from bot.store.database import Database
 from bot.store.tables import AuditEntry, DigestSubscription, Routine, Run
-from tests.test_messages import check_blocks
+from tests.support.block_kit import check_blocks
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 PRICES = PriceTable({"cheap": Price(1.0, 2.0), "dear": Price(10.0, 20.0)}, Price(3.0, 15.0))

@@ -13,12 +13,12 @@ from sqlalchemy import update
 
 from bot.core.statuses import RunStatus
 from bot.store.tables import DigestSubscription, Routine, Run, utcnow
-from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.slack_requests import modal_values
 from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool
 from tests.standins.slack_api import SlackApiStandIn
-from tests.test_acceptance import create_routine, run_and_wait, wait_until
-from tests.test_messages import check_blocks
+from tests.support.block_kit import check_blocks
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.slack_flows import create_routine, run_and_wait, wait_until
+from tests.support.slack_requests import modal_values
 
 CHANNEL = "C0DIGEST1"
 

@@ -25,7 +25,7 @@ from bot.core.github import (
     routines_to_fire,
     verify_signature,
 )
-from tests.github_payloads import REAL_NAMES, github_fixtures_dir, own, real
+from tests.support.github_payloads import REAL_NAMES, github_fixtures_dir, own, real
 
 SECRET = "webhook-secret-for-tests"
 

@@ -9,34 +9,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any
 
-import aiohttp
 import pytest
 
 from bot.app import Bot
-from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.github_payloads import own, real
-from tests.slack_requests import FakeSlack, modal_values
-
-SECRET = "github-webhook-secret-0123456789"
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.github_payloads import own, real
+from tests.support.http_doors import WEBHOOK_SECRET, deliver
+from tests.support.slack_requests import FakeSlack, modal_values
 
 
 def fixture(name: str) -> bytes:
     return own(name)
-
-
-async def deliver(bot: Bot, event: str, body: bytes, delivery: str,
-                  secret: str = SECRET, signature: str | None = None,
-                  ) -> tuple[int, dict[str, Any]]:
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    headers = {"Content-Type": "application/json", "X-GitHub-Event": event,
-               "X-GitHub-Delivery": delivery,
-               "X-Hub-Signature-256": signature if signature is not None else f"sha256={digest}"}
-    async with aiohttp.ClientSession() as session, session.post(
-        f"http://127.0.0.1:{bot.port}/github/webhook", data=body, headers=headers,
-    ) as response:
-        return response.status, await response.json()
 
 
 async def routine_listening(fake: FakeSlack, name: str, spec: str, git_repo: str,
@@ -51,7 +35,7 @@ async def routine_listening(fake: FakeSlack, name: str, spec: str, git_repo: str
 
 
 async def start(start_bot: BotFactory) -> tuple[Bot, FakeSlack]:
-    return await start_bot(max_concurrent_runs=0, github_webhook_secret=SECRET)
+    return await start_bot(max_concurrent_runs=0, github_webhook_secret=WEBHOOK_SECRET)
 
 
 async def test_bad_or_missing_signatures_are_refused_and_fire_nothing(
@@ -64,7 +48,7 @@ async def test_bad_or_missing_signatures_are_refused_and_fire_nothing(
     forged = await deliver(bot, "pull_request", body, "d-1", secret="not-the-secret")
     missing = await deliver(bot, "pull_request", body, "d-2", signature="")
     tampered = await deliver(bot, "pull_request", body + b" ", "d-3",
-                             signature="sha256=" + hmac.new(SECRET.encode(), body,
+                             signature="sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body,
                                                             hashlib.sha256).hexdigest())
 
     assert [forged[0], missing[0], tampered[0]] == [401, 401, 401]

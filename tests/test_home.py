@@ -16,9 +16,9 @@ from slack_sdk.models.views import View
 from bot.app import Bot
 from bot.core.routine import RoutineDraft
 from bot.store.tables import KillSwitch, utcnow
-from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.slack_requests import TEAM, FakeSlack, modal_values
 from tests.standins.slack_api import SlackApiStandIn
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.slack_requests import TEAM, FakeSlack, modal_values
 
 ALICE, BOB = "U0ALICE01", "U0BOB0001"
 

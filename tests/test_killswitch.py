@@ -11,13 +11,13 @@ from typing import Any
 
 from bot.app import Bot
 from bot.store.tables import utcnow
-from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.slack_requests import FakeSlack
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.slack_api import SlackApiStandIn
-from tests.test_api_trigger import call
-from tests.test_approvals import ALICE, BOB, CAROL, DAVE, routine
-from tests.test_github_door import SECRET, deliver, fixture
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.github_payloads import own
+from tests.support.http_doors import WEBHOOK_SECRET, call, deliver
+from tests.support.slack_flows import ALICE, BOB, CAROL, DAVE, routine
+from tests.support.slack_requests import FakeSlack
 
 INCIDENTS = "C0INCIDENT"
 RUNNING = 3
@@ -47,7 +47,7 @@ async def test_engage_stops_all_runs_refuses_every_door_and_survives_a_restart(
     quick = anthropic_api.script("quick", [report("success", "tick")])
     options: dict[str, Any] = dict(
         admins=(DAVE,), incidents_channel=INCIDENTS, max_concurrent_runs=RUNNING,
-        github_webhook_secret=SECRET, min_schedule_interval_seconds=1)
+        github_webhook_secret=WEBHOOK_SECRET, min_schedule_interval_seconds=1)
     bot, fake = await start_bot(**options)
     await routine(fake, "long", f"Wait. {long}", git_repo, f"approvers=<@{BOB}>")
     token = json.dumps((await fake.slash("token long ci")).json()).split("```")[1]
@@ -86,7 +86,7 @@ async def test_engage_stops_all_runs_refuses_every_door_and_survives_a_restart(
     assert "kill switch is engaged" in answer and "Bad deploy" in answer
     status, body, _ = await call(bot, "POST", "/api/v1/routines/long/runs", token, body=b"{}")
     assert (status, body["error"]) == (503, "kill_switch") and "Bad deploy" in body["message"]
-    status, body = await deliver(bot, "pull_request", fixture("pull_request.opened"), "d-1")
+    status, body = await deliver(bot, "pull_request", own("pull_request.opened"), "d-1")
     assert (status, body["error"]) == (503, "kill_switch")
     # Schedules do not fire while engaged (a routine scheduled every second).
     await routine(fake, "tick", f"Tick. {quick}", git_repo)

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
 from bot.core.home_page import MAX_ROUTINES, home_page, mention
@@ -20,6 +19,7 @@ from bot.doors.slack.run_buttons import MAX_MESSAGES, log_thread
 from bot.services.views import RoutineOverview, RunView
 from bot.settings import Settings
 from bot.store.tables import ApiToken, KillSwitch, Routine, Run
+from tests.support.block_kit import check_blocks
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 messages = Messages()
@@ -42,15 +42,6 @@ def run(**overrides: Any) -> Run:
                                   input_tokens=1200, output_tokens=300)
     fields.update(overrides)
     return Run(**fields)
-
-
-def check_blocks(message: dict[str, Any]) -> list[Block]:
-    assert message["text"], "every message needs fallback text (notifications, screen readers)"
-    assert len(message["blocks"]) <= 50
-    blocks = Block.parse_all(message["blocks"])
-    for block in blocks:
-        block.validate_json()  # raises SlackObjectFormationError past Slack's limits
-    return blocks
 
 
 def dump(value: Any) -> str:

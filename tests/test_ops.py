@@ -23,10 +23,10 @@ from bot.doors.http.ops import Readiness, add_ops_routes
 from bot.services.metrics import DURATION_BUCKETS, build_registry
 from bot.store.database import Database
 from bot.store.tables import KillSwitch, utcnow
-from tests.conftest import RESULTS_CHANNEL, BotFactory
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.slack_api import SlackApiStandIn
-from tests.test_acceptance import create_routine, run_and_wait, wait_until
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.slack_flows import create_routine, run_and_wait, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

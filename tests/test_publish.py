@@ -12,10 +12,11 @@ import pytest
 
 from runner.host import publish, workspace
 from runner.host.publish import PublishError, PublishRefused, branch_ref, check_refspec
-from tests.conftest import SANDBOX_IMAGE
-from tests.sandbox_runs import bare_copy, execute, make_sandbox, refs, spec
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.environment import API_KEY
+from tests.support.bots import SANDBOX_IMAGE
+from tests.support.run_specs import spec
+from tests.support.sandbox_runs import bare_copy, execute, make_sandbox, refs
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SANDBOX_UID = 10001 if os.geteuid() == 0 else None

@@ -12,9 +12,9 @@ from sqlalchemy import update
 
 from bot.app import Bot
 from bot.store.tables import Routine, utcnow
-from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.slack_requests import FakeSlack, modal_values
 from tests.standins.slack_api import SlackApiStandIn
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.slack_requests import FakeSlack, modal_values
 
 
 async def scheduled_bot(start_bot: BotFactory, git_repo: str, **overrides: object,

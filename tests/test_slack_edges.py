@@ -8,9 +8,9 @@ import time
 import aiohttp
 
 from bot.app import Bot
-from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.slack_requests import FakeSlack, modal_values
 from tests.standins.slack_api import SlackApiStandIn
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.slack_requests import FakeSlack, modal_values
 
 
 async def make_routine(start_bot: BotFactory, git_repo: str) -> tuple[Bot, FakeSlack]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import RESULTS_CHANNEL, BotFactory
-from tests.slack_requests import TEAM, modal_values
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.slack_api import SlackApiStandIn
+from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.slack_requests import TEAM, modal_values
 
 USER = "U0ALICE01"
 

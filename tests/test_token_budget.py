@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from runner.contract import RunSpec
-from tests.conftest import SANDBOX_IMAGE
-from tests.sandbox_runs import execute, make_sandbox, spec
 from tests.standins.anthropic_api import AnthropicStandIn, Turn, report, tool
+from tests.support.bots import SANDBOX_IMAGE
+from tests.support.run_specs import spec
+from tests.support.sandbox_runs import execute, make_sandbox
 
 
 async def test_the_agent_stops_with_token_budget_when_the_budget_is_reached(

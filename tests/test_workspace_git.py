@@ -17,10 +17,11 @@ import git
 import pytest
 
 from runner.host import workspace
-from tests.conftest import SANDBOX_IMAGE
-from tests.sandbox_runs import execute, make_sandbox, spec
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.environment import make_git_repo
+from tests.support.bots import SANDBOX_IMAGE
+from tests.support.run_specs import spec
+from tests.support.sandbox_runs import execute, make_sandbox
 
 SANDBOX_UID = 10001 if os.geteuid() == 0 else None
 Plant = Callable[[Path, Path], None]  # (the workspace, the marker a program would create)

@@ -1,6 +1,6 @@
 """GitHub webhook bodies for the tests: the project's own, and GitHub's real ones.
 
-`own(name)` reads `tests/payloads/github/NAME.json`: small bodies this project writes,
+`own(name)` reads `tests/support/payloads/github/NAME.json`: small bodies this project writes,
 shaped like GitHub's (same fields, same nesting), that every ordinary test uses.
 
 `real(name)` reads GitHub's published example deliveries from the shared fixtures folder
@@ -29,7 +29,7 @@ def github_fixtures_dir() -> Path:
     it out."""
     override = os.environ.get(FIXTURES_ENV)
     if not override:
-        repository = Path(__file__).resolve().parents[1]
+        repository = Path(__file__).resolve().parents[2]
         return repository.parent / "shared" / "fixtures" / "github-webhooks"
     root = Path(override)
     return root / "github-webhooks" if (root / "github-webhooks").is_dir() else root

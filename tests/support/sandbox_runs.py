@@ -1,5 +1,6 @@
 """Runs straight through `runner.Sandbox`, without the bot: the real engine and image, the
-real agent talking to the Anthropic stand-in, a local repository."""
+real agent talking to the Anthropic stand-in, a local repository. The specs they run come
+from tests/support/run_specs.py."""
 
 from __future__ import annotations
 
@@ -23,13 +24,6 @@ def make_sandbox(client: Any, anthropic_api: AnthropicStandIn, root: Path,
                            instance=f"test-{uuid.uuid4().hex[:8]}",
                            anthropic_api_key=API_KEY, anthropic_base_url=anthropic_api.url)
     return Sandbox(client, config)
-
-
-def spec(run_id: int, prompt: str, repo_url: str, **overrides: Any) -> RunSpec:
-    values: dict[str, Any] = dict(run_id=run_id, routine="nightly", prompt=prompt,
-                                  repo_url=repo_url, branch="main", model="claude-test-1",
-                                  timeout_seconds=60, max_turns=8)
-    return RunSpec(**{**values, **overrides})
 
 
 @dataclass
