@@ -19,7 +19,7 @@ from bot.errors import ValidationFailed
 from bot.services import ServicePolicy, Services
 from bot.store.database import Database
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_manifest_declares_what_the_bot_uses_and_no_more() -> None:

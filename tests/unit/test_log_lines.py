@@ -21,7 +21,7 @@ from bot.logs import configure_logging
 from bot.settings import Settings
 from tests.standins.environment import TEST_NETWORK
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings(slack_bot_token="xoxb-planted-bot-token-1", anthropic_api_key="sk-ant-planted",
                     slack_signing_secret="planted-signing-secret",
                     extra_secrets=("planted-extra-value",))

@@ -21,7 +21,7 @@ from tests.support.bots import RESULTS_CHANNEL, BotFactory
 from tests.support.slack_flows import create_routine, thread, view_log, wait_until
 from tests.support.slack_requests import FakeSlack
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BOB = "U0BOB0001"
 
 
