@@ -1,12 +1,15 @@
-"""The manifest installs as is, and the `routines` command fails clearly or prints logs."""
+"""The `routines` command, the CLI door: `serve` without settings stops with one clear line,
+`serve` with them writes JSON log lines and stops on SIGTERM, `logs` prints a run's
+redacted events."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,22 +18,12 @@ from bot.core.redaction import Redactor
 from bot.core.routine import RoutineDraft, RoutineLimits
 from bot.core.trigger import manual
 from bot.doors.cli import main
-from bot.errors import ValidationFailed
 from bot.services import ServicePolicy, Services
 from bot.store.database import Database
+from tests.standins.environment import TEST_NETWORK
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_manifest_declares_what_the_bot_uses_and_no_more() -> None:
-    manifest = json.loads((ROOT / "manifest.json").read_text())
-    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/routine"]
-    assert manifest["settings"]["socket_mode_enabled"] is True
-    assert manifest["settings"]["interactivity"]["is_enabled"] is True
-    assert manifest["features"]["app_home"]["home_tab_enabled"] is True
-    assert manifest["settings"]["event_subscriptions"]["bot_events"] == ["app_home_opened"]
-    assert set(manifest["oauth_config"]["scopes"]["bot"]) == {
-        "commands", "chat:write", "chat:write.public"}
+SERVE = "from bot.doors.cli import main; raise SystemExit(main(['serve']))"
 
 
 def test_serve_without_settings_stops_with_one_clear_line(tmp_path: Path) -> None:
@@ -66,55 +59,31 @@ def test_logs_prints_a_runs_redacted_events(
     assert capsys.readouterr().err == "routines: No run #999.\n"
 
 
-def test_two_creates_racing_for_one_name_give_one_routine_and_one_field_error(
-    tmp_path: Path,
-) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
-    db.create_schema()
-    services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
-                             Redactor(()))
-    draft = RoutineDraft(name="twin", prompt="p", repo_url="file:///r", channel_id="C0123ABC")
-    outcomes: list[str] = []
-    barrier = threading.Barrier(8)
-
-    def create() -> None:
-        barrier.wait()
-        try:
-            services.routines.create(draft, "U1")
-            outcomes.append("created")
-        except ValidationFailed as exc:
-            outcomes.append(exc.field_errors["name"])
-
-    threads = [threading.Thread(target=create) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(outcomes) == ["A routine named `twin` already exists."] * 7 + ["created"]
-
-
-def test_racing_calls_with_one_idempotency_key_give_one_run(database_url: str) -> None:
-    db = Database(database_url)
-    db.create_schema()
-    services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
-                             Redactor(()))
-    services.routines.create(RoutineDraft(name="hook", prompt="p", repo_url="file:///r",
-                                        channel_id="C0123ABC"), "U1")
-    token = services.tokens.create("hook", "ci", "U1")
-    results: list[tuple[int | None, str]] = []
-    barrier = threading.Barrier(8)
-
-    def call() -> None:
-        barrier.wait()
-        triggered = services.tokens.trigger("hook", token, {"n": 1}, "same-key")
-        results.append((triggered.view.run.id, triggered.view.routine.name))
-
-    threads = [threading.Thread(target=call) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(results) == 8 and len({run_id for run_id, _ in results}) == 1
-    assert {name for _, name in results} == {"hook"}
-    assert len(services.routines.history("hook")) == 1
-    db.close()
+@pytest.mark.docker
+def test_serve_writes_json_lines(tmp_path: Path, docker_client: object) -> None:
+    """The real entry point, started and stopped as a service manager would."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ANTHROPIC_"))}
+    env.update(SLACK_BOT_TOKEN="xoxb-planted-bot-token-1", ANTHROPIC_API_KEY="sk-ant-planted",
+               SLACK_SIGNING_SECRET="planted-signing-secret", SLACK_API_URL="http://127.0.0.1:9/",
+               DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", ROUTINES_DATA_DIR=str(tmp_path),
+               ROUTINES_HOST="127.0.0.1", PORT="0", ROUTINES_SANDBOX_NETWORK=TEST_NETWORK,
+               ROUTINES_LOG_FORMAT="json", LOG_LEVEL="INFO")
+    stderr = tmp_path / "stderr.log"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", SERVE], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while "routines bot ready" not in stderr.read_text():
+            assert proc.poll() is None, stderr.read_text()
+            assert time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [json.loads(line) for line in stderr.read_text().splitlines()]
+    ready = [e for e in lines if e["message"].startswith("routines bot ready")]
+    assert ready and ready[0]["logger"] == "bot.app" and ready[0]["level"] == "INFO"

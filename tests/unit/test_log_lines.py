@@ -1,17 +1,12 @@
-"""Logs: JSON lines when configured, and no secret in any log line, whatever the format."""
+"""Logs: JSON lines when configured, and no secret in any log line, whatever the format.
+`routines serve` writing them is in tests/doors/test_routines_command.py."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,15 +14,12 @@ from bot.core.redaction import Redactor
 from bot.errors import SettingsError
 from bot.logs import configure_logging
 from bot.settings import Settings
-from tests.standins.environment import TEST_NETWORK
 
-ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings(slack_bot_token="xoxb-planted-bot-token-1", anthropic_api_key="sk-ant-planted",
                     slack_signing_secret="planted-signing-secret",
                     extra_secrets=("planted-extra-value",))
 UNKNOWN_TOKEN = "xoxp-1234567890-someone-elses-token"  # in no setting: caught by its shape
 PLANTED = [*SETTINGS.secrets, UNKNOWN_TOKEN]
-SERVE = "from bot.doors.cli import main; raise SystemExit(main(['serve']))"
 
 
 @pytest.fixture
@@ -94,32 +86,3 @@ def test_the_log_format_setting() -> None:
     assert Settings.from_env({**env, "ROUTINES_LOG_FORMAT": " JSON "}).log_format == "json"
     with pytest.raises(SettingsError, match="ROUTINES_LOG_FORMAT must be one of text, json"):
         Settings.from_env({**env, "ROUTINES_LOG_FORMAT": "xml"})
-
-
-def test_serve_writes_json_lines(tmp_path: Path, docker_client: object) -> None:
-    """The real entry point, started and stopped as a service manager would."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ANTHROPIC_"))}
-    env.update(SLACK_BOT_TOKEN=SETTINGS.slack_bot_token, ANTHROPIC_API_KEY="sk-ant-planted",
-               SLACK_SIGNING_SECRET="planted-signing-secret", SLACK_API_URL="http://127.0.0.1:9/",
-               DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", ROUTINES_DATA_DIR=str(tmp_path),
-               ROUTINES_HOST="127.0.0.1", PORT="0", ROUTINES_SANDBOX_NETWORK=TEST_NETWORK,
-               ROUTINES_LOG_FORMAT="json", LOG_LEVEL="INFO")
-    stderr = tmp_path / "stderr.log"
-    with stderr.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", SERVE], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + 60
-        while "routines bot ready" not in stderr.read_text():
-            assert proc.poll() is None, stderr.read_text()
-            assert time.monotonic() < deadline, stderr.read_text()
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    lines = [json.loads(line) for line in stderr.read_text().splitlines()]
-    ready = [e for e in lines if e["message"].startswith("routines bot ready")]
-    assert ready and ready[0]["logger"] == "bot.app" and ready[0]["level"] == "INFO"
