@@ -8,9 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from runner.contract import RunSpec
 from tests.standins.anthropic_api import AnthropicStandIn, Turn, report, tool
 from tests.support.bots import SANDBOX_IMAGE
 from tests.support.run_specs import spec
@@ -85,33 +82,3 @@ async def test_the_host_kills_a_run_that_goes_on_after_its_budget(
     assert "+partial" in seen.result.diff  # the work so far is kept, as on a timeout
     assert docker_client.containers.list(
         all=True, filters={"label": f"org.routines.instance={sandbox.config.instance}"}) == []
-
-
-def test_a_spec_without_the_new_fields_still_reads() -> None:
-    old = ('{"run_id": 1, "routine": "r", "prompt": "p", "repo_url": "https://h/o/r", '
-           '"branch": "main", "model": "m", "timeout_seconds": 60, "max_turns": 5, '
-           '"setup_script": "", "max_tokens_per_turn": 4096}')
-    parsed = RunSpec.from_json(old)
-    assert (parsed.max_tokens, parsed.publish) == (None, False)
-
-
-def test_a_spec_from_a_newer_host_still_reads() -> None:
-    newer = json.loads(spec(1, "p", "https://h/o/r", max_tokens=50).to_json())
-    parsed = RunSpec.from_json(json.dumps({**newer, "cost_centre": "ops", "retries": 2}))
-    assert parsed == spec(1, "p", "https://h/o/r", max_tokens=50)
-
-
-@pytest.mark.parametrize(("overrides", "keys"), [
-    ({}, set()),
-    ({"max_tokens": 100}, {"max_tokens"}),
-    ({"publish": True, "setup_script": "make"}, {"publish", "setup_script"}),
-])
-def test_a_spec_sends_only_what_differs_from_the_defaults(
-    overrides: dict[str, Any], keys: set[str],
-) -> None:
-    """So an older image, which refuses unknown keys, reads any spec using no new feature."""
-    base = {"run_id", "routine", "prompt", "repo_url", "branch", "model",
-            "timeout_seconds", "max_turns"}
-    run = spec(1, "p", "https://h/o/r", **overrides)
-    assert set(json.loads(run.to_json())) == base | keys
-    assert RunSpec.from_json(run.to_json()) == run

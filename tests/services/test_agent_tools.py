@@ -1,4 +1,5 @@
-"""The in-container agent's tools keep to the workspace and hide the agent's credentials."""
+"""The in-container agent's tools keep to the workspace and hide the agent's credentials
+(run here on the host, in a temporary workspace with a real shell; no container)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,3 @@ def test_shell_commands_do_not_see_the_api_key(
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret-value")
     output, is_error = agent.run_tool("run_shell", {"command": "env"})
     assert not is_error and "sk-ant-secret-value" not in output
-
-
-def test_long_output_is_truncated_with_a_note() -> None:
-    text = agent.truncate("x" * 20_000, limit=100)
-    assert text.startswith("x" * 100) and "truncated 19900 characters" in text

@@ -3,7 +3,8 @@ fsmonitor, an external diff, hooks, a `.git` file pointing elsewhere) runs nothi
 the host, and the diff and the kept commit still hold exactly the agent's work.
 
 The workspace is changed here as the sandbox would change it (by writing into the
-mounted clone) before the host reads it back, with real git throughout."""
+mounted clone) before the host reads it back, with real git throughout. Planted from inside
+the real sandbox: tests/acceptance/test_planted_git_config.py."""
 
 from __future__ import annotations
 
@@ -17,11 +18,7 @@ import git
 import pytest
 
 from runner.host import workspace
-from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.environment import make_git_repo
-from tests.support.bots import SANDBOX_IMAGE
-from tests.support.run_specs import spec
-from tests.support.sandbox_runs import execute, make_sandbox
 
 SANDBOX_UID = 10001 if os.geteuid() == 0 else None
 Plant = Callable[[Path, Path], None]  # (the workspace, the marker a program would create)
@@ -152,32 +149,6 @@ def test_a_clone_through_a_transport_outside_the_allowed_ones_is_refused(
     marker = tmp_path / "ran"
     with pytest.raises(workspace.WorkspaceError, match="clone of"):
         workspace.prepare(tmp_path / "ws", 8, url.format(marker=marker), "main", None)
-    assert not marker.exists()
-
-
-async def test_git_config_planted_from_inside_the_sandbox_runs_nothing_on_the_host(
-    tmp_path: Path, docker_client: object, anthropic_api: AnthropicStandIn, git_repo: str,
-) -> None:
-    marker = tmp_path / "HOST-RAN-AGENT-CODE"
-    marker_script = f"touch {marker}"
-    marker_scenario = anthropic_api.script(
-        "plant-git-config",
-        [tool("run_shell", command=(
-            f"git config core.fsmonitor '{marker_script}; false'"
-            f" && git config diff.external '{marker_script}'"
-            f" && printf '#!/bin/sh\\n{marker_script}\\n' > .git/hooks/post-index-change"
-            " && chmod +x .git/hooks/post-index-change"
-            " && echo from-the-sandbox > planted.txt && id -u"))],
-        [report("success", "planted")],
-    )
-    sandbox = make_sandbox(docker_client, anthropic_api, tmp_path / "ws", SANDBOX_IMAGE)
-
-    seen = await execute(sandbox, spec(11, f"Plant. {marker_scenario}", git_repo))
-
-    output = seen.of_type("tool_output")[0]["output"]
-    assert output.startswith("exit code 0") and "10001" in output
-    assert seen.result.final is not None and seen.result.final["outcome"] == "success"
-    assert "+from-the-sandbox" in seen.result.diff
     assert not marker.exists()
 
 
