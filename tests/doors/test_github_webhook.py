@@ -1,7 +1,8 @@
 """The GitHub door over real HTTP, with payloads shaped like GitHub's, signed as GitHub signs.
 
-The ordinary tests send the project's own payloads (tests/payloads/github/); the conformance
-test sends GitHub's real example deliveries (tests/github_payloads.py says where they are).
+The ordinary tests send the project's own payloads (tests/support/payloads/github/); the
+conformance test sends GitHub's real example deliveries (tests/support/github_payloads.py
+says where they are).
 """
 
 from __future__ import annotations

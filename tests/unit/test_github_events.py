@@ -1,8 +1,8 @@
 """Unit tests of the GitHub trigger's pure core.
 
-Ordinary tests use payloads of the project's own (tests/payloads/github/). The conformance
-tier (`@pytest.mark.conformance`) reads, signs and matches GitHub's real example deliveries
-from the shared fixtures folder (tests/github_payloads.py says where).
+Ordinary tests use payloads of the project's own (tests/support/payloads/github/). The
+conformance tier (`@pytest.mark.conformance`) reads, signs and matches GitHub's real example
+deliveries from the shared fixtures folder (tests/support/github_payloads.py says where).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ SECRET = "webhook-secret-for-tests"
 
 
 def payload(name: str) -> Any:
-    """One of the project's own payloads (tests/payloads/github/NAME.json)."""
+    """One of the project's own payloads (tests/support/payloads/github/NAME.json)."""
     return json.loads(own(name))
 
 
