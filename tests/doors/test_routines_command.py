@@ -38,9 +38,9 @@ def test_serve_without_settings_stops_with_one_clear_line(tmp_path: Path) -> Non
 
 
 def test_logs_prints_a_runs_redacted_events(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
+    url = database_url
     db = Database(url)
     db.create_schema()
     services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),

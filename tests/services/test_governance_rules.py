@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -38,8 +37,8 @@ GROUPS = {"S0OPS0001": frozenset({GROUPIE})}
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'g.db'}")
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
     database.create_schema()
     yield database
     database.close()

@@ -4,7 +4,6 @@ own thread, give one outcome (one routine of a name, one run for an idempotency 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 from bot.core.redaction import Redactor
 from bot.core.routine import RoutineDraft, RoutineLimits
@@ -14,9 +13,9 @@ from bot.store.database import Database
 
 
 def test_two_creates_racing_for_one_name_give_one_routine_and_one_field_error(
-    tmp_path: Path,
+    database_url: str,
 ) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    db = Database(database_url)
     db.create_schema()
     services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
                              Redactor(()))
