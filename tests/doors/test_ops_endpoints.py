@@ -51,6 +51,8 @@ async def scrape(bot: Bot) -> Samples:
     return parse(text)
 
 
+@pytest.mark.docker
+@pytest.mark.postgres
 async def test_metrics_count_real_runs(
     start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
     git_repo: str, docker_client: Any,
@@ -126,6 +128,8 @@ async def test_metrics_count_real_runs(
     assert value(later, "routines_routines", state="paused") == 1
 
 
+@pytest.mark.docker
+@pytest.mark.postgres
 async def test_readyz_says_ready_when_database_and_engine_answer(start_bot: BotFactory) -> None:
     bot, _ = await start_bot()
 
@@ -186,8 +190,9 @@ async def test_readyz_and_metrics_say_what_is_down(tmp_path: Path, closed_port: 
         assert status == 503 and "the database failed" in text
 
 
-async def test_a_hanging_engine_is_not_ready(tmp_path: Path, silent_port: int) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+@pytest.mark.postgres
+async def test_a_hanging_engine_is_not_ready(database_url: str, silent_port: int) -> None:
+    db = Database(database_url)
     engine = docker.DockerClient(base_url=f"tcp://127.0.0.1:{silent_port}", version="1.41",
                                  timeout=2)
     async with serve_ops(db, engine, timeout=0.5) as url:
@@ -198,8 +203,10 @@ async def test_a_hanging_engine_is_not_ready(tmp_path: Path, silent_port: int) -
                                   "docker": {"ok": False, "error": "no answer within 0.5s"}}
 
 
-def test_metrics_still_answer_when_the_engine_does_not(tmp_path: Path, closed_port: int) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+@pytest.mark.postgres
+def test_metrics_still_answer_when_the_engine_does_not(database_url: str,
+                                                       closed_port: int) -> None:
+    db = Database(database_url)
     db.create_schema()
     engine = docker.DockerClient(base_url=f"tcp://127.0.0.1:{closed_port}", version="1.41",
                                  timeout=5)
