@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlmodel import SQLModel
 
 from bot.app import Bot
@@ -20,6 +21,8 @@ from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
 from tests.support.slack_flows import create_routine, thread, view_log, wait_until
 from tests.support.slack_requests import FakeSlack
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
 ROOT = Path(__file__).resolve().parents[2]
 BOB = "U0BOB0001"

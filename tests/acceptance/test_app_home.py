@@ -11,6 +11,7 @@ from datetime import UTC
 from typing import Any
 
 import aiohttp
+import pytest
 from slack_sdk.models.views import View
 
 from bot.app import Bot
@@ -19,6 +20,8 @@ from bot.store.tables import KillSwitch, utcnow
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
 from tests.support.slack_requests import TEAM, FakeSlack, modal_values
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
 ALICE, BOB = "U0ALICE01", "U0BOB0001"
 

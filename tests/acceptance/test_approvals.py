@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import git
+import pytest
 
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.environment import make_git_repo
@@ -17,6 +18,8 @@ from tests.support.bots import RESULTS_CHANNEL, BotFactory
 from tests.support.http_doors import call
 from tests.support.slack_flows import ALICE, BOB, CAROL, DAVE, routine
 from tests.support.slack_requests import FakeSlack
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
 
 async def request_for(slack_api: SlackApiStandIn, run_id: str) -> tuple[SlackCall, str]:

@@ -9,6 +9,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 
 from bot.core.statuses import RunStatus
@@ -19,6 +20,8 @@ from tests.support.block_kit import check_blocks
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
 from tests.support.slack_flows import create_routine, run_and_wait, wait_until
 from tests.support.slack_requests import modal_values
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
 CHANNEL = "C0DIGEST1"
 

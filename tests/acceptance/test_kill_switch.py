@@ -9,6 +9,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from bot.app import Bot
 from bot.store.tables import utcnow
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
@@ -18,6 +20,8 @@ from tests.support.github_payloads import own
 from tests.support.http_doors import WEBHOOK_SECRET, call, deliver
 from tests.support.slack_flows import ALICE, BOB, CAROL, DAVE, routine
 from tests.support.slack_requests import FakeSlack
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
 INCIDENTS = "C0INCIDENT"
 RUNNING = 3

@@ -7,12 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.core.trigger import manual
 from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool, tool_results
 from tests.standins.environment import API_KEY
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
 from tests.support.slack_flows import create_routine, run_and_wait, view_log, wait_until
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
 
 async def test_create_run_success_reaches_the_channel(

@@ -8,6 +8,7 @@ import json
 import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 
 from bot.app import Bot
@@ -15,6 +16,8 @@ from bot.store.tables import Routine, utcnow
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
 from tests.support.slack_requests import FakeSlack, modal_values
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
 
 async def scheduled_bot(start_bot: BotFactory, git_repo: str, **overrides: object,

@@ -8,10 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.standins.anthropic_api import AnthropicStandIn, Turn, report, tool
 from tests.support.bots import SANDBOX_IMAGE
 from tests.support.run_specs import spec
 from tests.support.sandbox_runs import execute, make_sandbox
+
+pytestmark = pytest.mark.docker
 
 
 async def test_the_agent_stops_with_token_budget_when_the_budget_is_reached(

@@ -6,12 +6,16 @@ import json
 import re
 from typing import Any
 
+import pytest
+
 from bot.app import Bot
 from tests.standins.anthropic_api import AnthropicStandIn, report
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
 from tests.support.http_doors import call
 from tests.support.slack_requests import FakeSlack, modal_values
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
 
 async def setup_routine(start_bot: BotFactory, git_repo: str, name: str = "deploy-notes",

@@ -19,6 +19,8 @@ from tests.support.github_payloads import own, real
 from tests.support.http_doors import WEBHOOK_SECRET, deliver
 from tests.support.slack_requests import FakeSlack, modal_values
 
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
+
 
 def fixture(name: str) -> bytes:
     return own(name)

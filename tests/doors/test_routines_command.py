@@ -37,6 +37,7 @@ def test_serve_without_settings_stops_with_one_clear_line(tmp_path: Path) -> Non
                            "ANTHROPIC_API_KEY, SLACK_SIGNING_SECRET\n")
 
 
+@pytest.mark.postgres
 def test_logs_prints_a_runs_redacted_events(
     database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -6,11 +6,14 @@ import json
 import time
 
 import aiohttp
+import pytest
 
 from bot.app import Bot
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
 from tests.support.slack_requests import FakeSlack, modal_values
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
 
 async def make_routine(start_bot: BotFactory, git_repo: str) -> tuple[Bot, FakeSlack]:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
 from tests.support.slack_requests import TEAM, modal_values
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
 USER = "U0ALICE01"
 

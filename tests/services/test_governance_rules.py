@@ -35,6 +35,8 @@ ADMIN, OWNER, APPROVER, OTHER, GROUPIE = "U0ADMIN01", "U0OWNER01", "U0APPROV1", 
     "U0GROUP01"
 GROUPS = {"S0OPS0001": frozenset({GROUPIE})}
 
+pytestmark = pytest.mark.postgres
+
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:

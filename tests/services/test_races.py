@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from bot.core.redaction import Redactor
 from bot.core.routine import RoutineDraft, RoutineLimits
 from bot.errors import ValidationFailed
 from bot.services import ServicePolicy, Services
 from bot.store.database import Database
+
+pytestmark = pytest.mark.postgres
 
 
 def test_two_creates_racing_for_one_name_give_one_routine_and_one_field_error(
