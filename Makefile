@@ -3,6 +3,7 @@
 #   make images   start Docker if needed; build routines-base:bookworm and routines-sandbox:latest
 #   make lint     ruff + mypy + lint-imports (the layers: [tool.importlinter] in pyproject.toml)
 #   make test     the test suite (installs the venv and builds the images first if needed)
+#   make test-unit  tests/unit alone: the pure core, in seconds, with no Docker and no network
 #   make serve    run the bot
 #   make bench    measure per-run container overhead
 
@@ -11,7 +12,7 @@ PYTHON ?= python3
 VENV   := .venv
 PIP    := $(VENV)/bin/pip --disable-pip-version-check
 
-.PHONY: venv images service-image lint test serve bench
+.PHONY: venv images service-image lint test test-unit serve bench
 
 venv:
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,9 @@ lint:
 
 test: venv images
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
 serve:
 	$(MAKE) venv

@@ -41,7 +41,6 @@ import docker  # noqa: E402
 
 from bot.app import Bot  # noqa: E402
 from runner.contract import LABEL_INSTANCE  # noqa: E402
-from tests.slack_requests import FakeSlack, modal_values  # noqa: E402
 from tests.standins.anthropic_api import AnthropicStandIn, tool  # noqa: E402
 from tests.standins.environment import (  # noqa: E402
     API_KEY,
@@ -51,6 +50,7 @@ from tests.standins.environment import (  # noqa: E402
     network_gateway,
 )
 from tests.standins.slack_api import SlackApiStandIn  # noqa: E402
+from tests.support.slack_requests import FakeSlack, modal_values  # noqa: E402
 
 DEFAULT_IMAGE = os.environ.get("ROUTINES_SANDBOX_IMAGE", "routines-sandbox:latest")
 ADMIN = "U0ADMIN01"

@@ -53,7 +53,6 @@ import docker.errors  # noqa: E402
 
 from bot.app import Bot  # noqa: E402
 from runner.contract import LABEL_ROUTINE, LABEL_RUN_ID  # noqa: E402
-from tests.slack_requests import FakeSlack, modal_values  # noqa: E402
 from tests.standins.anthropic_api import AnthropicStandIn, Recorded, report  # noqa: E402
 from tests.standins.environment import (  # noqa: E402
     API_KEY,
@@ -63,6 +62,7 @@ from tests.standins.environment import (  # noqa: E402
     network_gateway,
 )
 from tests.standins.slack_api import SlackApiStandIn  # noqa: E402
+from tests.support.slack_requests import FakeSlack, modal_values  # noqa: E402
 
 MIN_RUNS = 10
 DEFAULT_IMAGE = os.environ.get("ROUTINES_SANDBOX_IMAGE", "routines-sandbox:latest")

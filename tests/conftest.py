@@ -1,10 +1,18 @@
-"""Shared fixtures: the real Docker engine, stand-in servers, a local git repo, the bot."""
+"""Shared fixtures: the real Docker engine, stand-in servers, a local git repo, the bot.
+
+The tiers (tests/unit, services, doors, acceptance) are told apart by what they need, and
+two markers say it: `docker` for a test that reaches the engine (the docker_client fixture,
+directly or through start_bot, anthropic_api or settings), `postgres` for one that takes
+its database from database_url, the one place ROUTINES_TEST_POSTGRES is read, so that
+`-m postgres` runs it again on PostgreSQL. `pytest_collection_modifyitems` below checks
+the markers against the fixtures, so neither can drift. Nothing here reaches the engine or
+the network unless a test asks for such a fixture: tests/unit runs without either."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,8 +24,6 @@ import sqlalchemy
 
 from bot.app import Bot
 from bot.settings import Settings
-from tests.github_payloads import FIXTURES_ENV, github_fixtures_dir
-from tests.slack_requests import FakeSlack
 from tests.standins.anthropic_api import AnthropicStandIn
 from tests.standins.environment import (
     API_KEY,
@@ -27,9 +33,31 @@ from tests.standins.environment import (
     network_gateway,
 )
 from tests.standins.slack_api import SlackApiStandIn
+from tests.support.bots import SANDBOX_IMAGE, BotFactory
+from tests.support.github_payloads import FIXTURES_ENV, github_fixtures_dir
+from tests.support.slack_requests import FakeSlack
 
-SANDBOX_IMAGE = os.environ.get("ROUTINES_SANDBOX_IMAGE", "routines-sandbox:latest")
-RESULTS_CHANNEL = "C0RESULTS1"
+UNIT = Path(__file__).resolve().parent / "unit"
+ENGINE, DATABASE = "docker_client", "database_url"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test is marked `docker` if and only if it uses the engine, `postgres` only if it
+    takes its database from database_url, and a unit test uses neither."""
+    wrong: list[str] = []
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        docker = item.get_closest_marker("docker") is not None
+        postgres = item.get_closest_marker("postgres") is not None
+        if (ENGINE in fixtures) != docker:
+            wrong.append(f"{item.nodeid}: " + ("uses the Docker engine: mark it docker"
+                                              if not docker else "marked docker, uses no engine"))
+        if postgres and DATABASE not in fixtures:
+            wrong.append(f"{item.nodeid}: marked postgres, but its database is not database_url")
+        if UNIT in item.path.parents and fixtures & {ENGINE, DATABASE}:
+            wrong.append(f"{item.nodeid}: a unit test needs no Docker and no database")
+    if wrong:
+        raise pytest.UsageError("test markers:\n  " + "\n  ".join(wrong))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -111,9 +139,6 @@ def settings(tmp_path: Path, slack_api: SlackApiStandIn, anthropic_api: Anthropi
              sandbox_gateway: str, database_url: str) -> Settings:
     return local_settings(tmp_path, slack_api.url, anthropic_api.url,
                           database_url=database_url, sandbox_image=SANDBOX_IMAGE)
-
-
-BotFactory = Callable[..., Awaitable[tuple[Bot, FakeSlack]]]
 
 
 @pytest.fixture

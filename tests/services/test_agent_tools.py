@@ -1,0 +1,37 @@
+"""The in-container agent's tools keep to the workspace and hide the agent's credentials
+(run here on the host, in a temporary workspace with a real shell; no container)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.inside import agent
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(agent, "WORKSPACE", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("path", ["../outside.txt", "/etc/passwd", "a/../../x"])
+def test_file_tools_refuse_paths_outside_the_workspace(workspace: Path, path: str) -> None:
+    output, is_error = agent.run_tool("read_file", {"path": path})
+    assert is_error and "outside the workspace" in output
+
+
+def test_write_then_edit_then_read(workspace: Path) -> None:
+    assert agent.run_tool("write_file", {"path": "d/f.txt", "content": "a b c"}) == (
+        "wrote 5 characters to d/f.txt", False)
+    assert agent.run_tool("edit_file", {"path": "d/f.txt", "old": "b", "new": "B"})[1] is False
+    assert agent.run_tool("read_file", {"path": "d/f.txt"}) == ("a B c", False)
+
+
+def test_shell_commands_do_not_see_the_api_key(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret-value")
+    output, is_error = agent.run_tool("run_shell", {"command": "env"})
+    assert not is_error and "sk-ant-secret-value" not in output

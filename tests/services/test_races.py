@@ -1,0 +1,70 @@
+"""Races through the services on a real database: requests at the same moment, each in its
+own thread, give one outcome (one routine of a name, one run for an idempotency key)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bot.core.redaction import Redactor
+from bot.core.routine import RoutineDraft, RoutineLimits
+from bot.errors import ValidationFailed
+from bot.services import ServicePolicy, Services
+from bot.store.database import Database
+
+pytestmark = pytest.mark.postgres
+
+
+def test_two_creates_racing_for_one_name_give_one_routine_and_one_field_error(
+    database_url: str,
+) -> None:
+    db = Database(database_url)
+    db.create_schema()
+    services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
+                             Redactor(()))
+    draft = RoutineDraft(name="twin", prompt="p", repo_url="file:///r", channel_id="C0123ABC")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            services.routines.create(draft, "U1")
+            outcomes.append("created")
+        except ValidationFailed as exc:
+            outcomes.append(exc.field_errors["name"])
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["A routine named `twin` already exists."] * 7 + ["created"]
+
+
+def test_racing_calls_with_one_idempotency_key_give_one_run(database_url: str) -> None:
+    db = Database(database_url)
+    db.create_schema()
+    services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
+                             Redactor(()))
+    services.routines.create(RoutineDraft(name="hook", prompt="p", repo_url="file:///r",
+                                        channel_id="C0123ABC"), "U1")
+    token = services.tokens.create("hook", "ci", "U1")
+    results: list[tuple[int | None, str]] = []
+    barrier = threading.Barrier(8)
+
+    def call() -> None:
+        barrier.wait()
+        triggered = services.tokens.trigger("hook", token, {"n": 1}, "same-key")
+        results.append((triggered.view.run.id, triggered.view.routine.name))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 8 and len({run_id for run_id, _ in results}) == 1
+    assert {name for _, name in results} == {"hook"}
+    assert len(services.routines.history("hook")) == 1
+    db.close()

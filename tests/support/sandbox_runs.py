@@ -1,0 +1,58 @@
+"""Runs straight through `runner.Sandbox`, without the bot: the real engine and image, the
+real agent talking to the Anthropic stand-in, a local repository. The specs they run come
+from tests/support/run_specs.py."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import git
+
+from runner.contract import Event, RunResult, RunSpec
+from runner.host.sandbox import RunControl, Sandbox, SandboxConfig
+from tests.standins.anthropic_api import AnthropicStandIn
+from tests.standins.environment import API_KEY, TEST_NETWORK
+
+
+def make_sandbox(client: Any, anthropic_api: AnthropicStandIn, root: Path,
+                 image: str) -> Sandbox:
+    config = SandboxConfig(image=image, network=TEST_NETWORK, workspace_root=root,
+                           instance=f"test-{uuid.uuid4().hex[:8]}",
+                           anthropic_api_key=API_KEY, anthropic_base_url=anthropic_api.url)
+    return Sandbox(client, config)
+
+
+@dataclass
+class Observed:
+    result: RunResult
+    events: list[Event] = field(default_factory=list)
+
+    def of_type(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.get("type") == kind]
+
+
+async def execute(sandbox: Sandbox, run: RunSpec) -> Observed:
+    """Run `run` to its end in a worker thread (the stand-in serves on this loop)."""
+    events: list[Event] = []
+    result = await asyncio.to_thread(sandbox.execute, run, lambda _seq, e: events.append(e),
+                                     lambda _id: None, RunControl())
+    return Observed(result, events)
+
+
+def bare_copy(url: str, path: Path) -> str:
+    """A bare repository with `url`'s history, as a routine's remote; returns its URL."""
+    git.Repo.clone_from(url, path, bare=True).close()
+    return f"file://{path}"
+
+
+def refs(bare_url: str) -> dict[str, str]:
+    """Every ref of a local repository, name -> commit."""
+    repo = git.Repo(bare_url.removeprefix("file://"))
+    try:
+        return {ref.path: ref.commit.hexsha for ref in repo.references}
+    finally:
+        repo.close()
