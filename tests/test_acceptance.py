@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bot.core.statuses import FailureKind
 from bot.core.trigger import manual
 from tests.conftest import RESULTS_CHANNEL, BotFactory
 from tests.slack_requests import FakeSlack, modal_values
@@ -204,12 +205,15 @@ async def test_a_running_run_whose_container_vanished_is_failed_on_start(
     claimed = first.service.claim_next_run()
     assert claimed is not None and claimed.run.status == "running"
 
-    await start_bot()
+    second, _ = await start_bot()
 
     call = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
                                     contains=f"run #{claimed.run.id}: ", timeout=10)
     assert call.params["text"] == f"orphan run #{claimed.run.id}: failed"
     assert "container was gone" in json.dumps(call.params["blocks"])
+    assert claimed.run.id is not None
+    lost = second.service.get_run(claimed.run.id).run
+    assert lost.failure_kind == FailureKind.INTERRUPTED
 
 
 async def wait_until(predicate: Any, timeout: float = 30) -> None:

@@ -215,7 +215,7 @@ def test_a_medium_risk_success_with_a_commit_asks_to_publish(service: RoutineSer
     run = service.trigger_run("demo", manual(OTHER)).view.run
     assert run.status == RunStatus.QUEUED and run.id is not None
     assert service.claim_next_run() is not None
-    view = service.finish_run(run.id, RunOutcome(RunStatus.SUCCEEDED, "done", None), 10, 5,
+    view = service.finish_run(run.id, RunOutcome(RunStatus.SUCCEEDED, "done", None, None), 10, 5,
                               "diff --git a/x b/x\n+++ b/x\n+new", commit="abc123")
     assert view.run.commit_sha == "abc123"
     [request] = service.approvals_to_post()
@@ -315,7 +315,7 @@ def test_max_concurrent_with_queue_holds_the_next_run_until_one_ends(
     assert service.claim_next_run() is not None
     assert service.claim_next_run() is None
     assert first.id is not None
-    service.finish_run(first.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None), 1, 1, "")
+    service.finish_run(first.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None, None), 1, 1, "")
     assert service.claim_next_run() is not None
 
 
@@ -327,13 +327,13 @@ def test_the_daily_spend_cap_warns_then_refuses(db: Database) -> None:
     run = service.trigger_run("demo", manual(OTHER)).view.run
     assert run.id is not None and service.claim_next_run() is not None
     # $3 per million input tokens: 270,000 tokens are $0.81, 81% of the cap.
-    service.finish_run(run.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None), 270_000, 0, "")
+    service.finish_run(run.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None, None), 270_000, 0, "")
     spend = service.spend_alert_due()
     assert spend is not None and spend.level is budget.SpendLevel.WARNING
     assert service.spend_alert_due() is None  # said once a day
     run = service.trigger_run("demo", manual(OTHER)).view.run
     assert run.id is not None and service.claim_next_run() is not None
-    service.finish_run(run.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None), 100_000, 0, "")
+    service.finish_run(run.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None, None), 100_000, 0, "")
     spend = service.spend_alert_due()
     assert spend is not None and spend.level is budget.SpendLevel.EXHAUSTED
     with pytest.raises(BudgetExceeded, match=r"\$1.11 of \$1.00 today"):

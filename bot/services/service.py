@@ -32,6 +32,7 @@ from bot.core.statuses import (
     ApprovalKind,
     ApprovalStatus,
     BusyPolicy,
+    FailureKind,
     RiskLevel,
     RunStatus,
     TriggerKind,
@@ -750,6 +751,7 @@ class RoutineService:
                 .values(status=outcome.status,
                         summary=self.redact(outcome.summary) if outcome.summary else None,
                         reason=self.redact(outcome.reason) if outcome.reason else None,
+                        failure_kind=outcome.failure,
                         input_tokens=input_tokens, output_tokens=output_tokens,
                         diff=self.redact(diff), finished_at=utcnow(),
                         commit_sha=commit if publish else None))
@@ -774,9 +776,11 @@ class RoutineService:
         if stopped_by == KILL_SWITCH_ACTOR:
             state = KillSwitch.current(session)
             why = f": {state.reason}" if state.reason else ""
-            return RunOutcome(RunStatus.KILLED, None, f"killed by the kill switch{why}")
+            return RunOutcome(RunStatus.KILLED, None, f"killed by the kill switch{why}",
+                              FailureKind.KILLED)
         if stopped_by:
-            return RunOutcome(RunStatus.CANCELLED, None, f"cancelled by <@{stopped_by}>")
+            return RunOutcome(RunStatus.CANCELLED, None, f"cancelled by <@{stopped_by}>",
+                              FailureKind.CANCELLED)
         return outcome
 
     def runs_to_announce(self) -> list[RunView]:

@@ -12,6 +12,7 @@ from bot.core.statuses import (
     ApprovalKind,
     ApprovalStatus,
     BusyPolicy,
+    FailureKind,
     RiskLevel,
     RunStatus,
     TriggerKind,
@@ -89,6 +90,7 @@ class Run(SQLModel, table=True):
     container_id: str | None = None
     summary: str | None = None
     reason: str | None = None
+    failure_kind: FailureKind | None = None  # `reason` as data; None: succeeded, or not yet
     input_tokens: int = 0
     output_tokens: int = 0
     diff: str = ""
