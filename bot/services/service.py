@@ -986,7 +986,7 @@ class RoutineService:
         routine = session.get(Routine, run.routine_id)
         assert routine is not None
         decision = retry.decide_retry(retry.policy_of(routine), RunStatus(run.status),
-                                      run.attempt, run.reason, utcnow())
+                                      run.attempt, run.failure_kind, utcnow())
         held = routine.paused or KillSwitch.current(session).engaged
         if not decision.retry or held:
             return False
