@@ -22,7 +22,6 @@ from bot.core import schedule
 from bot.core.digest import (
     DEFAULT_PERIOD,
     FAILURE_STATUSES,
-    NO_SELF_REPORT,
     STOPPED_STATUSES,
     Digest,
     DigestFacts,
@@ -37,7 +36,7 @@ from bot.core.digest import (
     digest_owed,
 )
 from bot.core.pricing import PriceTable
-from bot.core.statuses import PENDING_STATUSES, RunStatus
+from bot.core.statuses import PENDING_STATUSES, FailureKind, RunStatus
 from bot.errors import RoutinesError
 from bot.store.database import Database
 from bot.store.tables import AuditEntry, DigestSubscription, MissedFire, Routine, Run, utcnow
@@ -173,8 +172,10 @@ class DigestService:
                                        models.get(routine_id, ""), count, int(tokens_in or 0),
                                        int(tokens_out or 0)))
             status = self._status(session)
-            no_report = and_(status == RunStatus.FAILED,
-                             func.coalesce(col(Run.reason), "").startswith(NO_SELF_REPORT))
+            # IS NOT DISTINCT FROM: never NULL (a run stored without a kind is no match),
+            # so `not_(no_report)` below keeps such runs among the failures.
+            no_report = and_(status == RunStatus.FAILED, col(Run.failure_kind)
+                             .is_not_distinct_from(FailureKind.NO_SELF_REPORT))
             no_report_total = self._count(session, and_(in_period, no_report))
             failures = and_(status.in_(_statuses(FAILURE_STATUSES)), not_(no_report))
             stopped = status.in_(_statuses(STOPPED_STATUSES))

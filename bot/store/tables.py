@@ -237,7 +237,9 @@ class MissedFire(SQLModel, table=True):
 
 
 # Digests aggregate the runs finished in a period: this index covers that query (range on
-# finished_at, GROUP BY routine and status, sums of tokens, durations) without table reads.
+# finished_at, GROUP BY routine and status, sums of tokens, durations, the count of runs
+# without a self-report) without table reads.
 _RUN_COLUMNS = Run.__table__.c  # type: ignore[attr-defined]
 Index("ix_run_digest", *(_RUN_COLUMNS[name] for name in (
-    "finished_at", "status", "routine_id", "input_tokens", "output_tokens", "started_at")))
+    "finished_at", "status", "routine_id", "input_tokens", "output_tokens", "started_at",
+    "failure_kind")))
