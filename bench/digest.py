@@ -48,7 +48,7 @@ from sqlalchemy import event, insert  # noqa: E402
 
 from bot.core.digest import DigestFacts, build_digest  # noqa: E402
 from bot.core.pricing import PriceTable  # noqa: E402
-from bot.core.statuses import RunStatus, TriggerKind  # noqa: E402
+from bot.core.statuses import FailureKind, RunStatus, TriggerKind  # noqa: E402
 from bot.doors.slack.messages import Messages  # noqa: E402
 from bot.services.digests import DigestService  # noqa: E402
 from bot.store.database import Database  # noqa: E402
@@ -56,15 +56,17 @@ from bot.store.tables import DigestSubscription, MissedFire, Routine, Run  # noq
 
 CHANNEL = "C0BENCH001"
 BATCH = 20_000
-# (status, share, reason): the mix of a busy deployment
-MIX: list[tuple[RunStatus, float, str | None]] = [
-    (RunStatus.SUCCEEDED, 0.80, None),
-    (RunStatus.FAILED, 0.08, "3 tests fail in test_api.py: the fixture server is down"),
-    (RunStatus.FAILED, 0.04, "no self-report (exit code 0)"),
-    (RunStatus.TIMED_OUT, 0.03, "timed out after 1800s"),
-    (RunStatus.ERROR, 0.03, "the Anthropic API answered 529 overloaded"),
-    (RunStatus.KILLED, 0.01, "stopped by the kill switch"),
-    (RunStatus.CANCELLED, 0.01, "cancelled"),
+# (status, share, reason, failure kind): the mix of a busy deployment
+MIX: list[tuple[RunStatus, float, str | None, FailureKind | None]] = [
+    (RunStatus.SUCCEEDED, 0.80, None, None),
+    (RunStatus.FAILED, 0.08, "3 tests fail in test_api.py: the fixture server is down",
+     FailureKind.REPORTED_FAILURE),
+    (RunStatus.FAILED, 0.04, "no self-report (exit code 0)", FailureKind.NO_SELF_REPORT),
+    (RunStatus.TIMED_OUT, 0.03, "timed out after 1800s", FailureKind.TIMED_OUT),
+    (RunStatus.ERROR, 0.03, "the Anthropic API answered 529 overloaded",
+     FailureKind.API_UNAVAILABLE),
+    (RunStatus.KILLED, 0.01, "stopped by the kill switch", FailureKind.KILLED),
+    (RunStatus.CANCELLED, 0.01, "cancelled", FailureKind.CANCELLED),
 ]
 MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
 BARE_AGGREGATE = (
@@ -187,19 +189,19 @@ def fill(db: Database, runs: int, routines: int, start: datetime, end: datetime)
         conn.execute(insert(DigestSubscription), [dict(
             channel_id=CHANNEL, schedule="0 9 * * *", schedule_tz="UTC", last_sent_at=start,
             created_by="UBENCH", created_at=start)])
-    weights = [share for _, share, _ in MIX]
+    weights = [share for _, share, _, _ in MIX]
     step = (end - start) / runs
     for first in range(0, runs, BATCH):
         rows = []
         for i in range(first, min(first + BATCH, runs)):
-            status, _, reason = rng.choices(MIX, weights)[0]
+            status, _, reason, failure = rng.choices(MIX, weights)[0]
             finished = start + step * i
             rows.append(dict(
                 routine_id=rng.randrange(routines) + 1, status=status,
                 trigger_kind=TriggerKind.SCHEDULE, triggered_by="schedule",
                 prompt="p", queued_at=finished,
                 started_at=finished - timedelta(seconds=rng.randrange(5, 1800)),
-                finished_at=finished, reason=reason,
+                finished_at=finished, reason=reason, failure_kind=failure,
                 input_tokens=rng.randrange(1_000, 200_000),
                 output_tokens=rng.randrange(100, 20_000)))
         with db.engine.begin() as conn:

@@ -7,7 +7,9 @@ The last one the agent writes is a `result` event whose `kind` says how it ended
 - `setup_failed`: the routine's setup script exited non-zero;
 - `turn_limit`: the agent used every turn without reporting;
 - `no_report`: the agent stopped talking without reporting;
-- `api_error`: the Anthropic API could not be used (an infrastructure fault);
+- `api_error`: the Anthropic API could not be used (an infrastructure fault, or a
+  refusal); `status_code` is the HTTP status it answered (an int), null when no answer
+  came (connection error, timeout): read it with `api_status_code`;
 - `token_budget`: the run's token budget (`RunSpec.max_tokens`, input + output tokens
   of every Messages API call together) was reached before the agent reported; the
   summary reads "token budget exhausted (USED of MAX tokens)".
@@ -16,11 +18,17 @@ Specs cross versions: the host and the sandbox image are upgraded separately, so
 `RunSpec.to_json` leaves out fields at their defaults (an older image, which rejects
 keys it does not know, still reads a spec that uses no newer feature) and
 `RunSpec.from_json` ignores keys it does not know (a newer host's spec still runs).
+Events follow the same rule: a reader ignores keys it does not know and tolerates a
+newer key being absent (an older image). So `api_error`'s `status_code`, added after
+its summary, is read by `api_status_code`, which falls back on the summary's wording
+for an image that wrote no such key; an older host ignores the key and reads the
+summary, whose wording is kept.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
@@ -90,6 +98,23 @@ class RunResult:
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunSpec)
                              if f.default is not MISSING}
+# How images without `status_code` wrote it (the SDK's wording, in the summary).
+_LEGACY_STATUS = re.compile(r"Anthropic API error: .*?Error code: (\d{3})")
+
+
+def api_error_event(summary: str, status_code: int | None) -> Event:
+    """The `result` of a run the Anthropic API stopped (see the module's docstring)."""
+    return {"type": "result", "kind": "api_error", "status_code": status_code,
+            "summary": summary}
+
+
+def api_status_code(event: Event) -> int | None:
+    """The HTTP status an `api_error` result reports; None: no answer, or not known."""
+    if "status_code" in event:
+        code = event["status_code"]
+        return code if isinstance(code, int) and not isinstance(code, bool) else None
+    match = _LEGACY_STATUS.search(str(event.get("summary", "")))  # an older image
+    return int(match.group(1)) if match else None
 
 
 def parse_event_line(line: str) -> Event:

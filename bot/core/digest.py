@@ -22,9 +22,6 @@ T = TypeVar("T")
 
 # A channel that is not subscribed can still ask for one: it covers the last day.
 DEFAULT_PERIOD = timedelta(days=1)
-NO_SELF_REPORT = "no self-report"  # how bot.core.verdict.decide_outcome starts such a reason
-FAILURE_STATUSES = ("failed", "error")  # failed with a reason (no self-report listed apart)
-STOPPED_STATUSES = ("timed_out", "killed")
 # The order statuses are counted in; any other status follows, alphabetically.
 STATUS_ORDER = ("succeeded", "failed", "timed_out", "error", "killed", "cancelled", "rejected",
                 "expired")

@@ -1,28 +1,28 @@
 """Retry policy: whether a finished run is tried again, and when. Pure: no I/O.
 
-Infrastructure faults (status `error`: the container could not start, the engine or the
-clone failed, the Anthropic API was overloaded or answered 5xx) are retried up to the
-routine's `retry_attempts`, after `retry_backoff_seconds` doubled at each attempt. A
-failure the agent is answerable for (`failed`, `timed_out`) is retried only when the
-routine sets `retry_agent_failures`. An Anthropic client error (a 4xx other than 408,
-409 and 429: a bad key, a bad request) is not transient, so it is never retried.
+It decides on the run's `FailureKind`, never on the wording of its reason.
+Infrastructure faults (`infrastructure`: the container could not start, the engine or the
+clone failed; `api_unavailable`: the Anthropic API was overloaded, answered 5xx or 429,
+or could not be reached) are retried up to the routine's `retry_attempts`, after
+`retry_backoff_seconds` doubled at each attempt. A failure the agent is answerable for
+(a failure report, no report, a timeout...) is retried only when the routine sets
+`retry_agent_failures`. An Anthropic client error (`api_refused`: a bad key, a bad
+request) is not transient, and a run stopped on purpose is no fault: never retried. A
+failed run without a kind (stored before kinds were) is judged by its status: `error` is
+an infrastructure fault, anything else the agent's.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
-from bot.core.statuses import RunStatus
+from bot.core.statuses import FAILURES, FailureKind, RunStatus
 from bot.errors import ValidationFailed
-from bot.store.tables import Routine
 
-AGENT_FAILURES = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT})
-FAILURES = AGENT_FAILURES | {RunStatus.ERROR}  # what the Retry button is offered for
-_API_STATUS = re.compile(r"Anthropic API error: .*?Error code: (\d{3})")
-_TRANSIENT_4XX = frozenset({408, 409, 429})
-NEVER_RETRIED_REASONS = frozenset({"killed"})  # stopped on purpose: not a fault
+INFRASTRUCTURE_FAULTS = frozenset({FailureKind.INFRASTRUCTURE, FailureKind.API_UNAVAILABLE})
+NEVER_RETRIED = frozenset({FailureKind.KILLED, FailureKind.CANCELLED})  # stopped on purpose
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,18 @@ class RetryDecision:
 DEFAULT_LIMITS = RetryLimits()
 
 
-def policy_of(routine: Routine) -> RetryPolicy:
+class RetrySettings(Protocol):
+    """Where a routine keeps its policy (the `Routine` table, in the store)."""
+
+    @property
+    def retry_attempts(self) -> int: ...
+    @property
+    def retry_backoff_seconds(self) -> int: ...
+    @property
+    def retry_agent_failures(self) -> bool: ...
+
+
+def policy_of(routine: RetrySettings) -> RetryPolicy:
     return RetryPolicy(routine.retry_attempts, routine.retry_backoff_seconds,
                        routine.retry_agent_failures)
 
@@ -113,18 +124,18 @@ def parse_policy(words: list[str]) -> RetryPolicy:
     return RetryPolicy(int(numbers[0]), backoff, agent)
 
 
-def decide_retry(policy: RetryPolicy, status: RunStatus, attempt: int, reason: str | None,
-                 finished_at: datetime) -> RetryDecision:
-    """Should the run that just finished with `status` be tried again?"""
+def decide_retry(policy: RetryPolicy, status: RunStatus, attempt: int,
+                 failure: FailureKind | None, finished_at: datetime) -> RetryDecision:
+    """Should the run that just finished with `status`, for the reason `failure`, be
+    tried again?"""
     if status not in FAILURES:
         return RetryDecision(False, f"{status.value}: nothing to retry")
-    if status is RunStatus.ERROR and _client_error(reason):
+    if failure is FailureKind.API_REFUSED:
         return RetryDecision(False, "the Anthropic API refused the request (not transient)")
-    if status in AGENT_FAILURES:
-        if (reason or "") in NEVER_RETRIED_REASONS:
-            return RetryDecision(False, f"{reason}: never retried")
-        if not policy.agent_failures:
-            return RetryDecision(False, "agent failures are not retried by this routine")
+    if failure in NEVER_RETRIED:
+        return RetryDecision(False, f"{failure}: never retried")
+    if not _infrastructure_fault(status, failure) and not policy.agent_failures:
+        return RetryDecision(False, "agent failures are not retried by this routine")
     if attempt >= policy.total_attempts:
         return RetryDecision(False, f"no attempts left ({attempt} of {policy.total_attempts})")
     nxt = attempt + 1
@@ -134,12 +145,10 @@ def decide_retry(policy: RetryPolicy, status: RunStatus, attempt: int, reason: s
                          delay, finished_at + timedelta(seconds=delay))
 
 
-def _client_error(reason: str | None) -> bool:
-    match = _API_STATUS.search(reason or "")
-    if match is None:
-        return False
-    code = int(match.group(1))
-    return 400 <= code < 500 and code not in _TRANSIENT_4XX
+def _infrastructure_fault(status: RunStatus, failure: FailureKind | None) -> bool:
+    if failure is None:  # stored before failures had kinds
+        return status is RunStatus.ERROR
+    return failure in INFRASTRUCTURE_FAULTS
 
 
 def _is_count(word: str) -> bool:

@@ -33,6 +33,8 @@ NEVER_RAN = frozenset({RunStatus.REJECTED, RunStatus.EXPIRED,
                        RunStatus.CANCELLED})  # not counted in a routine's runs per day
 AGENT_FAILURES = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT})  # the agent's to answer for
 FAILURES = AGENT_FAILURES | {RunStatus.ERROR}  # alerted, with a Retry button
+DIGEST_FAILURES = frozenset({RunStatus.FAILED, RunStatus.ERROR})  # a digest's failures list
+STOPPED = frozenset({RunStatus.TIMED_OUT, RunStatus.KILLED})  # a digest's "stopped" line
 
 
 class StopKind(StrEnum):
@@ -41,6 +43,29 @@ class StopKind(StrEnum):
     KILL_SWITCH = "kill_switch"
     CANCEL = "cancel"
 
+
+
+class FailureKind(StrEnum):
+    """Why a run that was started did not succeed, as data: what retries and digests
+    decide on. The run's `reason` says the same to people; its wording is never parsed.
+    Runs that never started (rejected, expired, cancelled or dropped while waiting) and
+    runs stored before kinds existed have none."""
+
+    # The agent is answerable (retried only with the routine's `agent-failures`):
+    NO_SELF_REPORT = "no_self_report"  # it ended without a report (exit code, no result)
+    REPORTED_FAILURE = "reported_failure"  # it called report_result with outcome failure
+    SETUP_FAILED = "setup_failed"  # the routine's setup script exited non-zero
+    TURN_LIMIT = "turn_limit"  # every turn used without a report
+    TOKEN_BUDGET = "token_budget"  # noqa: S105 - no secret: the budget spent, no report
+    TIMED_OUT = "timed_out"  # the routine's timeout was reached
+    INTERRUPTED = "interrupted"  # the bot restarted and the run's container was gone
+    # Stopped on purpose (never retried):
+    KILLED = "killed"  # the container was killed: the kill switch, or a stop
+    CANCELLED = "cancelled"  # `/routine cancel`
+    # Infrastructure faults (retried up to the routine's attempts), but for a refusal:
+    API_UNAVAILABLE = "api_unavailable"  # Anthropic overloaded, 5xx, 408/409/429, unreachable
+    API_REFUSED = "api_refused"  # Anthropic client error (another 4xx): not transient
+    INFRASTRUCTURE = "infrastructure"  # clone, image, engine or dispatcher fault
 
 class RiskLevel(StrEnum):
     LOW = "low"  # runs freely

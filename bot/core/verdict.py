@@ -5,38 +5,65 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.core.statuses import RunStatus
-from runner.contract import RunResult
+from bot.core.statuses import FailureKind, RunStatus
+from runner.contract import RunResult, api_status_code
+
+# Client errors worth another try: request timeout, conflict, rate limited.
+TRANSIENT_4XX = frozenset({408, 409, 429})
+# Results the agent wrote to say it stopped without a report, and why.
+_ENDED_UNREPORTED = {"setup_failed": FailureKind.SETUP_FAILED,
+                     "turn_limit": FailureKind.TURN_LIMIT}
 
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """The verdict: `reason` says why to people, `failure` says it as data (None: success)."""
+
     status: RunStatus
     summary: str | None
     reason: str | None
+    failure: FailureKind | None
+
+    def __post_init__(self) -> None:
+        if (self.failure is None) != (self.status is RunStatus.SUCCEEDED):
+            raise ValueError(f"a {self.status.value} outcome with failure {self.failure}")
 
 
 def decide_outcome(result: RunResult, timeout_seconds: int) -> RunOutcome:
     if result.infra_error:
-        return RunOutcome(RunStatus.ERROR, None, result.infra_error)
+        return RunOutcome(RunStatus.ERROR, None, result.infra_error, FailureKind.INFRASTRUCTURE)
     if result.timed_out:
-        return RunOutcome(RunStatus.TIMED_OUT, None, f"timed out after {timeout_seconds}s")
+        return RunOutcome(RunStatus.TIMED_OUT, None, f"timed out after {timeout_seconds}s",
+                          FailureKind.TIMED_OUT)
     if result.token_budget_exceeded:  # the host's backstop: the agent did not stop itself
-        return RunOutcome(RunStatus.FAILED, None, "token budget exhausted")
+        return RunOutcome(RunStatus.FAILED, None, "token budget exhausted",
+                          FailureKind.TOKEN_BUDGET)
     if result.killed:
-        return RunOutcome(RunStatus.KILLED, None, "killed")
+        return RunOutcome(RunStatus.KILLED, None, "killed", FailureKind.KILLED)
     final = result.final or {}
     kind = final.get("kind")
     summary = str(final.get("summary", "")) or None
     if kind == "report":
         if final.get("outcome") == "success":
-            return RunOutcome(RunStatus.SUCCEEDED, summary, None)
-        return RunOutcome(RunStatus.FAILED, summary, summary or "the agent reported failure")
+            return RunOutcome(RunStatus.SUCCEEDED, summary, None, None)
+        return RunOutcome(RunStatus.FAILED, summary, summary or "the agent reported failure",
+                          FailureKind.REPORTED_FAILURE)
     if kind == "api_error":
-        return RunOutcome(RunStatus.ERROR, None, summary)
+        return RunOutcome(RunStatus.ERROR, None, summary, api_failure(api_status_code(final)))
     if kind == "token_budget":
-        return RunOutcome(RunStatus.FAILED, None, summary or "token budget exhausted")
-    if kind in {"setup_failed", "turn_limit"}:
-        return RunOutcome(RunStatus.FAILED, None, summary)
+        return RunOutcome(RunStatus.FAILED, None, summary or "token budget exhausted",
+                          FailureKind.TOKEN_BUDGET)
+    if kind in _ENDED_UNREPORTED:
+        return RunOutcome(RunStatus.FAILED, None, summary, _ENDED_UNREPORTED[kind])
     detail = f" (exit code {result.exit_code})" if result.exit_code is not None else ""
-    return RunOutcome(RunStatus.FAILED, None, f"no self-report{detail}")
+    return RunOutcome(RunStatus.FAILED, None, f"no self-report{detail}",
+                      FailureKind.NO_SELF_REPORT)
+
+
+def api_failure(status_code: int | None) -> FailureKind:
+    """A client error (4xx but a transient one) is a refusal; anything else, including no
+    answer at all (None), is the API being unavailable for now."""
+    client_error = status_code is not None and 400 <= status_code < 500
+    if client_error and status_code not in TRANSIENT_4XX:
+        return FailureKind.API_REFUSED
+    return FailureKind.API_UNAVAILABLE

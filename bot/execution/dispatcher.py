@@ -18,7 +18,7 @@ from typing import Any
 import docker.errors
 
 from bot.core.budget import Spend
-from bot.core.statuses import RunStatus
+from bot.core.statuses import FailureKind, RunStatus
 from bot.core.verdict import RunOutcome, decide_outcome
 from bot.execution.wake import WakeLoop
 from bot.services import Services
@@ -180,7 +180,8 @@ class Dispatcher:
             log.warning("run %s was running but its container is gone", view.run.id)
             finished = await asyncio.to_thread(
                 self.services.runs.finish, view.run.id,
-                RunOutcome(RunStatus.FAILED, None, LOST_CONTAINER), 0, 0, "")
+                RunOutcome(RunStatus.FAILED, None, LOST_CONTAINER, FailureKind.INTERRUPTED),
+                0, 0, "")
             await self._announce(finished)
         for run_id, container in containers.items():
             log.info("removing leftover container of finished run %s", run_id)

@@ -20,9 +20,6 @@ from sqlmodel import Session, col, select
 from bot.core import schedule
 from bot.core.digest import (
     DEFAULT_PERIOD,
-    FAILURE_STATUSES,
-    NO_SELF_REPORT,
-    STOPPED_STATUSES,
     Digest,
     DigestFacts,
     DigestLimits,
@@ -36,7 +33,7 @@ from bot.core.digest import (
     digest_owed,
 )
 from bot.core.pricing import PriceTable
-from bot.core.statuses import PENDING_STATUSES, RunStatus
+from bot.core.statuses import DIGEST_FAILURES, PENDING_STATUSES, STOPPED, FailureKind, RunStatus
 from bot.errors import RoutinesError, TryAgain
 from bot.services.events import DigestScheduleChanged, EventBus
 from bot.store import audit
@@ -167,22 +164,24 @@ class DigestService:
                                        models.get(routine_id, ""), count, int(tokens_in or 0),
                                        int(tokens_out or 0)))
             status = self._status(session)
-            no_report = and_(status == RunStatus.FAILED,
-                             func.coalesce(col(Run.reason), "").startswith(NO_SELF_REPORT))
+            # IS NOT DISTINCT FROM: never NULL (a run stored without a kind is no match),
+            # so `not_(no_report)` below keeps such runs among the failures.
+            no_report = and_(status == RunStatus.FAILED, col(Run.failure_kind)
+                             .is_not_distinct_from(FailureKind.NO_SELF_REPORT))
             no_report_total = self._count(session, and_(in_period, no_report))
-            failures = and_(status.in_(_statuses(FAILURE_STATUSES)), not_(no_report))
-            stopped = status.in_(_statuses(STOPPED_STATUSES))
+            failures = and_(status.in_(DIGEST_FAILURES), not_(no_report))
+            stopped = status.in_(STOPPED)
             return DigestFacts(
                 channel_id=channel_id, start=start, end=end, status_counts=counts,
                 in_progress=self._count(session, col(Run.status).in_(PENDING_STATUSES)),
                 failures=Listed(
                     self._runs(session, and_(in_period, failures), limits.failures, names),
-                    sum(counts.get(s, 0) for s in FAILURE_STATUSES) - no_report_total),
+                    sum(counts.get(s, 0) for s in DIGEST_FAILURES) - no_report_total),
                 no_report=Listed(self._runs(session, and_(in_period, no_report),
                                             limits.no_report, names), no_report_total),
                 stopped=Listed(self._runs(session, and_(in_period, stopped), limits.stopped,
                                           names),
-                               sum(counts.get(s, 0) for s in STOPPED_STATUSES)),
+                               sum(counts.get(s, 0) for s in STOPPED)),
                 missed=self._missed(session, start, end, limits.missed),
                 slowest=self._slowest(session, in_period, limits.slowest, names),
                 usage=tuple(usage),
@@ -273,9 +272,6 @@ class DigestService:
 _RUN_FACT = (col(Run.id), col(Run.routine_id), col(Run.status), col(Run.finished_at),
              col(Run.reason))
 
-
-def _statuses(names: tuple[str, ...]) -> list[RunStatus]:
-    return [RunStatus(name) for name in names]
 
 
 def _run_fact(row: Any, names: dict[int, str]) -> RunFact:

@@ -12,10 +12,12 @@ from bot.core import retry
 from bot.core.roles import Action
 from bot.core.run_log import clip_event
 from bot.core.statuses import (
+    FAILURES,
     NOT_STARTED,
     PENDING_STATUSES,
     ApprovalKind,
     ApprovalStatus,
+    FailureKind,
     RiskLevel,
     RunStatus,
     StopKind,
@@ -155,6 +157,7 @@ class RunService(Service):
                 .values(status=outcome.status,
                         summary=self.redact(outcome.summary) if outcome.summary else None,
                         reason=self.redact(outcome.reason) if outcome.reason else None,
+                        failure_kind=outcome.failure,
                         input_tokens=input_tokens, output_tokens=output_tokens,
                         diff=self.redact(diff), finished_at=utcnow(),
                         commit_sha=commit if publish else None))
@@ -180,9 +183,11 @@ class RunService(Service):
         if run.stop_kind == StopKind.KILL_SWITCH:
             state = KillSwitch.current(session)
             why = f": {state.reason}" if state.reason else ""
-            return RunOutcome(RunStatus.KILLED, None, f"killed by the kill switch{why}")
+            return RunOutcome(RunStatus.KILLED, None, f"killed by the kill switch{why}",
+                              FailureKind.KILLED)
         if run.stop_kind == StopKind.CANCEL:
-            return RunOutcome(RunStatus.CANCELLED, None, f"cancelled by <@{stopped_by}>")
+            return RunOutcome(RunStatus.CANCELLED, None, f"cancelled by <@{stopped_by}>",
+                              FailureKind.CANCELLED)
         return outcome
 
     def to_announce(self) -> list[RunView]:
@@ -233,7 +238,7 @@ class RunService(Service):
         the next attempt keeps the trigger's provenance and waits out its backoff."""
         run, routine = queries.run_with_routine(session, run_id)
         decision = retry.decide_retry(retry.policy_of(routine), RunStatus(run.status),
-                                      run.attempt, run.reason, utcnow())
+                                      run.attempt, run.failure_kind, utcnow())
         held = routine.paused or KillSwitch.current(session).engaged
         if not decision.retry or held:
             return False
@@ -246,7 +251,7 @@ class RunService(Service):
     @staticmethod
     def _scheduled_retry(session: Session, run: Run,
                          routine: Routine) -> retry.ScheduledRetry | None:
-        if run.status not in retry.FAILURES or run.finished_at is None:
+        if run.status not in FAILURES or run.finished_at is None:
             return None
         nxt = session.exec(select(Run).where(Run.retry_of == run.id,
                                              Run.attempt == run.attempt + 1)).first()

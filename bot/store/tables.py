@@ -12,6 +12,7 @@ from bot.core.statuses import (
     ApprovalKind,
     ApprovalStatus,
     BusyPolicy,
+    FailureKind,
     RiskLevel,
     RunStatus,
     StopKind,
@@ -95,6 +96,7 @@ class Run(SQLModel, table=True):
     container_id: str | None = None
     summary: str | None = None
     reason: str | None = None
+    failure_kind: FailureKind | None = None  # `reason` as data; None: succeeded, or not yet
     input_tokens: int = 0
     output_tokens: int = 0
     diff: str = ""
@@ -242,7 +244,9 @@ class MissedFire(SQLModel, table=True):
 
 
 # Digests aggregate the runs finished in a period: this index covers that query (range on
-# finished_at, GROUP BY routine and status, sums of tokens, durations) without table reads.
+# finished_at, GROUP BY routine and status, sums of tokens, durations, the count of runs
+# without a self-report) without table reads.
 _RUN_COLUMNS = Run.__table__.c  # type: ignore[attr-defined]
 Index("ix_run_digest", *(_RUN_COLUMNS[name] for name in (
-    "finished_at", "status", "routine_id", "input_tokens", "output_tokens", "started_at")))
+    "finished_at", "status", "routine_id", "input_tokens", "output_tokens", "started_at",
+    "failure_kind")))

@@ -17,7 +17,7 @@ from typing import Any
 
 import anthropic
 
-from runner.contract import SPEC_ENV, WORKSPACE, Event, RunSpec
+from runner.contract import SPEC_ENV, WORKSPACE, Event, RunSpec, api_error_event
 
 MAX_TOOL_OUTPUT = 16_000
 SHELL_TIMEOUT = 600
@@ -273,6 +273,13 @@ def budget_spent(max_tokens: int, spent: int, blocks: list[Any]) -> Event:
             "summary": f"token budget exhausted ({spent} of {max_tokens} tokens)"}
 
 
+def api_error_result(exc: anthropic.APIError) -> Event:
+    """The API's HTTP status as data (None: it never answered), its words for people."""
+    code = getattr(exc, "status_code", None)
+    return api_error_event(f"Anthropic API error: {type(exc).__name__}: {exc}",
+                           code if isinstance(code, int) else None)
+
+
 def main() -> int:
     spec = RunSpec.from_json(os.environ[SPEC_ENV])
     emit({"type": "started", "run_id": spec.run_id, "model": spec.model})
@@ -286,8 +293,7 @@ def main() -> int:
     try:
         final = agent_loop(spec, client)
     except anthropic.APIError as exc:
-        final = {"type": "result", "kind": "api_error",
-                 "summary": f"Anthropic API error: {type(exc).__name__}: {exc}"}
+        final = api_error_result(exc)
     emit(final)
     return 0 if final.get("kind") == "report" else 2
 

@@ -15,6 +15,7 @@ import pytest
 from sqlmodel import SQLModel
 
 from bot.app import Bot
+from bot.core.statuses import FailureKind
 from bot.store.tables import Run
 from tests.standins.anthropic_api import AnthropicStandIn, Turn, report, tool
 from tests.standins.slack_api import SlackApiStandIn
@@ -83,6 +84,7 @@ async def test_an_infrastructure_fault_is_retried_with_backoff_then_alerted(
     runs = [run_row(bot, run_id) for run_id in (first, second, second + 1)]
     assert [(r.attempt, r.retry_of) for r in runs] == [(1, None), (2, first), (3, second)]
     assert {(r.trigger_kind, r.triggered_by) for r in runs} == {("manual", "U0ALICE01")}
+    assert {r.failure_kind for r in runs} == {FailureKind.INFRASTRUCTURE}
     for earlier, retry in itertools.pairwise(runs):
         assert retry.not_before is not None and retry.started_at is not None
         assert earlier.finished_at is not None
@@ -135,7 +137,7 @@ async def test_an_overloaded_api_is_retried_and_the_next_attempt_succeeds(
     marker = anthropic_api.script(
         "overloaded", Turn([report("success", "done on the second attempt")], status=529,
                            failures=3))
-    _, fake = await start_bot(min_retry_backoff_seconds=1)
+    bot, fake = await start_bot(min_retry_backoff_seconds=1)
     await create_routine(fake, slack_api, "busy-api", f"Do it. {marker}", git_repo)
     await fake.slash("retries busy-api 1 1")
 
@@ -144,12 +146,36 @@ async def test_an_overloaded_api_is_retried_and_the_next_attempt_succeeds(
     message = await result_of(slack_api, "busy-api", first)
     assert message["text"] == f"busy-api run #{first}: error — retrying in 1s (attempt 2 of 2)"
     assert "OverloadedError" in json.dumps(message["blocks"])
+    # The agent said which HTTP status it got, as data; the retry was decided on that.
+    assert bot.services.runs.events(first)[-1]["status_code"] == 529
+    assert run_row(bot, first).failure_kind == FailureKind.API_UNAVAILABLE
     success = await result_of(slack_api, "busy-api", first + 1)
     assert success["text"] == f"busy-api run #{first + 1}: succeeded"
     shown = json.dumps(success["blocks"])
     assert "done on the second attempt" in shown and f"retry of #{first}" in shown
     assert buttons(success) == ["view_log"]
     assert len(anthropic_api.requests_for("overloaded")) == 4
+    assert run_row(bot, first + 1).failure_kind is None
+
+
+async def test_a_request_the_api_refuses_is_never_retried(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str,
+) -> None:
+    marker = anthropic_api.script("refused", Turn([], status=400))
+    bot, fake = await start_bot(min_retry_backoff_seconds=1)
+    await create_routine(fake, slack_api, "bad-request", f"Do it. {marker}", git_repo)
+    await fake.slash("retries bad-request 2 1 agent-failures")
+
+    run_id = await run_now(fake, "bad-request")
+
+    message = await result_of(slack_api, "bad-request", run_id)
+    assert message["text"] == f"bad-request run #{run_id}: error"
+    assert "BadRequestError" in json.dumps(message["blocks"])
+    assert bot.services.runs.events(run_id)[-1]["status_code"] == 400
+    assert run_row(bot, run_id).failure_kind == FailureKind.API_REFUSED
+    assert len(bot.services.routines.history("bad-request")) == 1  # decided with the verdict
+    assert len(anthropic_api.requests_for("refused")) == 1  # the SDK does not retry it
 
 
 async def test_an_agent_failure_is_retried_only_when_the_routine_asks(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from bot.core.statuses import RunStatus
+from bot.core.statuses import FailureKind, RunStatus
 from bot.store.tables import DigestSubscription, Routine, Run, utcnow
 from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool
 from tests.standins.slack_api import SlackApiStandIn
@@ -95,12 +95,15 @@ async def test_a_digest_of_real_runs_then_one_that_summarises_the_overflow(
     assert red is not None
     with bot.db.session() as session:
         for i in range(52):
-            status, reason = ((RunStatus.FAILED, f"failure number {i} " + "<x> " * 200)
-                              if i < 30 else (RunStatus.FAILED, "no self-report (exit code 0)")
-                              if i < 42 else (RunStatus.TIMED_OUT, "timed out after 4s"))
-            session.add(Run(routine_id=red, status=status, reason=reason, prompt="p",
-                            triggered_by="U0ALICE01", started_at=utcnow() - timedelta(
-                                seconds=i), finished_at=utcnow(), input_tokens=1000,
+            status, reason, kind = (
+                (RunStatus.FAILED, f"failure number {i} " + "<x> " * 200,
+                 FailureKind.REPORTED_FAILURE) if i < 30
+                else (RunStatus.FAILED, "no self-report (exit code 0)",
+                      FailureKind.NO_SELF_REPORT) if i < 42
+                else (RunStatus.TIMED_OUT, "timed out after 4s", FailureKind.TIMED_OUT))
+            session.add(Run(routine_id=red, status=status, reason=reason, failure_kind=kind,
+                            prompt="p", triggered_by="U0ALICE01", started_at=utcnow()
+                            - timedelta(seconds=i), finished_at=utcnow(), input_tokens=1000,
                             output_tokens=100))
     await fake.slash("digest now", channel=CHANNEL)
     second = await next_digest(slack_api, 1)

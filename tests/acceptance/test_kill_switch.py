@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from bot.app import Bot
+from bot.core.statuses import FailureKind, RunStatus
 from bot.store.tables import utcnow
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.slack_api import SlackApiStandIn
@@ -83,6 +84,9 @@ async def test_engage_stops_all_runs_refuses_every_door_and_survives_a_restart(
     assert await containers_running(docker_client, bot, 0, timeout=0) == []
     history = await runs_of(fake, "long")
     assert history.count("killed by the kill switch: Bad deploy") == RUNNING
+    killed = [v.run for v in bot.services.routines.history("long")
+              if v.run.status == RunStatus.KILLED]
+    assert [r.failure_kind for r in killed] == [FailureKind.KILLED] * RUNNING
     assert "queued" in history  # held, not started
 
     # Every door refuses, saying why.
@@ -154,6 +158,7 @@ async def test_cancel_stops_one_running_run(
     done = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
                                     contains=f"long run #{run_id}: cancelled", timeout=30)
     assert f"cancelled by <@{ALICE}>" in json.dumps(done.params["blocks"])
+    assert bot.services.runs.get(int(run_id)).run.failure_kind == FailureKind.CANCELLED
     assert await containers_running(docker_client, bot, 0, timeout=0) == []
 
 

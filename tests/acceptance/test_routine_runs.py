@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bot.core.statuses import FailureKind
 from bot.core.trigger import manual
 from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool, tool_results
 from tests.standins.environment import API_KEY
@@ -159,12 +160,15 @@ async def test_a_running_run_whose_container_vanished_is_failed_on_start(
     claimed = first.services.runs.claim_next()
     assert claimed is not None and claimed.run.status == "running"
 
-    await start_bot()
+    second, _ = await start_bot()
 
     call = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
                                     contains=f"run #{claimed.run.id}: ", timeout=10)
     assert call.params["text"] == f"orphan run #{claimed.run.id}: failed"
     assert "container was gone" in json.dumps(call.params["blocks"])
+    assert claimed.run.id is not None
+    lost = second.services.runs.get(claimed.run.id).run
+    assert lost.failure_kind == FailureKind.INTERRUPTED
 
 
 

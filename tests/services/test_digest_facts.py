@@ -13,7 +13,7 @@ from sqlmodel import select
 from bot.core.digest import DigestLimits, MissedFact, build_digest
 from bot.core.redaction import Redactor
 from bot.core.schedule import Schedule, ScheduleError
-from bot.core.statuses import RunStatus
+from bot.core.statuses import FailureKind, RunStatus
 from bot.errors import RoutinesError
 from bot.services import ServicePolicy, Services
 from bot.services.digests import DigestService, NotSubscribed
@@ -50,12 +50,13 @@ def add_routine(db: Database, name: str, model: str = "cheap", **fields: Any) ->
 
 
 def add_run(db: Database, routine_id: int, status: RunStatus, finished: datetime | None,
-            reason: str | None = None, seconds: float = 10, tokens: int = 100) -> None:
+            reason: str | None = None, seconds: float = 10, tokens: int = 100,
+            failure: FailureKind | None = None) -> None:
     with db.session() as session:
         session.add(Run(routine_id=routine_id, status=status, triggered_by="U1", prompt="p",
                         started_at=finished - timedelta(seconds=seconds) if finished else None,
-                        finished_at=finished, reason=reason, input_tokens=tokens,
-                        output_tokens=tokens // 10))
+                        finished_at=finished, reason=reason, failure_kind=failure,
+                        input_tokens=tokens, output_tokens=tokens // 10))
 
 
 def test_the_facts_of_a_period_come_from_sql_aggregates(db: Database) -> None:
@@ -66,12 +67,17 @@ def test_the_facts_of_a_period_come_from_sql_aggregates(db: Database) -> None:
     start, end = NOW - timedelta(hours=1), NOW
     add_run(db, red, RunStatus.SUCCEEDED, start - timedelta(seconds=1))  # before the period
     add_run(db, red, RunStatus.SUCCEEDED, start, seconds=300)  # the first instant is in
-    add_run(db, red, RunStatus.FAILED, start + timedelta(minutes=1), "3 tests fail")
-    add_run(db, red, RunStatus.FAILED, start + timedelta(minutes=2), "no self-report (exit 0)")
-    add_run(db, blue, RunStatus.FAILED, start + timedelta(minutes=3), None)
-    add_run(db, blue, RunStatus.ERROR, start + timedelta(minutes=4), "engine down")
-    add_run(db, blue, RunStatus.TIMED_OUT, start + timedelta(minutes=5), "timed out", 3600)
-    add_run(db, blue, RunStatus.KILLED, start + timedelta(minutes=6), "killed")
+    add_run(db, red, RunStatus.FAILED, start + timedelta(minutes=1), "3 tests fail",
+            failure=FailureKind.REPORTED_FAILURE)
+    add_run(db, red, RunStatus.FAILED, start + timedelta(minutes=2), "no self-report (exit 0)",
+            failure=FailureKind.NO_SELF_REPORT)
+    add_run(db, blue, RunStatus.FAILED, start + timedelta(minutes=3), None)  # stored kindless
+    add_run(db, blue, RunStatus.ERROR, start + timedelta(minutes=4), "engine down",
+            failure=FailureKind.INFRASTRUCTURE)
+    add_run(db, blue, RunStatus.TIMED_OUT, start + timedelta(minutes=5), "timed out", 3600,
+            failure=FailureKind.TIMED_OUT)
+    add_run(db, blue, RunStatus.KILLED, start + timedelta(minutes=6), "killed",
+            failure=FailureKind.KILLED)
     add_run(db, blue, RunStatus.SUCCEEDED, end)  # the last instant is the next period's
     add_run(db, blue, RunStatus.RUNNING, None)
 
@@ -93,6 +99,29 @@ def test_the_facts_of_a_period_come_from_sql_aggregates(db: Database) -> None:
         ("blue", "dear", 1, 100), ("red", "cheap", 1, 100), ("red", "cheap", 2, 200)]
     assert [u.routine for u in found.upcoming] == ["blue"]  # a paused routine is held
     assert found.upcoming[0].at == datetime(2026, 11, 23, 10, tzinfo=UTC)
+
+
+def test_no_self_report_is_told_by_the_failure_kind_not_the_wording(db: Database) -> None:
+    service = DigestService(db, PRICES)
+    red = add_routine(db, "red")
+    start, end = NOW - timedelta(hours=1), NOW
+    # The agent's own failure report, whose words happen to read like a missing report...
+    add_run(db, red, RunStatus.FAILED, start + timedelta(minutes=1),
+            "no self-report: the fixture never answered", failure=FailureKind.REPORTED_FAILURE)
+    # ...and a run that did end without one, whatever its reason says.
+    add_run(db, red, RunStatus.FAILED, start + timedelta(minutes=2), "exit code 137",
+            failure=FailureKind.NO_SELF_REPORT)
+    add_run(db, red, RunStatus.FAILED, start + timedelta(minutes=3), "turn limit of 4 reached "
+            "without a self-report", failure=FailureKind.TURN_LIMIT)
+
+    found = service.facts("C0DIGEST1", start, end)
+
+    assert [r.reason for r in found.no_report.items] == ["exit code 137"]
+    assert found.no_report.total == 1
+    assert [r.reason for r in found.failures.items] == [
+        "turn limit of 4 reached without a self-report",
+        "no self-report: the fixture never answered"]
+    assert found.failures.total == 2
 
 
 def test_missed_fires_are_recorded_once_and_reported_in_the_period(db: Database) -> None:

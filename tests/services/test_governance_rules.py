@@ -208,7 +208,7 @@ def test_a_medium_risk_success_with_a_commit_asks_to_publish(services: Services)
     run = services.triggers.trigger("demo", manual(OTHER)).view.run
     assert run.status == RunStatus.QUEUED and run.id is not None
     assert services.runs.claim_next() is not None
-    view = services.runs.finish(run.id, RunOutcome(RunStatus.SUCCEEDED, "done", None), 10, 5,
+    view = services.runs.finish(run.id, RunOutcome(RunStatus.SUCCEEDED, "done", None, None), 10, 5,
                               "diff --git a/x b/x\n+++ b/x\n+new", commit="abc123")
     assert view.run.commit_sha == "abc123"
     [request] = services.approvals.to_post()
@@ -308,7 +308,7 @@ def test_max_concurrent_with_queue_holds_the_next_run_until_one_ends(
     assert services.runs.claim_next() is not None
     assert services.runs.claim_next() is None
     assert first.id is not None
-    services.runs.finish(first.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None), 1, 1, "")
+    services.runs.finish(first.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None, None), 1, 1, "")
     assert services.runs.claim_next() is not None
 
 
@@ -320,13 +320,13 @@ def test_the_daily_spend_cap_warns_then_refuses(db: Database) -> None:
     run = services.triggers.trigger("demo", manual(OTHER)).view.run
     assert run.id is not None and services.runs.claim_next() is not None
     # $3 per million input tokens: 270,000 tokens are $0.81, 81% of the cap.
-    services.runs.finish(run.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None), 270_000, 0, "")
+    services.runs.finish(run.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None, None), 270_000, 0, "")
     spend = services.spend.alert_due()
     assert spend is not None and spend.level is budget.SpendLevel.WARNING
     assert services.spend.alert_due() is None  # said once a day
     run = services.triggers.trigger("demo", manual(OTHER)).view.run
     assert run.id is not None and services.runs.claim_next() is not None
-    services.runs.finish(run.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None), 100_000, 0, "")
+    services.runs.finish(run.id, RunOutcome(RunStatus.SUCCEEDED, "ok", None, None), 100_000, 0, "")
     spend = services.spend.alert_due()
     assert spend is not None and spend.level is budget.SpendLevel.EXHAUSTED
     with pytest.raises(BudgetExceeded, match=r"\$1.11 of \$1.00 today"):

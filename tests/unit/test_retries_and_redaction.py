@@ -3,6 +3,7 @@ and bounds, token-shape redaction, and what is cut before storage."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,26 +14,30 @@ from bot.core.retry import (
     RetryPolicy,
     decide_retry,
     parse_policy,
+    policy_of,
     validate_policy,
 )
 from bot.core.run_log import clip_event
-from bot.core.statuses import RunStatus
+from bot.core.statuses import FailureKind, RunStatus
 from bot.doors.slack import commands
 from bot.errors import ValidationFailed
+from bot.store.tables import Routine
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
-OVERLOADED = ("Anthropic API error: OverloadedError: Error code: 529 - {'type': 'error', "
-              "'error': {'type': 'overloaded_error', 'message': 'Overloaded'}}")
-SERVER = "Anthropic API error: InternalServerError: Error code: 500 - {'type': 'error'}"
-AUTH = "Anthropic API error: AuthenticationError: Error code: 401 - {'type': 'error'}"
-RATE = "Anthropic API error: RateLimitError: Error code: 429 - {'type': 'error'}"
-CONNECTION = "Anthropic API error: APIConnectionError: Connection error."
-IMAGE = "sandbox image not found: build it with `make images`"
+# What `decide_outcome` makes of each: the decision reads the kind, never the reason.
+OVERLOADED = FailureKind.API_UNAVAILABLE  # 529
+SERVER = FailureKind.API_UNAVAILABLE  # 500
+AUTH = FailureKind.API_REFUSED  # 401
+RATE = FailureKind.API_UNAVAILABLE  # 429
+CONNECTION = FailureKind.API_UNAVAILABLE  # no answer
+IMAGE = FailureKind.INFRASTRUCTURE  # sandbox image not found
+REPORTED = FailureKind.REPORTED_FAILURE  # "3 tests fail"
+TIMED_OUT = FailureKind.TIMED_OUT
 THREE_30 = RetryPolicy(attempts=2, backoff_seconds=30)
 AGENT = RetryPolicy(attempts=2, backoff_seconds=30, agent_failures=True)
 
 
-@pytest.mark.parametrize(("policy", "status", "attempt", "reason", "retry", "delay", "why"), [
+@pytest.mark.parametrize(("policy", "status", "attempt", "failure", "retry", "delay", "why"), [
     # infrastructure faults: retried with the backoff doubling at each attempt
     (THREE_30, RunStatus.ERROR, 1, IMAGE, True, 30, "retrying in 30s (attempt 2 of 3)"),
     (THREE_30, RunStatus.ERROR, 2, OVERLOADED, True, 60, "retrying in 60s (attempt 3 of 3)"),
@@ -48,14 +53,14 @@ AGENT = RetryPolicy(attempts=2, backoff_seconds=30, agent_failures=True)
     # no policy: nothing is retried
     (RetryPolicy(), RunStatus.ERROR, 1, IMAGE, False, 0, "no attempts left (1 of 1)"),
     # what the agent is answerable for: only when the routine asks
-    (THREE_30, RunStatus.FAILED, 1, "3 tests fail", False, 0,
+    (THREE_30, RunStatus.FAILED, 1, REPORTED, False, 0,
      "agent failures are not retried by this routine"),
-    (THREE_30, RunStatus.TIMED_OUT, 1, "timed out after 60s", False, 0,
+    (THREE_30, RunStatus.TIMED_OUT, 1, TIMED_OUT, False, 0,
      "agent failures are not retried by this routine"),
-    (AGENT, RunStatus.FAILED, 1, "3 tests fail", True, 30, "retrying in 30s (attempt 2 of 3)"),
-    (AGENT, RunStatus.TIMED_OUT, 2, "timed out", True, 60, "retrying in 60s (attempt 3 of 3)"),
-    (AGENT, RunStatus.FAILED, 3, "3 tests fail", False, 0, "no attempts left (3 of 3)"),
-    (AGENT, RunStatus.FAILED, 1, "killed", False, 0, "killed: never retried"),
+    (AGENT, RunStatus.FAILED, 1, REPORTED, True, 30, "retrying in 30s (attempt 2 of 3)"),
+    (AGENT, RunStatus.TIMED_OUT, 2, TIMED_OUT, True, 60, "retrying in 60s (attempt 3 of 3)"),
+    (AGENT, RunStatus.FAILED, 3, REPORTED, False, 0, "no attempts left (3 of 3)"),
+    (AGENT, RunStatus.FAILED, 1, FailureKind.KILLED, False, 0, "killed: never retried"),
     # not failures at all
     (AGENT, RunStatus.SUCCEEDED, 1, None, False, 0, "succeeded: nothing to retry"),
     (AGENT, RunStatus.KILLED, 1, None, False, 0, "killed: nothing to retry"),
@@ -63,8 +68,8 @@ AGENT = RetryPolicy(attempts=2, backoff_seconds=30, agent_failures=True)
     (AGENT, RunStatus.REJECTED, 1, None, False, 0, "rejected: nothing to retry"),
 ])
 def test_retry_decisions(policy: RetryPolicy, status: RunStatus, attempt: int,
-                         reason: str | None, retry: bool, delay: int, why: str) -> None:
-    decision = decide_retry(policy, status, attempt, reason, NOW)
+                         failure: FailureKind | None, retry: bool, delay: int, why: str) -> None:
+    decision = decide_retry(policy, status, attempt, failure, NOW)
     assert (decision.retry, decision.delay_seconds, decision.why) == (retry, delay, why)
     if retry:
         assert decision.attempt == attempt + 1
@@ -72,6 +77,59 @@ def test_retry_decisions(policy: RetryPolicy, status: RunStatus, attempt: int,
         assert decision.not_before == NOW + timedelta(seconds=delay)
     else:
         assert decision.not_before is None
+
+
+INFRA_FAULTS = (FailureKind.INFRASTRUCTURE, FailureKind.API_UNAVAILABLE)
+AGENTS_OWN = (FailureKind.NO_SELF_REPORT, FailureKind.REPORTED_FAILURE,
+              FailureKind.SETUP_FAILED, FailureKind.TURN_LIMIT, FailureKind.TOKEN_BUDGET,
+              FailureKind.TIMED_OUT, FailureKind.INTERRUPTED)
+NEVER = {FailureKind.API_REFUSED: "the Anthropic API refused the request (not transient)",
+         FailureKind.KILLED: "killed: never retried",
+         FailureKind.CANCELLED: "cancelled: never retried"}
+RETRYING = "retrying in 30s (attempt 2 of 3)"
+AGENT_NOT = "agent failures are not retried by this routine"
+
+
+def test_every_kind_has_its_retry_rule() -> None:
+    assert {*INFRA_FAULTS, *AGENTS_OWN, *NEVER} == set(FailureKind)
+
+
+@pytest.mark.parametrize(("failure", "status", "plain", "with_agent"), [
+    *[(kind, RunStatus.ERROR, RETRYING, RETRYING) for kind in INFRA_FAULTS],
+    *[(kind, RunStatus.FAILED, AGENT_NOT, RETRYING) for kind in AGENTS_OWN],
+    *[(kind, RunStatus.ERROR, why, why) for kind, why in NEVER.items()],
+    # without a kind (a run stored before kinds), the status decides
+    (None, RunStatus.ERROR, RETRYING, RETRYING),
+    (None, RunStatus.FAILED, AGENT_NOT, RETRYING),
+    (None, RunStatus.TIMED_OUT, AGENT_NOT, RETRYING),
+])
+def test_retry_decisions_by_kind(failure: FailureKind | None, status: RunStatus, plain: str,
+                                 with_agent: str) -> None:
+    assert decide_retry(THREE_30, status, 1, failure, NOW).why == plain
+    assert decide_retry(AGENT, status, 1, failure, NOW).why == with_agent
+
+
+@pytest.mark.parametrize("failure", list(FailureKind))
+def test_the_kind_decides_not_the_status(failure: FailureKind) -> None:
+    # A kind the agent is answerable for is not retried as an infrastructure fault just
+    # because the status says `error`, and the other way round.
+    by_error = decide_retry(THREE_30, RunStatus.ERROR, 1, failure, NOW)
+    by_failed = decide_retry(THREE_30, RunStatus.FAILED, 1, failure, NOW)
+    assert by_error == by_failed
+    assert by_error.retry is (failure in INFRA_FAULTS)
+
+
+def test_policy_of_reads_any_routine_like_value() -> None:
+    @dataclass(frozen=True)
+    class Settings:
+        retry_attempts: int = 3
+        retry_backoff_seconds: int = 60
+        retry_agent_failures: bool = True
+
+    assert policy_of(Settings()) == RetryPolicy(3, 60, True)
+    table = Routine(name="r", prompt="p", repo_url="u", channel_id="C", model="m",
+                    timeout_seconds=60, max_turns=5, created_by="U", retry_attempts=2)
+    assert policy_of(table) == RetryPolicy(2)
 
 
 @pytest.mark.parametrize(("words", "policy"), [

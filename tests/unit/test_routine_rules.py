@@ -7,12 +7,12 @@ import pytest
 from bot.core.redaction import MASK, Redactor
 from bot.core.routine import RoutineDraft, RoutineLimits, validate
 from bot.core.run_log import chunk, log_lines
-from bot.core.statuses import RunStatus
-from bot.core.verdict import decide_outcome
+from bot.core.statuses import FailureKind, RunStatus
+from bot.core.verdict import RunOutcome, decide_outcome
 from bot.doors.slack import commands
 from bot.errors import SettingsError
 from bot.settings import Settings
-from runner.contract import RunResult, RunSpec, parse_event_line
+from runner.contract import RunResult, RunSpec, api_status_code, parse_event_line
 
 LIMITS = RoutineLimits(min_timeout=60, max_timeout=3600, allow_local_repos=False)
 
@@ -83,6 +83,106 @@ def test_only_an_explicit_success_report_succeeds(
 ) -> None:
     outcome = decide_outcome(observed, timeout_seconds=30)
     assert (outcome.status, outcome.reason) == (status, reason)
+
+
+def api_error(summary: str = "Anthropic API error: ...", **fields: object) -> RunResult:
+    return result(exit_code=2, final={"kind": "api_error", "summary": summary, **fields})
+
+
+LEGACY_529 = ("Anthropic API error: OverloadedError: Error code: 529 - {'type': 'error', "
+              "'error': {'type': 'overloaded_error', 'message': 'Overloaded'}}")
+LEGACY_401 = "Anthropic API error: AuthenticationError: Error code: 401 - {'type': 'error'}"
+REPORTED = {"kind": "report", "outcome": "failure"}
+
+
+@pytest.mark.parametrize(("observed", "status", "reason", "failure"), [
+    (result(exit_code=0, final={"kind": "report", "outcome": "success", "summary": "ok"}),
+     RunStatus.SUCCEEDED, None, None),
+    (result(exit_code=0), RunStatus.FAILED, "no self-report (exit code 0)",
+     FailureKind.NO_SELF_REPORT),
+    (result(), RunStatus.FAILED, "no self-report", FailureKind.NO_SELF_REPORT),
+    (result(exit_code=2, final={"kind": "no_report", "summary": "stopped"}), RunStatus.FAILED,
+     "no self-report (exit code 2)", FailureKind.NO_SELF_REPORT),
+    (result(exit_code=2, final={"kind": "from-a-newer-image"}), RunStatus.FAILED,
+     "no self-report (exit code 2)", FailureKind.NO_SELF_REPORT),
+    # a failure report is the agent's word, whatever it says
+    (result(exit_code=2, final={**REPORTED, "summary": "red"}), RunStatus.FAILED, "red",
+     FailureKind.REPORTED_FAILURE),
+    (result(exit_code=2, final={**REPORTED, "summary": "no self-report (it says so)"}),
+     RunStatus.FAILED, "no self-report (it says so)", FailureKind.REPORTED_FAILURE),
+    (result(exit_code=2, final=REPORTED), RunStatus.FAILED, "the agent reported failure",
+     FailureKind.REPORTED_FAILURE),
+    (result(exit_code=3, final={"kind": "setup_failed", "summary": "setup exited 1"}),
+     RunStatus.FAILED, "setup exited 1", FailureKind.SETUP_FAILED),
+    (result(exit_code=2, final={"kind": "turn_limit", "summary": "turn limit"}),
+     RunStatus.FAILED, "turn limit", FailureKind.TURN_LIMIT),
+    (result(exit_code=2, final={"kind": "token_budget", "summary": "token budget exhausted "
+                                "(12 of 10 tokens)"}), RunStatus.FAILED,
+     "token budget exhausted (12 of 10 tokens)", FailureKind.TOKEN_BUDGET),
+    (result(exit_code=2, final={"kind": "token_budget"}), RunStatus.FAILED,
+     "token budget exhausted", FailureKind.TOKEN_BUDGET),
+    (result(token_budget_exceeded=True, killed=True), RunStatus.FAILED,
+     "token budget exhausted", FailureKind.TOKEN_BUDGET),
+    (result(timed_out=True, final={"kind": "report", "outcome": "success"}),
+     RunStatus.TIMED_OUT, "timed out after 30s", FailureKind.TIMED_OUT),
+    (result(killed=True, exit_code=137), RunStatus.KILLED, "killed", FailureKind.KILLED),
+    (result(infra_error="clone failed"), RunStatus.ERROR, "clone failed",
+     FailureKind.INFRASTRUCTURE),
+    # the API: its HTTP status, as data
+    (api_error(status_code=529), RunStatus.ERROR, "Anthropic API error: ...",
+     FailureKind.API_UNAVAILABLE),
+    (api_error(status_code=500), RunStatus.ERROR, "Anthropic API error: ...",
+     FailureKind.API_UNAVAILABLE),
+    (api_error(status_code=429), RunStatus.ERROR, "Anthropic API error: ...",
+     FailureKind.API_UNAVAILABLE),
+    (api_error(status_code=408), RunStatus.ERROR, "Anthropic API error: ...",
+     FailureKind.API_UNAVAILABLE),
+    (api_error(status_code=None), RunStatus.ERROR, "Anthropic API error: ...",
+     FailureKind.API_UNAVAILABLE),
+    (api_error(status_code=401), RunStatus.ERROR, "Anthropic API error: ...",
+     FailureKind.API_REFUSED),
+    (api_error(status_code=400), RunStatus.ERROR, "Anthropic API error: ...",
+     FailureKind.API_REFUSED),
+    # the key wins over the words; an image that wrote no key is read by its words
+    (api_error(LEGACY_401, status_code=529), RunStatus.ERROR, LEGACY_401,
+     FailureKind.API_UNAVAILABLE),
+    (api_error(LEGACY_401), RunStatus.ERROR, LEGACY_401, FailureKind.API_REFUSED),
+    (api_error(LEGACY_529), RunStatus.ERROR, LEGACY_529, FailureKind.API_UNAVAILABLE),
+    (result(exit_code=2, final={"kind": "api_error", "summary": "overloaded"}),
+     RunStatus.ERROR, "overloaded", FailureKind.API_UNAVAILABLE),
+])
+def test_every_verdict_says_its_failure_kind(
+    observed: RunResult, status: RunStatus, reason: str | None, failure: FailureKind | None,
+) -> None:
+    outcome = decide_outcome(observed, timeout_seconds=30)
+    assert (outcome.status, outcome.reason, outcome.failure) == (status, reason, failure)
+
+
+@pytest.mark.parametrize(("event", "code"), [
+    ({"kind": "api_error", "status_code": 529, "summary": LEGACY_401}, 529),
+    ({"kind": "api_error", "status_code": None, "summary": LEGACY_401}, None),
+    ({"kind": "api_error", "status_code": "529"}, None),
+    ({"kind": "api_error", "status_code": True}, None),
+    ({"kind": "api_error", "summary": LEGACY_401}, 401),
+    ({"kind": "api_error", "summary": "Anthropic API error: APIConnectionError: Connection "
+                                      "error."}, None),
+    ({"kind": "api_error"}, None),
+])
+def test_the_api_status_is_read_from_the_key_or_an_older_image_s_words(
+    event: dict[str, object], code: int | None,
+) -> None:
+    assert api_status_code(event) == code
+
+
+@pytest.mark.parametrize(("status", "failure"), [
+    (RunStatus.SUCCEEDED, FailureKind.KILLED), (RunStatus.FAILED, None),
+    (RunStatus.ERROR, None),
+])
+def test_an_outcome_has_a_failure_kind_exactly_when_it_failed(
+    status: RunStatus, failure: FailureKind | None,
+) -> None:
+    with pytest.raises(ValueError, match="outcome with failure"):
+        RunOutcome(status, None, "why", failure)
 
 
 @pytest.mark.parametrize(("text", "action", "name", "problem"), [
