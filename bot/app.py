@@ -63,11 +63,9 @@ class Bot:
                                       Publisher(self.services.publishing,
                                                 self.sandbox.config.workspace_root),
                                       min(5.0, max(0.5, settings.approval_timeout_seconds / 4)))
-        self.scheduler = Scheduler(self.services, announcer.missed,
-                                   settings.schedule_grace_seconds,
-                                   digests=self.services.digests, post_digest=announcer.digest)
-        self.slack = build_slack_app(settings, self.services, self.messages, self.slack_client,
-                                     digests=self.services.digests)
+        self.scheduler = Scheduler(self.services, announcer.missed, announcer.digest,
+                                   settings.schedule_grace_seconds)
+        self.slack = build_slack_app(settings, self.services, self.messages, self.slack_client)
         self.home = HomeTab(self.services, self.messages, self.slack_client,
                             settings.home_refresh_seconds)
         self.home.register(self.slack)

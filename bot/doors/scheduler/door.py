@@ -17,7 +17,6 @@ from bot.core.schedule import Schedule
 from bot.doors.scheduler.jobs import ScheduleRunner
 from bot.errors import RoutinesError
 from bot.services import Services
-from bot.services.digests import DigestService
 from bot.services.events import DigestScheduleChanged, ScheduleChanged
 from bot.services.views import MissedFires
 from bot.store.tables import utcnow
@@ -30,17 +29,15 @@ DIGEST = "digest"  # the job kind of channel digests, beside routines
 
 class Scheduler:
     def __init__(self, services: Services, announce_missed: AnnounceMissed,
-                 grace_seconds: int, digests: DigestService | None = None,
-                 post_digest: PostDigest | None = None) -> None:
+                 post_digest: PostDigest, grace_seconds: int) -> None:
         self.services = services
+        self.digests = services.digests
         self.announce_missed = announce_missed
+        self.post_digest = post_digest
         self.grace_seconds = grace_seconds
         self.runner = ScheduleRunner(self._fire, grace_seconds, missed=self._missed)
+        self.runner.register(DIGEST, self._fire_digest)  # a late digest covers it all
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.digests = digests
-        self.post_digest = post_digest
-        if digests is not None:
-            self.runner.register(DIGEST, self._fire_digest)  # a late digest covers it all
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -51,22 +48,19 @@ class Scheduler:
         self.runner.start()
         for name, when in (await asyncio.to_thread(self.services.schedules.all)).items():
             self.runner.set(name, when, after=now)
-        if self.digests is not None:
-            await self._start_digests(self.digests, now)
+        await self._start_digests(now)
 
-    async def _start_digests(self, digests: DigestService, now: datetime) -> None:
+    async def _start_digests(self, now: datetime) -> None:
         """One digest now for each channel whose digest fell due while the bot was down
         (covering the whole period: no burst), then the jobs, from the database."""
-        for channel in await asyncio.to_thread(digests.owed, now):
+        for channel in await asyncio.to_thread(self.digests.owed, now):
             await self.send_digest(channel)
-        for channel, when in (await asyncio.to_thread(digests.schedules)).items():
+        for channel, when in (await asyncio.to_thread(self.digests.schedules)).items():
             self.runner.set(channel, when, after=now, kind=DIGEST)
 
     async def send_digest(self, channel_id: str) -> None:
         """Compose the channel's digest, post it, and start the next period where it ended
         (not before it was posted: a digest Slack refused is covered by the next one)."""
-        if self.digests is None or self.post_digest is None:
-            return
         try:
             digest = await asyncio.to_thread(self.digests.compose, channel_id, utcnow())
             await self.post_digest(digest)
@@ -100,8 +94,6 @@ class Scheduler:
             self.runner.set(channel_id, when, kind=DIGEST)
 
     async def _fire_digest(self, channel_id: str, scheduled_for: datetime) -> None:
-        if self.digests is None:
-            return
         subscribed = await asyncio.to_thread(self.digests.subscription, channel_id)
         if subscribed is not None:  # not if unsubscribed as it fired
             await self.send_digest(channel_id)

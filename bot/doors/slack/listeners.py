@@ -22,7 +22,6 @@ from bot.doors.slack.run_buttons import RunButtons
 from bot.doors.slack.words import say
 from bot.errors import RoutinesError, ValidationFailed
 from bot.services import Services
-from bot.services.digests import DigestService
 from bot.settings import Settings
 from bot.store.tables import utcnow
 
@@ -33,14 +32,14 @@ KILLSWITCH_ANNOUNCED = {"engage": "engaged", "disengage": "disengaged"}
 
 
 def build_slack_app(settings: Settings, services: Services, messages: Messages,
-                    client: AsyncWebClient, digests: DigestService | None = None) -> AsyncApp:
+                    client: AsyncWebClient) -> AsyncApp:
     app = AsyncApp(
         client=client,
         signing_secret=settings.slack_signing_secret or None,
         request_verification_enabled=not settings.socket_mode,
         logger=log,
     )
-    handlers = SlackHandlers(settings, services, messages, digests)
+    handlers = SlackHandlers(settings, services, messages)
     app.command("/routine")(handlers.routine_command)
     app.view(CREATE_CALLBACK)(handlers.create_submitted)
     buttons = RunButtons(services, messages)
@@ -53,13 +52,11 @@ def build_slack_app(settings: Settings, services: Services, messages: Messages,
 
 
 class SlackHandlers:
-    def __init__(self, settings: Settings, services: Services, messages: Messages,
-                 digests: DigestService | None = None) -> None:
+    def __init__(self, settings: Settings, services: Services, messages: Messages) -> None:
         self.settings = settings
         self.services = services
         self.messages = messages
         self.approvals = ApprovalMessages(services, messages)
-        self.digests = digests
 
     async def routine_command(self, ack: AsyncAck, command: dict[str, Any],
                               client: AsyncWebClient) -> None:
@@ -260,7 +257,7 @@ class SlackHandlers:
 
     def _digest(self, parsed: commands.Command, user_id: str,
                 channel_id: str) -> dict[str, Any]:
-        digests = self._digest_service()
+        digests = self.services.digests
         if parsed.arg == "off":
             digests.unsubscribe(channel_id, user_id)
             return self._say("This channel no longer gets a runs digest.")
@@ -272,10 +269,7 @@ class SlackHandlers:
     async def digest_now(self, ack: AsyncAck, channel_id: str, client: AsyncWebClient) -> None:
         """Acknowledge at once (a digest of a busy period takes longer than Slack waits),
         then post the channel's digest there; its next one starts where this one ended."""
-        if self.digests is None:
-            await ack(response_type="ephemeral", text="Digests are not enabled on this bot.")
-            return
-        digests = self.digests
+        digests = self.services.digests
         await ack(response_type="ephemeral", text="Composing a runs digest for this channel…")
         try:
             digest = await asyncio.to_thread(digests.compose, channel_id, utcnow())
@@ -284,11 +278,6 @@ class SlackHandlers:
             await asyncio.to_thread(digests.mark_sent, digest)
         except Exception:
             log.exception("digest now for %s failed", channel_id)
-
-    def _digest_service(self) -> DigestService:
-        if self.digests is None:
-            raise RoutinesError("Digests are not enabled on this bot.")
-        return self.digests
 
     def create_modal(self, channel_id: str) -> dict[str, Any]:
         s = self.settings
