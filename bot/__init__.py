@@ -1,1 +1,1 @@
-"""The Slack bot: routines, runs, the service layer that holds the rules, and its adapters."""
+"""The bot: a pure core, the store, one service per concept, execution, and the doors."""

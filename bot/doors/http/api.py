@@ -2,7 +2,7 @@
 
 Thin by design: read the request, call the services, map its errors to statuses. The
 rules (token of this routine, paused, idempotency, rate limit, payload template) live in
-`RoutineService`, so the Slack and GitHub doors obey the same ones.
+`bot.services`, so the Slack and GitHub doors obey the same ones.
 """
 
 from __future__ import annotations

@@ -22,8 +22,7 @@ from bot.services.views import MissedFires, RunView
 
 class Announcer:
     def __init__(self, client: AsyncWebClient, messages: Messages,
-                 services: Services | None = None,
-                 incidents_channel: str = "") -> None:
+                 services: Services, incidents_channel: str = "") -> None:
         self.client = client
         self.messages = messages
         self.services = services
@@ -34,7 +33,7 @@ class Announcer:
         response = await self.client.chat_postMessage(channel=view.routine.channel_id,
                                                       **message)
         ts, channel = response.get("ts"), response.get("channel")
-        if self.services is not None and view.run.id is not None and ts:
+        if view.run.id is not None and ts:
             await asyncio.to_thread(self.services.runs.record_announcement, view.run.id,
                                     str(channel or view.routine.channel_id), str(ts))
 
