@@ -51,7 +51,7 @@ class Settings:
     min_retry_backoff_seconds: int = 5  # tests lower it; not read from the environment
     github_max_body_bytes: int = 25 * 1024 * 1024  # GitHub's own cap on a delivery
     extra_secrets: tuple[str, ...] = field(default_factory=tuple)
-    log_format: str = "text"  # or "json": one JSON object per line (bot.logs)
+    log_format: str = "text"  # or "json": one JSON object per line (bot.logging_config)
     home_refresh_seconds: float = 5.0  # how often Home tabs look for changes from elsewhere
     prices: PriceTable = field(default_factory=PriceTable.default)
     admins: tuple[str, ...] = ()  # user ids and `subteam:S...` user groups

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from bot.core.redaction import Redactor
 from bot.errors import RoutinesError, SettingsError
-from bot.logs import configure_logging
+from bot.logging_config import configure_logging
 from bot.settings import Settings
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import pytest
 
 from bot.core.redaction import Redactor
 from bot.errors import SettingsError
-from bot.logs import configure_logging
+from bot.logging_config import configure_logging
 from bot.settings import Settings
 
 SETTINGS = Settings(slack_bot_token="xoxb-planted-bot-token-1", anthropic_api_key="sk-ant-planted",
