@@ -36,6 +36,7 @@ from bot.services.metrics import build_registry, running_containers
 from bot.settings import Settings
 from bot.store.database import Database
 from runner.host.sandbox import Sandbox, SandboxConfig
+from runner.repo_policy import FetchPolicy
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ class Bot:
         self.approvals = ApprovalDesk(self.services, self.slack_client,
                                       ApprovalMessages(self.services, self.messages),
                                       Publisher(self.services.publishing,
-                                                self.sandbox.config.workspace_root),
+                                                self.sandbox.config.workspace_root,
+                                                self.sandbox.config.fetch_policy),
                                       min(5.0, max(0.5, settings.approval_timeout_seconds / 4)))
         self.scheduler = Scheduler(self.services, announcer.missed, announcer.digest,
                                    settings.schedule_grace_seconds)
@@ -130,4 +132,5 @@ def _sandbox_config(settings: Settings) -> SandboxConfig:
         pids=settings.sandbox_pids,
         anthropic_api_key=settings.anthropic_api_key,
         anthropic_base_url=settings.anthropic_base_url,
+        fetch_policy=FetchPolicy(settings.repo_hosts, settings.allow_local_repos),
     )

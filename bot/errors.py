@@ -14,6 +14,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from runner.repo_policy import AddressKind, Reason, Refusal
+
 
 class Style(Protocol):
     """How a door says the parts of a sentence that differ between doors."""
@@ -340,6 +342,25 @@ class AlreadyDecided(RoutinesError):
             return f"This request was withdrawn (the run was cancelled by {self.decided_by})."
         return (f"Already {self.status} by {style.user(self.decided_by or '')} at "
                 f"{self.decided_at.strftime('%H:%M:%S UTC')}.")
+
+
+class RepoHostRefused(RoutinesError, ValueError):
+    """A routine's repository location breaks the fetch policy (`runner.repo_policy`):
+    `reason` says which rule, `host` (and for a resolved address `address` and `kind`)
+    the facts."""
+
+    def __init__(self, host: str, reason: Reason, address: str = "",
+                 kind: AddressKind | None = None) -> None:
+        super().__init__(host, reason, address, kind)
+        self.host, self.reason, self.address, self.kind = host, reason, address, kind
+
+    @classmethod
+    def of(cls, refusal: Refusal) -> RepoHostRefused:
+        return cls(refusal.host, refusal.reason, refusal.address, refusal.kind)
+
+    def words(self, style: Style) -> str:
+        why = Refusal(self.reason, self.host, self.address, self.kind).words(style.code)
+        return f"Repository refused: {why}."
 
 
 class TryAgain(RoutinesError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from runner.repo_policy import Refusal
+
 
 class RunnerError(Exception):
     """Root of every error the runner raises on the host side."""
@@ -17,3 +19,25 @@ class PublishError(RunnerError):
 
 class PublishRefused(PublishError, ValueError):
     """The requested destination breaks the branch-safety rules; nothing was pushed."""
+
+
+class RepoRefused(RunnerError):
+    """The repository's location breaks the host's fetch policy; nothing was contacted
+    (but the resolver). `refusal` holds the facts: the reason, the host, the address."""
+
+    operation = "fetch from"
+
+    def __init__(self, url: str, refusal: Refusal) -> None:
+        super().__init__(url, refusal)
+        self.url, self.refusal = url, refusal
+
+    def __str__(self) -> str:
+        return f"{self.operation} {self.url} refused: {self.refusal.words()}"
+
+
+class CloneRefused(RepoRefused, WorkspaceError):
+    operation = "clone of"
+
+
+class PushRefused(RepoRefused, PublishError):
+    operation = "push to"

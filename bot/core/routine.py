@@ -9,7 +9,9 @@ from bot.core import roles
 from bot.core.payload import template_error
 from bot.core.schedule import ScheduleError, parse_schedule
 from bot.core.statuses import BusyPolicy, RiskLevel
-from bot.errors import ValidationFailed
+from bot.errors import RepoHostRefused, ValidationFailed
+from runner import repo_policy
+from runner.repo_policy import DEFAULT_REPO_HOSTS, FetchPolicy, Refusal
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{1,99}$")
@@ -45,6 +47,11 @@ class RoutineLimits:
     max_timeout: int
     allow_local_repos: bool
     min_schedule_interval: int = 60
+    repo_hosts: tuple[str, ...] = DEFAULT_REPO_HOSTS  # `ROUTINES_REPO_HOSTS`
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(self.repo_hosts, self.allow_local_repos)
 
 
 def normalized(draft: RoutineDraft) -> RoutineDraft:
@@ -61,7 +68,7 @@ def validate(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, str]:
         "name": None if NAME_RE.match(draft.name) else (
             "Use 2-40 characters: lowercase letters, digits and dashes, starting with a letter."),
         "prompt": _prompt_error(draft.prompt),
-        "repo_url": _repo_url_error(draft.repo_url, limits.allow_local_repos),
+        "repo_url": _repo_url_error(draft.repo_url, limits),
         "branch": None if valid_branch(draft.branch) else "Not a valid branch name.",
         "setup_script": None if len(draft.setup_script) <= MAX_SETUP else (
             f"Keep the setup script under {MAX_SETUP} characters."),
@@ -110,11 +117,16 @@ def valid_branch(branch: str) -> bool:
     )
 
 
-def _repo_url_error(url: str, allow_local: bool) -> str | None:
+def _repo_url_error(url: str, limits: RoutineLimits) -> str | None:
+    """The URL's shape, then what the fetch policy can tell from the URL alone: its host
+    is allowed and is a name, not an IP address. Resolving the name is left to the clone,
+    which checks again (the answer could change by then, and the routine may outlive
+    the settings): a lookup here would prove nothing and is a request of its own."""
     if REMOTE_URL_RE.match(url):
-        return None
+        checked = repo_policy.check(url, limits.fetch_policy)
+        return str(RepoHostRefused.of(checked)) if isinstance(checked, Refusal) else None
     if LOCAL_URL_RE.match(url):
-        return None if allow_local else "Local repositories are disabled on this bot."
+        return None if limits.allow_local_repos else "Local repositories are disabled on this bot."
     return "Use an https://, ssh:// or git@host:org/repo URL."
 
 

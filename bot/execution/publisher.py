@@ -4,6 +4,7 @@ its bot-owned branch or discard it. Done on the host, never from the sandbox."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 
@@ -11,14 +12,17 @@ from bot.core.statuses import ApprovalStatus
 from bot.services.publishing import PublishService
 from bot.services.views import RunView
 from runner.host import publish
+from runner.repo_policy import FetchPolicy
 
 log = logging.getLogger(__name__)
 
 
 class Publisher:
-    def __init__(self, publishing: PublishService, workspace_root: Path) -> None:
+    def __init__(self, publishing: PublishService, workspace_root: Path,
+                 policy: FetchPolicy) -> None:
         self.publishing = publishing
         self.workspace_root = workspace_root
+        self.policy = policy  # the clone's: the push reaches the same repository
 
     async def __call__(self, view: RunView) -> None:
         run, routine = view.run, view.routine
@@ -32,8 +36,9 @@ class Publisher:
             return
         ref = publish.branch_ref(routine.name, run.id)
         try:
-            sha = await asyncio.to_thread(publish.push, self.workspace_root, run.id,
-                                          routine.repo_url, ref)
+            sha = await asyncio.to_thread(functools.partial(
+                publish.push, self.workspace_root, run.id, routine.repo_url, ref,
+                policy=self.policy))
         except publish.PublishError as exc:
             log.error("push of run %s failed: %s", run.id, exc)
             await asyncio.to_thread(self.publishing.record_published, run.id, None,

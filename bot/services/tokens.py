@@ -1,4 +1,12 @@
-"""API tokens and the API door's rules: a routine's own live token, then a trigger."""
+"""API tokens and the API door's rules: a routine's own live token, then a trigger.
+
+The token is checked before the routine's name is even read: a missing, wrong or revoked
+token, and a live token of another routine, are all `InvalidToken` whatever the name,
+so the API says nothing about which routines exist to anyone but a routine's own token
+(which already knows its routine exists). The name is compared with the token's own
+routine, never looked up, so a refusal takes the same path for a name that exists and
+one that does not. Tokens are found by their SHA-256 (the secret is hashed before any
+comparison), so the lookup's timing says nothing about the secret either."""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import secrets
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from bot.core.roles import Action
 from bot.core.routine import NAME_RE
@@ -84,13 +92,11 @@ class TokenService(Service):
 
     def trigger(self, name: str, bearer: str, payload: object,
                 idempotency_key: str | None) -> Triggered:
-        """The API door's rule: a live token of this very routine, then a normal trigger,
-        all in one unit of work (the token's last use is written with the run)."""
+        """The API door's rule: a live token of this very routine (else `InvalidToken`,
+        whether or not `name` exists), then a normal trigger, all in one unit of work
+        (the token's last use is written with the run)."""
         with self.db.session() as session:
-            routine = self._require(session, name)
-            token = queries.live_token(session, bearer)
-            if token.routine_id != routine.id:
-                raise InvalidToken()
+            routine, token = self._authorized(session, name, bearer)
             token_id, token_name = token.id, token.name
             triggered = self.triggers.trigger_in(session, routine, Trigger(
                 TriggerKind.API, f"token:{token_name}", ref=idempotency_key, payload=payload),
@@ -104,12 +110,24 @@ class TokenService(Service):
         """Pause or resume through the API, with the authority of the token's creator
         (so a token outlives nobody's role: a former owner's token is refused)."""
         with self.db.session() as session:
-            routine = self._require(session, name)
-            token = queries.live_token(session, bearer)
-            if token.routine_id != routine.id:
-                raise InvalidToken()
+            _, token = self._authorized(session, name, bearer)
             creator = token.created_by
         return (self.routines.pause if paused else self.routines.resume)(name, creator)
+
+    def authenticate(self, name: str, bearer: str) -> None:
+        """`InvalidToken` unless `bearer` is a live token of routine `name` (see the
+        module's docstring); the door asks this before it reads the request's body."""
+        with self.db.session() as session:
+            self._authorized(session, name, bearer)
+
+    @staticmethod
+    def _authorized(session: Session, name: str, bearer: str) -> tuple[Routine, ApiToken]:
+        """The token first, then the name, compared with the token's own routine."""
+        token = queries.live_token(session, bearer)
+        routine = session.get(Routine, token.routine_id)
+        if routine is None or routine.name != name.strip().lower():
+            raise InvalidToken()
+        return routine, token
 
     def run(self, run_id: int, bearer: str) -> RunView:
         """A run, for a token of its routine; another routine's run is simply not found."""

@@ -18,11 +18,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from runner.errors import PublishError, PublishRefused
-from runner.host import workspace
+from runner.errors import PublishError, PublishRefused, PushRefused
+from runner.host import fetch_policy, workspace
+from runner.host.fetch_policy import Fetch, FetchPolicy, Refusal, Resolver, system_resolve
 
-__all__ = ["PublishError", "PublishRefused", "branch_ref", "check_refspec", "discard",
-           "held_runs", "holding_dir", "keep", "push"]
+__all__ = ["PublishError", "PublishRefused", "PushRefused", "branch_ref", "check_refspec",
+           "discard", "held_runs", "holding_dir", "keep", "push"]
 
 BRANCH_PREFIX = "refs/heads/routines/"
 PROTECTED_NAMES = frozenset({"main", "master", "HEAD"})
@@ -105,19 +106,26 @@ def keep(workspace_root: Path, run_id: int, message: str,
     return sha
 
 
-def push(workspace_root: Path, run_id: int, repo_url: str, ref: str) -> str:
+def push(workspace_root: Path, run_id: int, repo_url: str, ref: str, *,
+         policy: FetchPolicy, resolve: Resolver = system_resolve) -> str:
     """Push run `run_id`'s kept commit to `ref` in `repo_url`; return the commit.
 
     Never forced: an existing `ref` must be an ancestor of the commit, or the push fails.
     The holding directory is removed after success only (a failed push can be retried).
+    `policy` is checked as for the clone (`PushRefused`, nothing contacted), and both
+    git commands that reach the remote connect only to the addresses checked.
     """
     held = holding_dir(workspace_root, run_id)
     if not held.is_dir():
         raise PublishError(f"run {run_id} has no commit kept for publishing")
+    fetch = fetch_policy.checked(repo_url, policy, resolve)
+    if isinstance(fetch, Refusal):
+        raise PushRefused(repo_url, fetch)
     sha = _git(held, "rev-parse", "--verify", f"{workspace.KEPT_REF}^{{commit}}").strip()
     refspec = f"{sha}:{ref}"
-    check_refspec(refspec, _default_branch(held, repo_url))
-    _git(held, "push", "--no-verify", "--porcelain", "--", repo_url, refspec)
+    check_refspec(refspec, _default_branch(held, fetch))
+    _git(held, "push", "--no-verify", "--porcelain", "--", fetch.url, refspec,
+         pins=fetch.config)
     shutil.rmtree(held, ignore_errors=True)
     return sha
 
@@ -127,9 +135,9 @@ def discard(workspace_root: Path, run_id: int) -> None:
     shutil.rmtree(holding_dir(workspace_root, run_id), ignore_errors=True)
 
 
-def _default_branch(held: Path, repo_url: str) -> str | None:
+def _default_branch(held: Path, fetch: Fetch) -> str | None:
     """The remote's default branch (what its HEAD names), if it has one."""
-    listing = _git(held, "ls-remote", "--symref", "--", repo_url, "HEAD")
+    listing = _git(held, "ls-remote", "--symref", "--", fetch.url, "HEAD", pins=fetch.config)
     for line in listing.splitlines():
         if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
             return line.removeprefix("ref: refs/heads/").removesuffix("\tHEAD")
@@ -145,9 +153,9 @@ def _valid_ref(ref: str) -> bool:
     )
 
 
-def _git(held: Path, *args: str) -> str:
+def _git(held: Path, *args: str, pins: tuple[tuple[str, str], ...] = ()) -> str:
     cmd = ["git", f"--git-dir={held}", *args]
-    env = workspace.git_env(PUSH_CONFIG, GIT_TERMINAL_PROMPT="0")
+    env = workspace.git_env([*PUSH_CONFIG.items(), *pins], GIT_TERMINAL_PROMPT="0")
     try:
         proc = subprocess.run(cmd, cwd=held, env=env, capture_output=True,
                               stdin=subprocess.DEVNULL, timeout=PUSH_TIMEOUT, check=False)

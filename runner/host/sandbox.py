@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ from runner.contract import (
     parse_event_line,
 )
 from runner.host import publish, workspace
+from runner.host.fetch_policy import Resolver, system_resolve
+from runner.repo_policy import FetchPolicy
 
 SANDBOX_UID = 10001
 EventSink = Callable[[int, Event], None]
@@ -50,6 +52,9 @@ class SandboxConfig:
     anthropic_api_key: str = ""
     anthropic_base_url: str = ""
     max_diff_chars: int = 1_000_000
+    # Which repositories the host may clone from and push to (`runner.repo_policy`):
+    # host-side only, never in the spec the container sees.
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
 
 
 class RunControl:
@@ -67,9 +72,11 @@ class RunControl:
 
 
 class Sandbox:
-    def __init__(self, client: docker.DockerClient, config: SandboxConfig) -> None:
+    def __init__(self, client: docker.DockerClient, config: SandboxConfig,
+                 resolve: Resolver = system_resolve) -> None:
         self.client = client
         self.config = config
+        self.resolve = resolve  # the clone's resolver (tests give a fake one)
 
     def ensure_network(self) -> None:
         """Create the runs' bridge network once; runs never share the default bridge."""
@@ -84,7 +91,8 @@ class Sandbox:
         root = self.config.workspace_root
         try:
             repo = workspace.prepare(root, spec.run_id, spec.repo_url, spec.branch,
-                                     SANDBOX_UID if os.geteuid() == 0 else None)
+                                     SANDBOX_UID if os.geteuid() == 0 else None,
+                                     policy=self.config.fetch_policy, resolve=self.resolve)
             container = self._start(spec, repo)
         except (workspace.WorkspaceError, docker.errors.DockerException) as exc:
             workspace.remove(root, spec.run_id)

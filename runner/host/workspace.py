@@ -13,6 +13,10 @@ directory and the work tree explicitly: the workspace's `.git` is never read.
     run-N/repo          the clone, mounted at /workspace (agent-writable)
     run-N/host.git      the host's git directory for it (never mounted)
     run-N/base-commit   the commit the run started from
+
+Before anything is cloned, the URL must pass the host's fetch policy
+(`runner.host.fetch_policy`): an allowed host whose every address is public, and git
+pinned to those addresses.
 """
 
 from __future__ import annotations
@@ -20,14 +24,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import git
 
-from runner.errors import WorkspaceError
+from runner.errors import CloneRefused, WorkspaceError
+from runner.host import fetch_policy
+from runner.host.fetch_policy import Fetch, FetchPolicy, Refusal, Resolver, system_resolve
 
-__all__ = ["WorkspaceError", "commit", "contains_any", "diff", "host_git_dir", "prepare", "remove",
-           "repo_dir", "run_dir"]
+__all__ = ["CloneRefused", "WorkspaceError", "clone_config", "commit", "contains_any", "diff",
+           "host_git_dir", "prepare", "remove", "repo_dir", "run_dir"]
 
 BASE_COMMIT_FILE = "base-commit"
 HOST_GIT_DIR = "host.git"
@@ -57,29 +64,41 @@ def host_git_dir(root: Path, run_id: int) -> Path:
     return run_dir(root, run_id) / HOST_GIT_DIR
 
 
-def git_env(config: dict[str, str], **extra: str) -> dict[str, str]:
+def git_env(config: Mapping[str, str] | Sequence[tuple[str, str]],
+            **extra: str) -> dict[str, str]:
     """The environment of a host-side git command: ours without any `GIT_*` variable
-    (which could point git at another repository), `config` as command-line config."""
+    (which could point git at another repository), `config` as command-line config (a
+    sequence of pairs, for a key given more than once)."""
+    pairs = list(config.items()) if isinstance(config, Mapping) else list(config)
     env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
-    env["GIT_CONFIG_COUNT"] = str(len(config))
-    for index, (key, value) in enumerate(config.items()):
+    env["GIT_CONFIG_COUNT"] = str(len(pairs))
+    for index, (key, value) in enumerate(pairs):
         env[f"GIT_CONFIG_KEY_{index}"] = key
         env[f"GIT_CONFIG_VALUE_{index}"] = value
     env.update(extra)
     return env
 
 
-def prepare(root: Path, run_id: int, url: str, branch: str, owner_uid: int | None) -> Path:
+def prepare(root: Path, run_id: int, url: str, branch: str, owner_uid: int | None, *,
+            policy: FetchPolicy, resolve: Resolver = system_resolve) -> Path:
     """Clone `url` at `branch` into a fresh directory, keep the host's copy of its git
-    directory, and return the repo path (the one to mount)."""
+    directory, and return the repo path (the one to mount).
+
+    `policy` is checked first, `resolve` answering for the host (`CloneRefused`, and
+    nothing contacted, when it refuses); git then connects only to the addresses checked
+    (`runner.host.fetch_policy`)."""
+    fetch = fetch_policy.checked(url, policy, resolve)
+    if isinstance(fetch, Refusal):
+        raise CloneRefused(url, fetch)
     target = repo_dir(root, run_id)
     shutil.rmtree(target.parent, ignore_errors=True)
     target.parent.mkdir(parents=True)
     try:
         # no_hardlinks: a local clone would otherwise share object files with the
         # source repository, and the chown below would hand those to the sandbox.
-        repo = git.Repo.clone_from(url, target, branch=branch, depth=1, single_branch=True,
-                                   no_hardlinks=True, env=git_env(PROTOCOL_CONFIG))
+        repo = git.Repo.clone_from(fetch.url, target, branch=branch, depth=1,
+                                   single_branch=True, no_hardlinks=True,
+                                   env=git_env(clone_config(fetch)))
     except git.GitError as exc:  # a failed clone, or a URL gitpython deems unsafe
         stderr = str(getattr(exc, "stderr", "") or exc).strip().replace("\n", " ")[:300]
         raise WorkspaceError(f"clone of {url} at {branch} failed: {stderr}") from exc
@@ -93,6 +112,11 @@ def prepare(root: Path, run_id: int, url: str, branch: str, owner_uid: int | Non
     finally:
         repo.close()
     return target
+
+
+def clone_config(fetch: Fetch) -> list[tuple[str, str]]:
+    """The command-line config of the clone: the allowed transports, then the pins."""
+    return [*PROTOCOL_CONFIG.items(), *fetch.config]
 
 
 def diff(root: Path, run_id: int, limit: int) -> str:

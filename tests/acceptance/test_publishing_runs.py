@@ -13,6 +13,7 @@ import pytest
 from runner.host import publish, workspace
 from runner.host.publish import branch_ref
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
+from tests.standins.environment import LOCAL_REPOS
 from tests.support.bots import SANDBOX_IMAGE
 from tests.support.run_specs import spec
 from tests.support.sandbox_runs import bare_copy, execute, make_sandbox, refs
@@ -44,7 +45,7 @@ async def test_a_publishing_run_keeps_a_commit_and_push_sends_it_to_its_branch_o
     held = publish.holding_dir(root, 31)
     assert message_of(held, sha) == "routine nightly run 31\n\nWrote the changelog.\n"
 
-    pushed = publish.push(root, 31, remote, branch_ref("nightly", 31))
+    pushed = publish.push(root, 31, remote, branch_ref("nightly", 31), policy=LOCAL_REPOS)
 
     assert pushed == sha
     assert refs(remote) == {**before, "refs/heads/routines/nightly/31": sha}

@@ -127,6 +127,58 @@ async def test_missing_image_is_an_infrastructure_error(
     assert "sandbox image not found" in json.dumps(message["blocks"])
 
 
+class NoDNS:
+    """The sandbox's resolver in these tests: records each question, answers from a table
+    (nothing by default), and never asks real DNS."""
+
+    def __init__(self, answers: dict[str, list[str]] | None = None) -> None:
+        self.answers = answers or {}
+        self.asked: list[str] = []
+
+    def __call__(self, host: str) -> list[str]:
+        self.asked.append(host)
+        return self.answers.get(host, [])
+
+
+async def test_a_routine_whose_host_is_no_longer_allowed_errors_at_clone_time(
+    start_bot: BotFactory, slack_api: SlackApiStandIn,
+) -> None:
+    """Saved while its host was allowed; the setting changed since: refused before any
+    lookup or connection, and the run ends `error` (infrastructure) saying why."""
+    first, fake = await start_bot(repo_hosts=("github.com", "git.example.org"))
+    await create_routine(fake, slack_api, "old-forge", "Anything.",
+                         "https://git.example.org/team/repo.git")
+    await first.stop()
+    first.port = 0
+    bot, fake = await start_bot()  # ROUTINES_REPO_HOSTS back to its default
+    bot.sandbox.resolve = resolver = NoDNS()
+
+    message = await run_and_wait(fake, slack_api, "old-forge", "error")
+
+    reason = ("clone of https://git.example.org/team/repo.git refused: git.example.org is "
+              "not one of the allowed repository hosts (ROUTINES_REPO_HOSTS)")
+    assert reason in json.dumps(message["blocks"])
+    run = bot.services.routines.history("old-forge")[0].run
+    assert (run.status, run.reason, run.failure_kind) == ("error", reason,
+                                                          FailureKind.INFRASTRUCTURE)
+    assert resolver.asked == []
+
+
+async def test_a_repository_host_resolving_to_a_private_address_errors_at_clone_time(
+    start_bot: BotFactory, slack_api: SlackApiStandIn,
+) -> None:
+    bot, fake = await start_bot()
+    bot.sandbox.resolve = resolver = NoDNS({"github.com": ["140.82.121.4", "10.0.0.5"]})
+    await create_routine(fake, slack_api, "rebound", "Anything.",
+                         "https://github.com/acme/widgets.git")
+
+    message = await run_and_wait(fake, slack_api, "rebound", "error")
+
+    assert ("clone of https://github.com/acme/widgets.git refused: github.com resolves to "
+            "10.0.0.5, a private address") in json.dumps(message["blocks"])
+    assert resolver.asked == ["github.com"]
+
+
 async def test_queued_and_running_runs_survive_a_restart(
     start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
     git_repo: str,

@@ -86,11 +86,50 @@ async def test_every_refusal_has_its_status_and_queues_nothing(
     statuses = {case: (status, body["error"]) for case, (status, body, _) in cases.items()}
     assert statuses == {
         "wrong token": (401, "unauthorized"), "no token": (401, "unauthorized"),
-        "unknown routine": (404, "not_found"), "too large": (413, "too_large"),
+        "unknown routine": (401, "unauthorized"), "too large": (413, "too_large"),
         "invalid json": (400, "invalid_json"), "template fails": (422, "payload_rejected"),
     }
     assert "version" in cases["template fails"][1]["message"]
     assert bot.services.routines.history("deploy-notes") == []
+
+
+async def test_without_its_own_token_a_routine_name_says_nothing(
+    start_bot: BotFactory, git_repo: str,
+) -> None:
+    """No token, a wrong one, or a live token of another routine: `401` on every route that
+    names a routine, the same answer for a routine that exists and one that does not, and
+    before the body is read. Nothing is queued, paused or resumed."""
+    bot, fake, token = await setup_routine(start_bot, git_repo, max_concurrent_runs=0)
+    await fake.submit_view("routine_create", modal_values(
+        name="other", prompt="x", repo_url=git_repo, branch="main",
+        channel_id=RESULTS_CHANNEL, model="m-1", timeout_seconds="60"))
+    await fake.slash("pause other")  # so that a resume would change something too
+
+    answers = {
+        (verb, name, who): await call(bot, "POST", f"/api/v1/routines/{name}/{verb}",
+                                      bearer, b"{}")
+        for verb in ("runs", "pause", "resume")
+        for name in ("nope", "other")
+        for who, bearer in (("no token", None), ("wrong token", "rt_wrong"),
+                            ("token of deploy-notes", token))
+    }
+    unauthenticated_bodies = {
+        "too large": await call(bot, "POST", "/api/v1/routines/nope/runs", None,
+                                b'{"x": "' + b"y" * 300_000 + b'"}'),
+        "invalid json": await call(bot, "POST", "/api/v1/routines/other/runs", "rt_wrong",
+                                   b'{"version": '),
+    }
+
+    refusal = {"error": "unauthorized", "message": "missing, wrong or revoked API token"}
+    assert {case: (status, body) for case, (status, body, _) in answers.items()} == {
+        case: (401, refusal) for case in answers}
+    assert {case: (status, body) for case, (status, body, _) in
+            unauthenticated_bodies.items()} == {case: (401, refusal)
+                                                for case in unauthenticated_bodies}
+    assert bot.services.routines.history("other") == []
+    assert bot.services.routines.history("deploy-notes") == []
+    assert bot.services.routines.get("other").paused_by == "U0ALICE01"
+    assert bot.services.routines.get("deploy-notes").paused_at is None
 
 
 async def test_a_template_cannot_escape_its_sandbox(start_bot: BotFactory, git_repo: str) -> None:

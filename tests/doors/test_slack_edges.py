@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -86,6 +87,38 @@ async def test_modal_errors_are_shown_on_the_fields_and_nothing_is_saved(
     assert set(errors) == {"name", "prompt", "repo_url", "branch", "timeout_seconds"}
     assert [o.routine.name for o in bot.services.routines.overviews()] == ["nightly"]
     assert bot.services.routines.get("nightly").prompt == "Check things."
+
+
+async def test_a_repository_outside_the_fetch_policy_is_refused_on_its_field(
+    start_bot: BotFactory,
+) -> None:
+    """Checked from the URL alone when the routine is saved: nothing is resolved."""
+    bot, fake = await start_bot(repo_hosts=("github.com", "*.corp.example"))
+
+    def submit(name: str, repo_url: str) -> Any:
+        return fake.submit_view("routine_create", modal_values(
+            name=name, prompt="Check things.", repo_url=repo_url, branch="main",
+            channel_id=RESULTS_CHANNEL, model="claude-test-1", timeout_seconds="60"))
+
+    refused = {url: (await submit("refused", url)).json()["errors"] for url in (
+        "https://github.com.attacker.org/org/repo", "https://169.254.169.254/latest",
+        "git@10.0.0.5:org/repo.git", "https://corp.example/org/repo")}
+    accepted = await submit("accepted", "https://git.corp.example/org/repo.git")
+
+    assert refused == {
+        "https://github.com.attacker.org/org/repo": {"repo_url": (
+            "Repository refused: github.com.attacker.org is not one of the allowed repository "
+            "hosts (ROUTINES_REPO_HOSTS).")},
+        "https://169.254.169.254/latest": {"repo_url": (
+            "Repository refused: 169.254.169.254 is an IP address; name the host instead.")},
+        "git@10.0.0.5:org/repo.git": {"repo_url": (
+            "Repository refused: 10.0.0.5 is an IP address; name the host instead.")},
+        "https://corp.example/org/repo": {"repo_url": (
+            "Repository refused: corp.example is not one of the allowed repository hosts "
+            "(ROUTINES_REPO_HOSTS).")},
+    }
+    assert accepted.status == 200 and accepted.text == ""
+    assert [o.routine.name for o in bot.services.routines.overviews()] == ["accepted"]
 
 
 async def test_list_status_and_history_answer_ephemerally(

@@ -14,7 +14,7 @@ import pytest
 
 from runner.host import publish, workspace
 from runner.host.publish import PublishError, PublishRefused, branch_ref
-from tests.standins.environment import API_KEY
+from tests.standins.environment import API_KEY, LOCAL_REPOS
 from tests.support.sandbox_runs import bare_copy, refs
 
 SANDBOX_UID = 10001 if os.geteuid() == 0 else None
@@ -26,7 +26,7 @@ def kept(tmp_path: Path, git_repo: str) -> tuple[Path, str, str]:
     needed for what happens after): (workspace root, remote URL, kept commit)."""
     remote = bare_copy(git_repo, tmp_path / "remote.git")
     root = tmp_path / "ws"
-    repo = workspace.prepare(root, 51, remote, "main", SANDBOX_UID)
+    repo = workspace.prepare(root, 51, remote, "main", SANDBOX_UID, policy=LOCAL_REPOS)
     (repo / "fix.txt").write_text("fixed\n")
     workspace.diff(root, 51, limit=10_000)
     sha = publish.keep(root, 51, "routine nightly run 51")
@@ -37,7 +37,7 @@ def kept(tmp_path: Path, git_repo: str) -> tuple[Path, str, str]:
 
 def test_changes_holding_a_secret_value_are_not_kept(tmp_path: Path, git_repo: str) -> None:
     root = tmp_path / "ws"
-    repo = workspace.prepare(root, 52, git_repo, "main", SANDBOX_UID)
+    repo = workspace.prepare(root, 52, git_repo, "main", SANDBOX_UID, policy=LOCAL_REPOS)
     (repo / "config.env").write_text(f"KEY={API_KEY}\n")
     (repo / "blob.bin").write_bytes(b"\0\1" + API_KEY.encode())
 
@@ -59,9 +59,9 @@ def test_refused_destinations_push_nothing_and_keep_the_commit(
     for ref in ("refs/heads/main", "refs/tags/v1", "+refs/heads/routines/nightly/51",
                 "refs/heads/routines/master", "", "refs/heads/feature"):
         with pytest.raises(PublishRefused):
-            publish.push(root, 51, remote, ref)
+            publish.push(root, 51, remote, ref, policy=LOCAL_REPOS)
     assert refs(remote) == before and publish.held_runs(root) == [51]
-    assert publish.push(root, 51, remote, branch_ref("nightly", 51)) == sha
+    assert publish.push(root, 51, remote, branch_ref("nightly", 51), policy=LOCAL_REPOS) == sha
 
 
 def test_an_existing_branch_that_is_not_an_ancestor_is_never_overwritten(
@@ -79,7 +79,7 @@ def test_an_existing_branch_that_is_not_an_ancestor_is_never_overwritten(
     other.close()
 
     with pytest.raises(PublishError, match="rejected"):
-        publish.push(root, 51, remote, branch_ref("nightly", 51))
+        publish.push(root, 51, remote, branch_ref("nightly", 51), policy=LOCAL_REPOS)
 
     assert refs(remote)["refs/heads/routines/nightly/51"] == theirs
     assert publish.held_runs(root) == [51]  # kept: the push may be retried elsewhere
@@ -91,14 +91,15 @@ def test_discard_forgets_the_commit(kept: tuple[Path, str, str]) -> None:
     publish.discard(root, 51)  # nothing kept is fine
 
     with pytest.raises(PublishError, match="no commit kept"):
-        publish.push(root, 51, remote, branch_ref("nightly", 51))
+        publish.push(root, 51, remote, branch_ref("nightly", 51), policy=LOCAL_REPOS)
     assert publish.held_runs(root) == []
 
 
 def test_a_failed_push_says_why(kept: tuple[Path, str, str], tmp_path: Path) -> None:
     root, _, _ = kept
     with pytest.raises(PublishError, match="ls-remote exited"):
-        publish.push(root, 51, f"file://{tmp_path / 'nowhere.git'}", branch_ref("n", 51))
+        publish.push(root, 51, f"file://{tmp_path / 'nowhere.git'}", branch_ref("n", 51),
+                     policy=LOCAL_REPOS)
     with pytest.raises(PublishError, match="not allowed"):
-        publish.push(root, 51, "ext::sh -c true", branch_ref("n", 51))
+        publish.push(root, 51, "ext::sh -c true", branch_ref("n", 51), policy=LOCAL_REPOS)
     assert publish.held_runs(root) == [51]

@@ -18,7 +18,7 @@ import git
 import pytest
 
 from runner.host import workspace
-from tests.standins.environment import make_git_repo
+from tests.standins.environment import LOCAL_REPOS, make_git_repo
 
 SANDBOX_UID = 10001 if os.geteuid() == 0 else None
 Plant = Callable[[Path, Path], None]  # (the workspace, the marker a program would create)
@@ -74,7 +74,7 @@ PLANTS: dict[str, Plant] = {
 @pytest.fixture
 def clone(tmp_path: Path) -> Path:
     url = make_git_repo(tmp_path / "upstream")
-    return workspace.prepare(tmp_path / "ws", 7, url, "main", SANDBOX_UID)
+    return workspace.prepare(tmp_path / "ws", 7, url, "main", SANDBOX_UID, policy=LOCAL_REPOS)
 
 
 def agent_work(repo: Path) -> None:
@@ -148,7 +148,8 @@ def test_a_clone_through_a_transport_outside_the_allowed_ones_is_refused(
 ) -> None:
     marker = tmp_path / "ran"
     with pytest.raises(workspace.WorkspaceError, match="clone of"):
-        workspace.prepare(tmp_path / "ws", 8, url.format(marker=marker), "main", None)
+        workspace.prepare(tmp_path / "ws", 8, url.format(marker=marker), "main", None,
+                          policy=LOCAL_REPOS)
     assert not marker.exists()
 
 

@@ -8,11 +8,15 @@ from typing import Any
 import git
 
 from bot.settings import Settings
+from runner.repo_policy import FetchPolicy
 
 TEST_NETWORK = "routines-test"
 SIGNING_SECRET = "test-signing-secret-0123456789"
 BOT_TOKEN = "xoxb-test-bot-token-000000"
 API_KEY = "sk-ant-test-key-0123456789"
+# The host's fetch policy for tests that clone and push straight through the runner: the
+# default hosts, and the local repositories `make_git_repo` makes.
+LOCAL_REPOS = FetchPolicy(allow_local=True)
 
 
 def local_settings(tmp: Path, slack_api_url: str, anthropic_base_url: str,

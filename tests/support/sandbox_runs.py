@@ -15,14 +15,15 @@ import git
 from runner.contract import Event, RunResult, RunSpec
 from runner.host.sandbox import RunControl, Sandbox, SandboxConfig
 from tests.standins.anthropic_api import AnthropicStandIn
-from tests.standins.environment import API_KEY, TEST_NETWORK
+from tests.standins.environment import API_KEY, LOCAL_REPOS, TEST_NETWORK
 
 
 def make_sandbox(client: Any, anthropic_api: AnthropicStandIn, root: Path,
                  image: str) -> Sandbox:
     config = SandboxConfig(image=image, network=TEST_NETWORK, workspace_root=root,
                            instance=f"test-{uuid.uuid4().hex[:8]}",
-                           anthropic_api_key=API_KEY, anthropic_base_url=anthropic_api.url)
+                           anthropic_api_key=API_KEY, anthropic_base_url=anthropic_api.url,
+                           fetch_policy=LOCAL_REPOS)
     return Sandbox(client, config)
 
 

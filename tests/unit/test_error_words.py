@@ -15,10 +15,12 @@ from bot.errors import (
     Forbidden,
     KillSwitchEngaged,
     MayAct,
+    RepoHostRefused,
     RoutineNotFound,
     RoutinePaused,
     RoutinesError,
 )
+from runner.repo_policy import AddressKind, Reason
 
 CASES: list[tuple[RoutinesError, str, str]] = [
     (RoutineNotFound("nope"), "No routine named nope.",
@@ -36,6 +38,16 @@ CASES: list[tuple[RoutinesError, str, str]] = [
      "Only its owners (<@U1>, <!subteam^S2>) or an admin may pause `nightly`."),
     (AlreadyDecided("approved", "U1", datetime(2026, 12, 2, 9, 30, tzinfo=UTC)),
      "Already approved by U1 at 09:30:00 UTC.", "Already approved by <@U1> at 09:30:00 UTC."),
+    (RepoHostRefused("git.evil.example", Reason.NOT_ALLOWED),
+     "Repository refused: git.evil.example is not one of the allowed repository hosts "
+     "(ROUTINES_REPO_HOSTS).",
+     "Repository refused: `git.evil.example` is not one of the allowed repository hosts "
+     "(`ROUTINES_REPO_HOSTS`)."),
+    (RepoHostRefused("github.com", Reason.PRIVATE_ADDRESS, "169.254.169.254",
+                     AddressKind.METADATA),
+     "Repository refused: github.com resolves to 169.254.169.254, the cloud metadata address.",
+     "Repository refused: `github.com` resolves to `169.254.169.254`, the cloud metadata "
+     "address."),
 ]
 
 

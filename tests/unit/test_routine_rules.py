@@ -13,8 +13,11 @@ from bot.doors.slack import commands
 from bot.errors import SettingsError
 from bot.settings import Settings
 from runner.contract import RunResult, RunSpec, api_status_code, parse_event_line
+from runner.repo_policy import DEFAULT_REPO_HOSTS
 
-LIMITS = RoutineLimits(min_timeout=60, max_timeout=3600, allow_local_repos=False)
+# The default repository hosts, and an operator's own forge allowed by name.
+LIMITS = RoutineLimits(min_timeout=60, max_timeout=3600, allow_local_repos=False,
+                       repo_hosts=(*DEFAULT_REPO_HOSTS, "git.internal"))
 
 
 def draft(**overrides: str) -> RoutineDraft:

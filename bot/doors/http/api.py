@@ -3,6 +3,11 @@
 Thin by design: read the request, call the services, map its errors to statuses. The
 rules (token of this routine, paused, idempotency, rate limit, payload template) live in
 `bot.services`, so the Slack and GitHub doors obey the same ones.
+
+Every route that names a routine checks the bearer token before anything else, and a
+token that is not the named routine's own is `401` whatever the name: no route answers
+`404` for a routine name, so names cannot be enumerated, with a token or without
+(`TokenService`'s docstring says why another routine's token learns nothing either).
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ MAX_KEY_CHARS = 200
 
 def add_api_routes(app: web.Application, services: Services, settings: Settings) -> None:
     async def queue_run(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+        name, bearer = request.match_info["name"], _bearer(request)
+        try:  # the token first: before it, nothing about the routine or the body is said
+            await asyncio.to_thread(services.tokens.authenticate, name, bearer)
+        except RoutinesError as exc:
+            return _refusal(exc)
         body = await read_limited(request, settings.api_max_body_bytes)
         if body is None:
             return refusal_body(413, "too_large",
@@ -51,7 +60,7 @@ def add_api_routes(app: web.Application, services: Services, settings: Settings)
                           f"Idempotency-Key must be 1-{MAX_KEY_CHARS} characters")
         try:
             triggered = await asyncio.to_thread(
-                services.tokens.trigger, name, _bearer(request), payload, key)
+                services.tokens.trigger, name, bearer, payload, key)
         except RoutinesError as exc:
             return _refusal(exc)
         run = triggered.view.run
