@@ -37,6 +37,7 @@ class Settings:
     sandbox_memory: str = "1g"
     sandbox_cpus: float = 1.0
     sandbox_pids: int = 256
+    sandbox_runtime: str = ""  # "runsc" runs every container under gVisor
     max_concurrent_runs: int = 2
     default_model: str = DEFAULT_MODEL
     default_timeout_seconds: int = 1800
@@ -112,6 +113,7 @@ class Settings:
             sandbox_memory=env.get("ROUTINES_SANDBOX_MEMORY", cls.sandbox_memory),
             sandbox_cpus=_float(env, "ROUTINES_SANDBOX_CPUS", cls.sandbox_cpus),
             sandbox_pids=_int(env, "ROUTINES_SANDBOX_PIDS", cls.sandbox_pids),
+            sandbox_runtime=env.get("ROUTINES_SANDBOX_RUNTIME", "").strip(),
             max_concurrent_runs=_int(env, "ROUTINES_MAX_CONCURRENT_RUNS", cls.max_concurrent_runs),
             default_model=env.get("ROUTINES_DEFAULT_MODEL", cls.default_model),
             max_turns=_int(env, "ROUTINES_MAX_TURNS", cls.max_turns),

@@ -49,6 +49,7 @@ class SandboxConfig:
     memory: str = "1g"
     cpus: float = 1.0
     pids: int = 256
+    runtime: str = ""  # the engine's OCI runtime for runs ("runsc": gVisor); "" its default
     anthropic_api_key: str = ""
     anthropic_base_url: str = ""
     max_diff_chars: int = 1_000_000
@@ -189,6 +190,7 @@ class Sandbox:
             environment=env,
             user=user,
             network=cfg.network,
+            runtime=cfg.runtime or None,
             volumes={str(repo): {"bind": WORKSPACE, "mode": "rw"}},
             working_dir=WORKSPACE,
             cap_drop=["ALL"],

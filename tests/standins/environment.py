@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ TEST_NETWORK = "routines-test"
 SIGNING_SECRET = "test-signing-secret-0123456789"
 BOT_TOKEN = "xoxb-test-bot-token-000000"
 API_KEY = "sk-ant-test-key-0123456789"
+# CI runs the container tests a second time under gVisor: ROUTINES_SANDBOX_RUNTIME=runsc.
+SANDBOX_RUNTIME = os.environ.get("ROUTINES_SANDBOX_RUNTIME", "")
 # The host's fetch policy for tests that clone and push straight through the runner: the
 # default hosts, and the local repositories `make_git_repo` makes.
 LOCAL_REPOS = FetchPolicy(allow_local=True)
@@ -28,6 +31,7 @@ def local_settings(tmp: Path, slack_api_url: str, anthropic_base_url: str,
         anthropic_base_url=anthropic_base_url,
         database_url=f"sqlite:///{tmp / 'routines.db'}", host="127.0.0.1", port=0,
         data_dir=tmp / "data", sandbox_network=TEST_NETWORK, min_timeout_seconds=1,
+        sandbox_runtime=SANDBOX_RUNTIME,
         allow_local_repos=True, max_turns=8,
     )
     return Settings(**{**defaults, **overrides})

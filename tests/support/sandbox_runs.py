@@ -15,7 +15,7 @@ import git
 from runner.contract import Event, RunResult, RunSpec
 from runner.host.sandbox import RunControl, Sandbox, SandboxConfig
 from tests.standins.anthropic_api import AnthropicStandIn
-from tests.standins.environment import API_KEY, LOCAL_REPOS, TEST_NETWORK
+from tests.standins.environment import API_KEY, LOCAL_REPOS, SANDBOX_RUNTIME, TEST_NETWORK
 
 
 def make_sandbox(client: Any, anthropic_api: AnthropicStandIn, root: Path,
@@ -23,7 +23,7 @@ def make_sandbox(client: Any, anthropic_api: AnthropicStandIn, root: Path,
     config = SandboxConfig(image=image, network=TEST_NETWORK, workspace_root=root,
                            instance=f"test-{uuid.uuid4().hex[:8]}",
                            anthropic_api_key=API_KEY, anthropic_base_url=anthropic_api.url,
-                           fetch_policy=LOCAL_REPOS)
+                           fetch_policy=LOCAL_REPOS, runtime=SANDBOX_RUNTIME)
     return Sandbox(client, config)
 
 
