@@ -365,3 +365,18 @@ class RepoHostRefused(RoutinesError, ValueError):
 
 class TryAgain(RoutinesError):
     """The same change was made at the same moment elsewhere; trying again settles it."""
+
+
+class DatabaseNewer(RoutinesError):
+    """The database is at a migration this version does not have: a newer version wrote
+    it. Nothing is changed; running an older version over it would lose data."""
+
+    def __init__(self, current: str, head: str) -> None:
+        super().__init__(current, head)
+        self.current = current
+        self.head = head
+
+    def words(self, style: Style) -> str:
+        return (f"the database is at migration {style.code(self.current)}, which this version "
+                f"does not know (its newest is {style.code(self.head)}): run the version that "
+                "upgraded it, or restore a backup")

@@ -1,4 +1,5 @@
-"""The `routines` command: `serve` starts the bot; `logs RUN_ID` prints a run's log.
+"""The `routines` command: `serve` starts the bot; `logs RUN_ID` prints a run's log;
+`audit` the audit log; `db upgrade|current|history` manages the database's schema.
 
 This is the entry point, the only place that reads the environment.
 """
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--json", action="store_true",
                        help="JSON lines (the default is one readable line per entry)")
     audit.add_argument("--routine", help="only this routine's entries")
+    database = sub.add_parser("db", help="the database's schema: upgrade, current, history")
+    database.add_argument("action", choices=["upgrade", "current", "history"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(serve(settings))
         elif args.command == "audit":
             print_audit(args.routine, args.json)
+        elif args.command == "db":
+            manage_schema(args.action)
         else:
             print_logs(args.run_id, text=args.text, diff=args.diff)
     except SettingsError as exc:
@@ -121,5 +126,31 @@ def print_audit(routine: str | None, as_json: bool) -> None:
                       f"{record['at']}  {entry.action:<20} {entry.routine or '-':<20} "
                       f"{entry.actor}  {entry.details}")
             after = page[-1].id or after
+    finally:
+        db.close()
+
+
+def manage_schema(action: str) -> None:
+    """`routines serve` upgrades by itself; these let an operator upgrade first (before
+    rolling out) and see where a database stands."""
+    from bot.store import schema
+    from bot.store.database import Database
+
+    if action == "history":
+        for revision in schema.history():
+            print(f"{revision.revision}  {revision.description}")
+        return
+    db = Database(os.environ.get("DATABASE_URL", Settings.database_url))
+    try:
+        if action == "current":
+            at = schema.current(db)
+            head = schema.head()
+            print(f"{at or 'none'} (head {head}{', up to date' if at == head else ''})")
+        else:
+            done = schema.upgrade(db)
+            if done.before == done.after:
+                print(f"already at {done.after}")
+            else:
+                print(f"upgraded from {done.before or 'an empty database'} to {done.after}")
     finally:
         db.close()

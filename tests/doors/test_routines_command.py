@@ -19,6 +19,7 @@ from bot.core.routine import RoutineDraft, RoutineLimits
 from bot.core.trigger import manual
 from bot.doors.cli import main
 from bot.services import ServicePolicy, Services
+from bot.store import schema
 from bot.store.database import Database
 from tests.standins.environment import TEST_NETWORK
 
@@ -43,7 +44,7 @@ def test_logs_prints_a_runs_redacted_events(
 ) -> None:
     url = database_url
     db = Database(url)
-    db.create_schema()
+    schema.upgrade(db)
     services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
                              Redactor(["planted-secret-42"]))
     services.routines.create(RoutineDraft(name="demo", prompt="p", repo_url="file:///r",
