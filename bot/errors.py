@@ -380,3 +380,18 @@ class DatabaseNewer(RoutinesError):
         return (f"the database is at migration {style.code(self.current)}, which this version "
                 f"does not know (its newest is {style.code(self.head)}): run the version that "
                 "upgraded it, or restore a backup")
+
+
+class DatabaseBehind(RoutinesError):
+    """The database is not at this version's newest migration and the command only reads
+    and changes rows: it does not upgrade behind the operator's back (`serve` does)."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        super().__init__(current, head)
+        self.current = current
+        self.head = head
+
+    def words(self, style: Style) -> str:
+        at = style.code(self.current) if self.current else "no migration (an empty database)"
+        return (f"the database is at {at}, this version's newest is {style.code(self.head)}: "
+                "run `routines db upgrade` first")

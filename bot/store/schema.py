@@ -24,7 +24,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-from bot.errors import DatabaseNewer
+from bot.errors import DatabaseBehind, DatabaseNewer
 from bot.store.database import Database
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -76,6 +76,17 @@ def current(db: Database) -> str | None:
     migrations existed)."""
     with db.engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def require_head(db: Database) -> None:
+    """For commands that must not change the schema: the database is at the head, or
+    `DatabaseNewer` / `DatabaseBehind` says what to do."""
+    at, target = current(db), head()
+    if at == target:
+        return
+    if at is not None and at not in {r.revision for r in history()}:
+        raise DatabaseNewer(current=at, head=target)
+    raise DatabaseBehind(current=at, head=target)
 
 
 def upgrade(db: Database) -> Upgrade:
