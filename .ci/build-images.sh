@@ -132,8 +132,10 @@ fi
 # 3. images
 [ -d "$BUILD_CONTEXT/runner" ] || die "$BUILD_CONTEXT/runner/ missing: nothing to put in the sandbox"
 t0=$SECONDS
-log "docker build --target sandbox -> $SANDBOX_IMAGE"
+runner_digest="$(python3 "$BUILD_CONTEXT/runner/fingerprint.py")"  # `routines doctor` reads it
+log "docker build --target sandbox -> $SANDBOX_IMAGE (runner $runner_digest)"
 docker build --target sandbox \
+    --label "org.routines.runner=$runner_digest" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --build-arg "SANDBOX_PACKAGES=$SANDBOX_PACKAGES" \
     -t "$SANDBOX_IMAGE" "$BUILD_CONTEXT" >&2

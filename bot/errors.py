@@ -395,3 +395,14 @@ class DatabaseBehind(RoutinesError):
         at = style.code(self.current) if self.current else "no migration (an empty database)"
         return (f"the database is at {at}, this version's newest is {style.code(self.head)}: "
                 "run `routines db upgrade` first")
+
+
+class ChecksFailed(RoutinesError):
+    """`routines doctor` found problems (each printed with its fix above this line)."""
+
+    def __init__(self, failed: list[str]) -> None:
+        super().__init__(failed)
+        self.failed = failed
+
+    def words(self, style: Style) -> str:
+        return f"{len(self.failed)} check(s) failed: {', '.join(self.failed)}"

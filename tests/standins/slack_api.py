@@ -34,6 +34,10 @@ class SlackApiStandIn:
         self.url = ""
         self._ts = 1_700_000_000
         self.user_groups: dict[str, list[str]] = {}  # usergroups.users.list answers
+        # What Slack says of the token: the scopes it was granted (the `x-oauth-scopes`
+        # header of every answer), and whether it is refused (`invalid_auth`).
+        self.scopes = ["commands", "chat:write", "chat:write.public", "usergroups:read"]
+        self.refused_tokens: set[str] = set()
 
     async def start(self) -> None:
         app = web.Application()
@@ -55,10 +59,12 @@ class SlackApiStandIn:
             params = await request.json()
         else:
             params = dict(await request.post())
-        answer = self._answer(method, params)
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        answer = ({"ok": False, "error": "invalid_auth"} if token in self.refused_tokens
+                  else self._answer(method, params))
         self.calls.append(SlackCall(method, params, dict(request.headers), response=answer))
         self._changed.set()
-        return web.json_response(answer)
+        return web.json_response(answer, headers={"x-oauth-scopes": ",".join(self.scopes)})
 
     def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":

@@ -1,9 +1,10 @@
 """The `routines` command, the operator's door.
 
-`serve` starts the bot; `routine`, `run` and `killswitch` act through the same services and
-rules as Slack, as the operator identity `ROUTINES_OPERATOR`; `logs`, `audit` and `db` read
-and upgrade the database. A `.env` file in the working directory is read first; the
-environment wins. This package is the only place that reads the environment.
+`serve` starts the bot; `doctor` checks what it needs; `routine`, `run` and `killswitch`
+act through the same services and rules as Slack, as the operator identity
+`ROUTINES_OPERATOR`; `logs`, `audit` and `db` read and upgrade the database. A `.env`
+file in the working directory is read first; the environment wins. This package is the
+only place that reads the environment.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from bot.doors.cli import operate, records, serving
+from bot.doors.cli import checkup, operate, records, serving
 from bot.errors import RoutinesError, SettingsError
 from bot.settings import environment
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_parser(sub)
     operate.add_parsers(sub)
     records.add_parsers(sub)
+    checkup.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
