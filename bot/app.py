@@ -55,7 +55,7 @@ class Bot:
                                            base_url=settings.slack_api_url)
         self.docker = docker.DockerClient(base_url=settings.docker_host or None)
         self.sandbox = Sandbox(self.docker, _sandbox_config(settings))
-        announcer = Announcer(self.slack_client, self.messages, self.services,
+        self.announcer = announcer = Announcer(self.slack_client, self.messages, self.services,
                               settings.incidents_channel)
         self.dispatcher = Dispatcher(self.services, self.sandbox, announcer,
                                      settings.max_concurrent_runs,
@@ -92,6 +92,7 @@ class Bot:
         await asyncio.to_thread(schema.upgrade, self.db)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.dispatcher.start()
+        await self.announcer.complete_pending_steps()
         await self.scheduler.start()
         await self.approvals.start()
         await self.home.start()

@@ -85,6 +85,7 @@ class TriggerKind(StrEnum):
     SCHEDULE = "schedule"
     API = "api"
     GITHUB = "github"
+    WORKFLOW = "workflow"  # a Workflow Builder step ("Run a routine"), as the workflow's user
 
 
 class ApprovalKind(StrEnum):

@@ -13,7 +13,8 @@ NO_PAYLOAD = object()
 @dataclass(frozen=True)
 class Trigger:
     kind: TriggerKind
-    actor: str  # a Slack user id, `token:NAME`, a GitHub login, or `schedule`
+    actor: str  # a Slack user id (by hand, or a workflow's), `token:NAME`, a GitHub login,
+    # or `schedule`
     ref: str | None = None  # Idempotency-Key or X-GitHub-Delivery: at most one run per ref
     payload: Any = NO_PAYLOAD  # outside data, mapped into the prompt by the routine's template
     detail: str = ""  # e.g. the GitHub event, shown with the provenance
@@ -25,7 +26,8 @@ class Trigger:
     def describe(self) -> str:
         """How the prompt names the source of the outside data."""
         what = {TriggerKind.API: "an API call", TriggerKind.GITHUB: "a GitHub event",
-                TriggerKind.SCHEDULE: "its schedule"}.get(self.kind, "a user")
+                TriggerKind.SCHEDULE: "its schedule",
+                TriggerKind.WORKFLOW: "a Slack workflow"}.get(self.kind, "a user")
         detail = f" ({self.detail})" if self.detail else ""
         return f"{what}{detail} from {self.actor}"
 

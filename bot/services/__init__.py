@@ -26,6 +26,7 @@ from bot.services.schedules import ScheduleService
 from bot.services.spend import SpendService
 from bot.services.tokens import TokenService
 from bot.services.triggers import TriggerService
+from bot.services.workflows import WorkflowService
 from bot.store.database import Database
 
 __all__ = ["ServicePolicy", "Services"]
@@ -53,5 +54,6 @@ class Services:
         self.github = GitHubService(shared, self.triggers, self.kill_switch)
         self.tokens = TokenService(shared, self.triggers, self.routines, self.runs)
         self.home = HomeService(shared, self.routines, self.kill_switch)
+        self.workflows = WorkflowService(shared, self.triggers)
         self.digests = DigestService(db, policy.prices, policy.limits.min_schedule_interval,
                                      bus=self.bus)

@@ -29,7 +29,7 @@ from bot.store.database import Database
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Revisions an unversioned database can be at, newest first, by a column only it has.
-_UNVERSIONED = (("0002", "run", "failure_kind"), ("0001", "run", "id"))
+_UNVERSIONED = (("0002", "run", "failure_kind"), ("0001", "run", "id"))  # before 0003
 _LOCK_KEY = 7_305_011  # the advisory lock's key on PostgreSQL: any constant of our own
 
 

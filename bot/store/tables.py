@@ -111,6 +111,10 @@ class Run(SQLModel, table=True):
     published_ref: str | None = None  # where it was pushed
     announce_channel: str | None = None  # where the result message was posted...
     announce_ts: str | None = None  # ...and its ts: the log is posted in its thread
+    # Started by a Workflow Builder step: the step's function execution, completed (with the
+    # run's outputs, or failed with its reason) once when the run ends.
+    workflow_execution_id: str | None = None
+    workflow_completed_at: datetime | None = timestamp_field()
 
 
 class RunEvent(SQLModel, table=True):

@@ -63,6 +63,7 @@ class SlackApiStandIn:
             params = await request.json()
         else:
             params = dict(await request.post())
+        params = {**request.query, **params}  # the SDK sends some methods' arguments in the URL
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         answer = ({"ok": False, "error": "invalid_auth"} if token in self.refused_tokens
                   else self._answer(method, params))

@@ -10,14 +10,18 @@ its log can be posted in that thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.budget import Spend
 from bot.core.digest import Digest
+from bot.doors.slack import workflow_step
 from bot.doors.slack.messages import Messages
 from bot.services import Services
 from bot.services.views import MissedFires, RunView
+
+log = logging.getLogger(__name__)
 
 
 class Announcer:
@@ -36,6 +40,20 @@ class Announcer:
         if view.run.id is not None and ts:
             await asyncio.to_thread(self.services.runs.record_announcement, view.run.id,
                                     str(channel or view.routine.channel_id), str(ts))
+        if view.run.id is not None:
+            await self.complete_step(view.run.id)
+
+    async def complete_step(self, run_id: int) -> None:
+        """The Workflow Builder step that started the run, completed once; a failure is
+        logged and tried again at the next start (`complete_pending_steps`)."""
+        try:
+            await workflow_step.complete(self.client, self.services, run_id)
+        except Exception:
+            log.exception("could not complete the workflow step of run %s", run_id)
+
+    async def complete_pending_steps(self) -> None:
+        for run_id in await asyncio.to_thread(self.services.workflows.pending):
+            await self.complete_step(run_id)
 
     async def missed(self, missed: MissedFires) -> None:
         message = self.messages.render("schedule_missed.json.j2", missed=missed)

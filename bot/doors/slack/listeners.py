@@ -13,13 +13,14 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.core import retry, trigger
+from bot.core import retry, trigger, workflow_step
 from bot.core.routine import RoutineDraft, parse_changes
 from bot.doors.slack import commands
 from bot.doors.slack.approvals import ApprovalMessages
 from bot.doors.slack.messages import Messages
 from bot.doors.slack.run_buttons import RunButtons
 from bot.doors.slack.words import say
+from bot.doors.slack.workflow_step import WorkflowStep
 from bot.errors import RoutinesError, ValidationFailed
 from bot.services import Services
 from bot.settings import Settings
@@ -48,6 +49,7 @@ def build_slack_app(settings: Settings, services: Services, messages: Messages,
     app.action("approve")(handlers.approve_clicked)
     app.action("reject")(handlers.reject_clicked)
     app.view(REJECT_CALLBACK)(handlers.reject_submitted)
+    app.function(workflow_step.CALLBACK_ID)(WorkflowStep(services).executed)
     return app
 
 
