@@ -130,7 +130,7 @@ def test_describe_says_it_as_typed() -> None:
     ("fd00:ec2::254", AddressKind.METADATA),
     ("169.254.1.1", AddressKind.LINK_LOCAL),
     ("fe80::1", AddressKind.LINK_LOCAL),
-    ("0.0.0.0", AddressKind.UNSPECIFIED),  # noqa: S104 - an address under test
+    ("0.0.0.0", AddressKind.UNSPECIFIED),
     ("224.0.0.1", AddressKind.MULTICAST),
     ("240.0.0.1", AddressKind.RESERVED),
     ("10.1.2.3", None),  # private: an operator's internal registry, when its name is allowed
