@@ -20,7 +20,8 @@ the proxy connects to a checked address, never to the name, so a second DNS answ
 cannot send it elsewhere. Private addresses pass: the name itself was allowed.
 
 Every attempt, allowed or refused, is reported once, when it is over, to the run's
-`on_attempt` as an `EgressAttempt`; the sandbox stores it as an `egress` host event.
+`on_attempt` as an `EgressAttempt`; the sandbox stores it as an `egress` host event. The
+HTTP wire itself (heads, forwarding, tunnels) is `runner.host.proxy_http`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,15 @@ from runner.egress_policy import (
 )
 from runner.host.fetch_policy import Resolver, system_resolve
 from runner.host.loop import BackgroundLoop
+from runner.host.proxy_http import (
+    BadRequest,
+    ProxyRequest,
+    answer,
+    forward,
+    parse_request,
+    read_head,
+    tunnel,
+)
 from runner.repo_policy import AddressKind
 
 __all__ = ["EGRESS_EVENT", "AttemptSink", "EgressAttempt", "EgressProxy", "RunProxy"]
@@ -53,16 +62,8 @@ log = logging.getLogger(__name__)
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Connector = Callable[[str, int], Awaitable[Streams]]  # an address and a port -> streams
 
-MAX_HEAD_BYTES = 64 * 1024  # a request's or a response's line and headers
 HEAD_TIMEOUT = 30.0  # seconds a client has to send its request's head
 MAX_CONNECTIONS = 64  # open client connections per run
-CHUNK = 64 * 1024
-# Hop-by-hop headers: meant for the proxy, never forwarded (RFC 9110, 7.6.1).
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization",
-                         "proxy-authenticate", "te", "trailer", "upgrade"})
-_REQUEST_LINE = re.compile(r"^([A-Z]{3,16}) (\S+) HTTP/1\.[01]$")
-_HOST = re.compile(r"^[a-z0-9._-]{1,253}$|^[0-9a-f:.]{2,45}$")
-
 
 @dataclass(frozen=True)
 class EgressAttempt:
@@ -97,24 +98,6 @@ class EgressAttempt:
 
 
 AttemptSink = Callable[[EgressAttempt], None]
-
-
-@dataclass(frozen=True)
-class _Request:
-    method: str
-    host: str  # lower case, no final dot, no brackets
-    port: int
-    target: str  # HTTP: the origin-form target sent upstream
-    headers: tuple[tuple[str, str], ...]
-
-    @property
-    def authority(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == 80 else f"{host}:{self.port}"
-
-
-class _BadRequest(ValueError):
-    pass
 
 
 @dataclass
@@ -201,7 +184,7 @@ class EgressProxy:
         run.tasks.add(task)
         try:
             if len(run.tasks) > MAX_CONNECTIONS:
-                await _answer(writer, 503, "too many open connections through the proxy\n")
+                await answer(writer, 503, "too many open connections through the proxy\n")
                 return
             await self._handle(run, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -213,15 +196,15 @@ class EgressProxy:
     async def _handle(self, run: RunProxy, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(_read_head(reader), HEAD_TIMEOUT)
+            head = await asyncio.wait_for(read_head(reader), HEAD_TIMEOUT)
         except TimeoutError:
             return
         if head is None:
             return  # connected and left without a request: not an attempt
         try:
-            request = _parse_request(head)
-        except _BadRequest as exc:
-            await _answer(writer, 400, f"routines egress proxy: {exc}\n", DenyReason.BAD_REQUEST)
+            request = parse_request(head)
+        except BadRequest as exc:
+            await answer(writer, 400, f"routines egress proxy: {exc}\n", DenyReason.BAD_REQUEST)
             run.report(EgressAttempt(run.run_id, head.split(b" ", 1)[0].decode(
                 "ascii", "replace")[:16], "", 0, False, DenyReason.BAD_REQUEST, status=400))
             return
@@ -236,13 +219,13 @@ class EgressProxy:
         finally:
             run.report(state[0])
 
-    async def _attempt(self, run: RunProxy, request: _Request, reader: asyncio.StreamReader,
+    async def _attempt(self, run: RunProxy, request: ProxyRequest, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter, state: list[EgressAttempt],
                        ) -> EgressAttempt:
         """Decide, connect and relay; the attempt as it ended (`state[0]` on the way)."""
         attempt = state[0]
         if not run.policy.allows(request.host):
-            await _answer(writer, 403, f"routines egress policy: {request.host} is not allowed "
+            await answer(writer, 403, f"routines egress policy: {request.host} is not allowed "
                           f"for this run (network={run.policy.mode.value}).\n",
                           DenyReason.HOST_NOT_ALLOWED)
             return _with(attempt, reason=DenyReason.HOST_NOT_ALLOWED, status=403)
@@ -250,19 +233,19 @@ class EgressProxy:
         for address in addresses:
             kind = address_refusal(address)
             if kind is not None:
-                await _answer(writer, 403, f"routines egress policy: {request.host} resolves "
+                await answer(writer, 403, f"routines egress policy: {request.host} resolves "
                               f"to {address}, {kind.phrase}: never allowed.\n",
                               DenyReason.ADDRESS_NOT_ALLOWED)
                 return _with(attempt, reason=DenyReason.ADDRESS_NOT_ALLOWED, address=address,
                              address_kind=kind, status=403)
         attempt = state[0] = _with(attempt, allowed=True)
         if not addresses:
-            await _answer(writer, 502, f"routines egress proxy: {request.host} could not be "
+            await answer(writer, 502, f"routines egress proxy: {request.host} could not be "
                           "resolved.\n")
             return _with(attempt, status=502, error="unresolved")
         upstream = await self._connect(addresses, request.port)
         if upstream is None:
-            await _answer(writer, 502, f"routines egress proxy: {request.authority} did not "
+            await answer(writer, 502, f"routines egress proxy: {request.authority} did not "
                           "answer.\n")
             return _with(attempt, status=502, error="unreachable")
         address, (up_reader, up_writer) = upstream
@@ -273,9 +256,9 @@ class EgressProxy:
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 await writer.drain()
                 attempt = state[0] = _with(attempt, status=200)
-                await _tunnel(reader, writer, up_reader, up_writer, counts)
+                await tunnel(reader, writer, up_reader, up_writer, counts)
             else:
-                status = await _forward(request, reader, writer, up_reader, up_writer, counts)
+                status = await forward(request, reader, writer, up_reader, up_writer, counts)
                 attempt = state[0] = _with(attempt, status=status)
         finally:
             up_writer.close()
@@ -307,156 +290,3 @@ class EgressProxy:
 
 def _with(attempt: EgressAttempt, **changes: Any) -> EgressAttempt:
     return EgressAttempt(**{**attempt.__dict__, **changes})
-
-
-async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
-    """The request's or response's line and headers (without the blank line); None
-    when the stream ended before any byte."""
-    head = bytearray()
-    while True:
-        line = await reader.readline()
-        if not line:
-            if head:
-                raise asyncio.IncompleteReadError(bytes(head), None)
-            return None
-        if line in (b"\r\n", b"\n"):
-            if head:
-                return bytes(head)
-            continue  # blank lines before a request line are allowed (RFC 9112, 2.2)
-        head += line
-        if len(head) > MAX_HEAD_BYTES:
-            raise asyncio.LimitOverrunError("head too long", len(head))
-
-
-def _parse_request(head: bytes) -> _Request:
-    lines = head.decode("latin-1").splitlines()
-    match = _REQUEST_LINE.match(lines[0])
-    if match is None:
-        raise _BadRequest("not an HTTP/1.x request line")
-    method, target = match.groups()
-    headers = tuple(_header(line) for line in lines[1:])
-    if method == "CONNECT":
-        host, port = _authority(target, None)
-        return _Request(method, host, port, target, headers)
-    if target.startswith("/"):  # origin form: the host is in the Host header
-        authority = next((v for n, v in headers if n.lower() == "host"), "")
-        path = target
-    elif target.lower().startswith("http://"):
-        rest = target[len("http://"):]
-        cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-        authority, path = rest[:cut], rest[cut:] or "/"
-        path = path if path.startswith("/") else "/" + path
-    else:
-        raise _BadRequest("only http:// URLs are proxied; use CONNECT for https")
-    host, port = _authority(authority.rpartition("@")[2], 80)
-    return _Request(method, host, port, path, headers)
-
-
-def _header(line: str) -> tuple[str, str]:
-    name, colon, value = line.partition(":")
-    if not colon or not name or name != name.strip():
-        raise _BadRequest("a header line is not `name: value`")
-    return name, value.strip()
-
-
-def _authority(authority: str, default_port: int | None) -> tuple[str, int]:
-    """`host[:port]` or `[v6][:port]` into a normal host (lower case, no final dot, no
-    brackets) and a port."""
-    if authority.startswith("["):
-        host, _, rest = authority[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "x")
-    else:
-        host, colon, port_text = authority.rpartition(":")
-        if not colon:
-            host, port_text = authority, ""
-    host = host.lower()
-    host = host[:-1] if host.endswith(".") else host
-    if not _HOST.match(host):
-        raise _BadRequest("not a host name or address")
-    if not port_text:
-        if default_port is None:
-            raise _BadRequest("CONNECT needs host:port")
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise _BadRequest("not a port")
-    return host, int(port_text)
-
-
-async def _answer(writer: asyncio.StreamWriter, status: int, body: str,
-                  reason: DenyReason | None = None) -> None:
-    """An answer of the proxy's own, closing the connection."""
-    phrase = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway",
-              503: "Service Unavailable"}[status]
-    data = body.encode()
-    deny = f"x-deny-reason: {reason.value}\r\n" if reason else ""
-    writer.write(f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                 f"{deny}Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
-                 + data)
-    with contextlib.suppress(ConnectionError):
-        await writer.drain()
-
-
-async def _forward(request: _Request, reader: asyncio.StreamReader,
-                   writer: asyncio.StreamWriter, up_reader: asyncio.StreamReader,
-                   up_writer: asyncio.StreamWriter, counts: list[int]) -> int | None:
-    """Send the request upstream in origin form, then relay the body one way and the
-    answer the other (with `Connection: close`: one request per connection)."""
-    named = {v.strip().lower() for n, v in request.headers if n.lower() == "connection"
-             for v in v.split(",")}
-    kept = [(n, v) for n, v in request.headers
-            if n.lower() not in _HOP_BY_HOP | named | {"host"}]
-    head = "".join(f"{n}: {v}\r\n" for n, v in
-                   [("Host", request.authority), *kept, ("Connection", "close")])
-    data = f"{request.method} {request.target} HTTP/1.1\r\n{head}\r\n".encode("latin-1")
-    up_writer.write(data)
-    await up_writer.drain()
-    counts[0] += len(data)
-    body = asyncio.create_task(_pipe(reader, up_writer, counts, 0))
-    try:
-        answer = await _read_head(up_reader)
-        if answer is None:
-            return None
-        lines = answer.decode("latin-1").splitlines()
-        parts = lines[0].split(" ", 2)
-        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-        kept_lines = [line for line in lines[1:]
-                      if line.partition(":")[0].strip().lower() not in _HOP_BY_HOP]
-        relayed = "\r\n".join([lines[0], *kept_lines, "Connection: close", "", ""]).encode(
-            "latin-1")
-        writer.write(relayed)
-        counts[1] += len(relayed)
-        await writer.drain()
-        await _pipe(up_reader, writer, counts, 1, half_close=False)
-        return status
-    finally:
-        body.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await body
-
-
-async def _tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                  up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
-                  counts: list[int]) -> None:
-    """Bytes both ways until both sides are done (each end's EOF is passed on)."""
-    ways = [asyncio.create_task(_pipe(reader, up_writer, counts, 0)),
-            asyncio.create_task(_pipe(up_reader, writer, counts, 1))]
-    try:
-        await asyncio.gather(*ways)
-    finally:
-        for way in ways:
-            way.cancel()
-        await asyncio.gather(*ways, return_exceptions=True)
-
-
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, counts: list[int],
-                index: int, half_close: bool = True) -> None:
-    try:
-        while data := await src.read(CHUNK):
-            counts[index] += len(data)
-            dst.write(data)
-            await dst.drain()
-    except ConnectionError:
-        return
-    if half_close and dst.can_write_eof():
-        with contextlib.suppress(OSError):
-            dst.write_eof()
