@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import shutil
 import socket
 import ssl
@@ -26,6 +27,7 @@ import pytest
 from runner.egress_policy import EGRESS_EVENT, DenyReason, EgressPolicy, NetworkMode
 from runner.host.egress_proxy import EgressAttempt, EgressProxy, Streams
 from runner.repo_policy import AddressKind
+from tests.support.bots import SANDBOX_IMAGE
 from tests.support.echo_hosts import HTTP_PORT, HTTPS_PORT, EchoHosts, echo_hosts
 
 ALLOWED, DENIED = "allowed.test", "denied.test"
@@ -295,3 +297,53 @@ def test_closing_the_run_ends_its_tunnels_and_removes_the_socket(
     [attempt] = harness.wait_for_attempts(1)
     assert (attempt.allowed, attempt.status, attempt.error) == (True, 200, "closed: the run ended")
     assert not harness.socket_path.exists()
+
+
+_INSIDE = r"""
+import json, socket
+out = {}
+try:
+    socket.create_connection((ADDRESS, 8080), timeout=3).close()
+    out["direct"] = "connected"
+except OSError as exc:
+    out["direct"] = type(exc).__name__
+try:
+    socket.getaddrinfo("allowed.test", 8080)
+    out["dns"] = "resolved"
+except OSError as exc:
+    out["dns"] = type(exc).__name__
+for name in ("allowed.test", "denied.test"):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect("/run/routines/proxy.sock")
+    s.sendall(f"GET http://{name}:8080/inside HTTP/1.1\r\nHost: {name}:8080\r\n\r\n".encode())
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    out[name] = data.decode().split("\r\n")[0] + " | " + data.decode().rsplit("\r\n", 1)[-1]
+print(json.dumps(out))
+"""
+
+
+def test_a_container_without_a_network_reaches_only_what_the_proxy_allows(
+        open_proxy: Callable[..., Harness], hosts: EchoHosts, docker_client: Any) -> None:
+    """The shape of a run: `--network none` (no route, no DNS), the proxy's socket mounted
+    at /run/routines and used by the sandbox's uid 10001."""
+    harness = open_proxy(EgressPolicy(NetworkMode.CUSTOM, (ALLOWED,)))
+    harness.socket_path.parent.chmod(0o755)
+    script = _INSIDE.replace("ADDRESS", repr(hosts.hosts[ALLOWED].address))
+    container = docker_client.containers.run(
+        SANDBOX_IMAGE, entrypoint=["/opt/agent/bin/python", "-c", script], detach=True,
+        network_mode="none", user="10001:10001", cap_drop=["ALL"],
+        volumes={str(harness.socket_path.parent): {"bind": "/run/routines", "mode": "rw"}},
+        labels={"org.routines.test": "egress"})
+    try:
+        assert container.wait(timeout=60)["StatusCode"] == 0, container.logs().decode()
+        seen = json.loads(container.logs(stderr=False).decode().strip().splitlines()[-1])
+    finally:
+        container.remove(force=True)
+    assert seen["direct"] != "connected" and seen["dns"] != "resolved"
+    assert seen[ALLOWED] == f"HTTP/1.0 200 OK | {ALLOWED} GET /inside "
+    assert seen[DENIED].startswith("HTTP/1.1 403 Forbidden | routines egress policy: "
+                                   f"{DENIED} is not allowed")
+    attempts = harness.wait_for_attempts(2)
+    assert [(a.host, a.allowed) for a in attempts] == [(ALLOWED, True), (DENIED, False)]
