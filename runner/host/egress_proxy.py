@@ -137,7 +137,9 @@ class EgressProxy:
     def open_run(self, run_id: int, policy: EgressPolicy, socket_path: Path | str,
                  on_attempt: AttemptSink) -> RunProxy:
         """Listen for the run at `socket_path` (replacing a stale socket file there),
-        connectable by any user (the container's agent is uid 10001): mode 0666."""
+        connectable by any user (the container's agent is uid 10001): mode 0666. Opening
+        a run already open closes it first (an adopted run gets a fresh server)."""
+        self.close_run(run_id)
         run = RunProxy(run_id, policy, Path(socket_path), on_attempt)
         self.loop.call(self._start(run))
         self._runs[run_id] = run

@@ -347,3 +347,16 @@ def test_a_container_without_a_network_reaches_only_what_the_proxy_allows(
                                    f"{DENIED} is not allowed")
     attempts = harness.wait_for_attempts(2)
     assert [(a.host, a.allowed) for a in attempts] == [(ALLOWED, True), (DENIED, False)]
+
+
+def test_reopening_a_run_replaces_its_server_and_a_stale_socket(
+        open_proxy: Callable[..., Harness]) -> None:
+    """After a restart the sandbox opens the proxy again at the same path, where the last
+    process left its socket file; the policy in force is the new one."""
+    harness = open_proxy(EgressPolicy(NetworkMode.CUSTOM, (ALLOWED,)))
+    harness.proxy.open_run(7, EgressPolicy(NetworkMode.NONE), harness.socket_path,
+                           harness.attempts.append)
+    status, _, _ = http_get(harness, f"http://{ALLOWED}:{HTTP_PORT}/")
+    assert status == 403
+    [attempt] = harness.wait_for_attempts(1)
+    assert attempt.reason is DenyReason.HOST_NOT_ALLOWED
