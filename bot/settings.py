@@ -14,6 +14,7 @@ from pathlib import Path
 from bot.core.pricing import PriceTable
 from bot.core.roles import parse_principals
 from bot.errors import SettingsError
+from runner.egress_policy import DEFAULT_TRUSTED_HOSTS, PolicyError, parse_trusted
 from runner.repo_policy import DEFAULT_REPO_HOSTS, parse_hosts
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -47,6 +48,9 @@ class Settings:
     allow_local_repos: bool = False
     # Hosts a routine's repository may be on (`runner.repo_policy`): names, `*.domain`, `*`.
     repo_hosts: tuple[str, ...] = DEFAULT_REPO_HOSTS
+    # What a run with `network=trusted` may reach through the egress proxy (replaces the
+    # default list of package registries and GitHub).
+    trusted_hosts: tuple[str, ...] = DEFAULT_TRUSTED_HOSTS
     triggers_per_minute: int = 30
     api_max_body_bytes: int = 256 * 1024
     github_webhook_secret: str = ""
@@ -123,6 +127,7 @@ class Settings:
             max_turns=_int(env, "ROUTINES_MAX_TURNS", cls.max_turns),
             allow_local_repos=env.get("ROUTINES_ALLOW_LOCAL_REPOS", "") in {"1", "true", "yes"},
             repo_hosts=_repo_hosts(env, "ROUTINES_REPO_HOSTS"),
+            trusted_hosts=_trusted_hosts(env, "ROUTINES_TRUSTED_HOSTS"),
             triggers_per_minute=_int(env, "ROUTINES_TRIGGERS_PER_MINUTE", cls.triggers_per_minute),
             api_max_body_bytes=_int(env, "ROUTINES_API_MAX_BODY_BYTES", cls.api_max_body_bytes),
             github_webhook_secret=env.get("GITHUB_WEBHOOK_SECRET", ""),
@@ -157,6 +162,13 @@ def _repo_hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     try:
         return parse_hosts(env.get(name, ""))
     except ValueError as exc:
+        raise SettingsError(f"setting {name}: {exc}") from None
+
+
+def _trusted_hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    try:
+        return parse_trusted(env.get(name, ""))
+    except PolicyError as exc:
         raise SettingsError(f"setting {name}: {exc}") from None
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 
 SPEC_ENV = "ROUTINE_RUN_SPEC"
@@ -59,6 +59,14 @@ class RunSpec:
     max_tokens: int | None = None
     # Host side only: keep the run's changes as a commit for `runner.host.publish` to push.
     publish: bool = False
+    # Host side only: the run's egress policy for the host's proxy, as
+    # `runner.egress_policy.EgressPolicy.to_spec` writes it; the default reaches nothing.
+    egress: str = "none"
+
+    def for_container(self) -> RunSpec:
+        """The spec without its host-side fields (`HOST_ONLY_FIELDS`, at their defaults):
+        what the container is given, so an older image still reads it."""
+        return replace(self, **{name: _DEFAULTS[name] for name in HOST_ONLY_FIELDS})
 
     def to_json(self) -> str:
         """The spec as JSON, without the fields left at their defaults (see above)."""
@@ -96,6 +104,7 @@ class RunResult:
     token_budget_exceeded: bool = False
 
 
+HOST_ONLY_FIELDS = ("publish", "egress")  # `RunSpec` fields the container is never sent
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunSpec)
                              if f.default is not MISSING}
 # How images without `status_code` wrote it (the SDK's wording, in the summary).

@@ -33,6 +33,7 @@ class Action(StrEnum):
     ENGAGE = "engage the kill switch"
     DISENGAGE = "disengage the kill switch"
     RAISE_CAP = "change the daily spend cap"
+    FULL_NETWORK = "give a routine full network access"
 
 
 OWNER_ACTIONS = {Action.CHANGE, Action.PAUSE, Action.RESUME, Action.DELETE, Action.CANCEL}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bot.core import roles
@@ -11,6 +12,7 @@ from bot.core.schedule import ScheduleError, parse_schedule
 from bot.core.statuses import BusyPolicy, RiskLevel
 from bot.errors import RepoHostRefused, ValidationFailed
 from runner import repo_policy
+from runner.egress_policy import EgressPolicy, NetworkMode, PolicyError, parse_network
 from runner.repo_policy import DEFAULT_REPO_HOSTS, FetchPolicy, Refusal
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
@@ -39,6 +41,7 @@ class RoutineDraft:
     payload_template: str = ""
     schedule: str = ""
     schedule_tz: str = ""
+    network: str = ""  # `runner.egress_policy.parse_network`; empty: trusted
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ def normalized(draft: RoutineDraft) -> RoutineDraft:
     return replace(draft, name=draft.name.strip().lower(), repo_url=draft.repo_url.strip(),
                    channel_id=draft.channel_id.strip(), branch=draft.branch.strip() or "main",
                    model=draft.model.strip(), timeout_seconds=str(draft.timeout_seconds).strip(),
-                   schedule=draft.schedule.strip(), schedule_tz=draft.schedule_tz.strip())
+                   schedule=draft.schedule.strip(), schedule_tz=draft.schedule_tz.strip(),
+                   network=draft.network.strip())
 
 
 def validate(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, str]:
@@ -78,6 +82,7 @@ def validate(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, str]:
             "Not a model id (for example claude-sonnet-4-5)."),
         "timeout_seconds": _timeout_error(draft.timeout_seconds, limits),
         "payload_template": template_error(draft.payload_template),
+        "network": _network_error(draft.network),
         **_schedule_errors(draft, limits),
     }
     return {field: why for field, why in problems.items() if why}
@@ -96,6 +101,26 @@ def _schedule_errors(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, st
     except ScheduleError as exc:
         return {"schedule": str(exc)}
     return {}
+
+
+def network_policy(typed: str) -> EgressPolicy:
+    """A routine's network setting as typed (empty: `trusted`, the default); raises
+    `PolicyError` naming every bad entry. Who may set `full` is the service's rule."""
+    return parse_network(typed) if typed.strip() else EgressPolicy(NetworkMode.TRUSTED)
+
+
+def _network_error(typed: str) -> str | None:
+    try:
+        network_policy(typed)
+    except PolicyError as exc:
+        return f"Use trusted, none, full (admins only) or hosts and *.domain patterns: {exc}"
+    return None
+
+
+def network_columns(policy: EgressPolicy) -> dict[str, object]:
+    """How a routine stores its network setting: the mode, and a custom list's patterns."""
+    return {"network": policy.mode, "network_hosts": ",".join(policy.hosts)
+            if policy.mode is NetworkMode.CUSTOM else ""}
 
 
 def _prompt_error(prompt: str) -> str | None:
@@ -152,6 +177,7 @@ SETTABLE = {
     "max-concurrent": "a number, or off",
     "when-busy": "queue | skip",
     "max-tokens": "a number of tokens per run, or off",
+    "network": "trusted | none | full (admins only) | hosts and *.domain patterns",
 }
 _LIMITS = {"max-runs-per-day": (1, 10_000), "max-concurrent": (1, 100),
            "max-tokens": (1_000, 100_000_000)}
@@ -195,10 +221,8 @@ def _change(key: str, value: str) -> dict[str, object]:
         if key == "owners" and not principals:
             raise ValueError("a routine needs at least one owner")
         return {key: roles.join(principals)}
-    if key == "when-busy":
-        if value.lower() not in {p.value for p in BusyPolicy}:
-            raise ValueError("use queue or skip")
-        return {"busy_policy": BusyPolicy(value.lower())}
+    if key in _PARSED_ALONE:
+        return _PARSED_ALONE[key](value)
     if key in _LIMITS:
         column = {"max-runs-per-day": "max_runs_per_day", "max-concurrent": "max_concurrent",
                   "max-tokens": "max_tokens_per_run"}[key]
@@ -209,3 +233,21 @@ def _change(key: str, value: str) -> dict[str, object]:
             raise ValueError(f"use a whole number from {low} to {high}, or off")
         return {column: int(value)}
     raise ValueError(f"unknown setting; you can set {', '.join(SETTABLE)}")
+
+
+def _network_change(value: str) -> dict[str, object]:
+    try:
+        return network_columns(parse_network(value))
+    except PolicyError as exc:
+        raise ValueError(f"use trusted, none, full (admins only) or hosts and *.domain "
+                         f"patterns: {exc}") from None
+
+
+def _busy_change(value: str) -> dict[str, object]:
+    if value.lower() not in {p.value for p in BusyPolicy}:
+        raise ValueError("use queue or skip")
+    return {"busy_policy": BusyPolicy(value.lower())}
+
+
+_PARSED_ALONE: dict[str, Callable[[str], dict[str, object]]] = {
+    "when-busy": _busy_change, "network": _network_change}

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from runner.contract import Event
+from runner.egress_policy import EGRESS_EVENT
 
 LINE_LIMIT = 1500
 STORED_TEXT_LIMIT = 64_000
@@ -53,12 +54,31 @@ def _line(event: Event, limit: int | None) -> str:
         text = f"result ({event.get('kind')}): {outcome} {event.get('summary', '')}"
     elif kind == "setup_finished":
         text = f"setup exited {event.get('exit_code')}: {event.get('output', '')}"
+    elif kind == EGRESS_EVENT and event.get("source") == "host":
+        text = _egress_line(event)
     else:
         rest = {k: v for k, v in event.items() if k not in {"type", "ts"}}
         text = f"{kind}: {json.dumps(rest)}" if rest else str(kind)
     if limit is not None and len(text) > limit:
         text = text[:limit] + f" [... {len(text) - limit} more characters cut]"
     return text
+
+
+def _egress_line(event: Event) -> str:
+    where = f"{event.get('method')} {event.get('host')}:{event.get('port')}"
+    if event.get("allowed") is False:
+        address = f" ({event.get('address')})" if event.get("address") else ""
+        return f"network: refused {where}{address}: {event.get('reason')}"
+    outcome = event.get("error") or f"status {event.get('status')}"
+    return (f"network: {where} -> {event.get('address')}: {outcome}, "
+            f"{event.get('bytes_sent', 0)} bytes out / {event.get('bytes_received', 0)} in")
+
+
+def egress_refusals(events: list[Event]) -> int:
+    """How many of the run's requests the egress proxy refused (its `egress` host events;
+    a line from the container claiming that type is not one)."""
+    return sum(1 for e in events if e.get("type") == EGRESS_EVENT
+               and e.get("source") == "host" and e.get("allowed") is False)
 
 
 def chunk(lines: list[str], max_chars: int, max_chunks: int) -> tuple[list[str], int]:

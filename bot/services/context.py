@@ -18,6 +18,7 @@ from bot.settings import Settings
 from bot.store import audit, queries
 from bot.store.database import Database
 from bot.store.tables import Routine
+from runner.egress_policy import DEFAULT_TRUSTED_HOSTS
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ServicePolicy:
     daily_spend_cap_usd: float = 0.0  # 0: no cap
     prices: PriceTable = field(default_factory=PriceTable.default)
     retry_limits: retry.RetryLimits = retry.DEFAULT_LIMITS
+    trusted_hosts: tuple[str, ...] = DEFAULT_TRUSTED_HOSTS  # `network=trusted` reaches these
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServicePolicy:
@@ -52,6 +54,7 @@ class ServicePolicy:
             prices=settings.prices,
             retry_limits=retry.RetryLimits(
                 min_backoff_seconds=settings.min_retry_backoff_seconds),
+            trusted_hosts=settings.trusted_hosts,
         )
 
 

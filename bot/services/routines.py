@@ -10,9 +10,16 @@ from sqlmodel import col, select
 
 from bot.core import retry, schedule
 from bot.core.roles import Action
-from bot.core.routine import RoutineDraft, normalized, validate
+from bot.core.routine import (
+    RoutineDraft,
+    network_columns,
+    network_policy,
+    normalized,
+    validate,
+)
 from bot.errors import (
     AlreadyPaused,
+    Forbidden,
     NotPaused,
     RunsPending,
     ValidationFailed,
@@ -33,12 +40,19 @@ from bot.store.tables import (
     RunEvent,
     utcnow,
 )
+from runner.egress_policy import EgressPolicy, NetworkMode
 
 
 class RoutineService(Service):
     def create(self, draft: RoutineDraft, actor: str) -> Routine:
         draft = normalized(draft)
         errors = validate(draft, self.policy.limits)
+        network = network_policy(draft.network) if "network" not in errors else None
+        if network is not None and network.mode is NetworkMode.FULL:
+            try:
+                self._check(actor, Action.FULL_NETWORK)
+            except Forbidden as exc:
+                errors["network"] = str(exc)
         with self.db.session() as session:
             if "name" not in errors and queries.find_routine(session, draft.name):
                 errors["name"] = f"A routine named `{draft.name}` already exists."
@@ -58,6 +72,9 @@ class RoutineService(Service):
                 created_by=actor,
                 owners=actor,
             )
+            for column, value in network_columns(
+                    network or EgressPolicy(NetworkMode.TRUSTED)).items():
+                setattr(routine, column, value)
             if draft.schedule:
                 when = schedule.parse_schedule(draft.schedule, draft.schedule_tz or "UTC",
                                                self.policy.limits.min_schedule_interval)
@@ -70,7 +87,10 @@ class RoutineService(Service):
                 raise ValidationFailed(
                     {"name": f"A routine named `{draft.name}` already exists."}) from None
             session.refresh(routine)
-            audit.record(session, actor, "create", routine.name, f"repo {routine.repo_url}")
+            audit.record(session, actor, "create", routine.name,
+                         f"repo {routine.repo_url}, network {routine.egress.describe()}")
+            if routine.network is NetworkMode.FULL:
+                audit.record(session, actor, "network_full", routine.name, "network=full")
         if routine.schedule:
             self.bus.publish(ScheduleChanged(
                 routine.name, schedule.Schedule(routine.schedule, routine.schedule_tz)))
@@ -98,14 +118,20 @@ class RoutineService(Service):
             return routine
 
     def change(self, name: str, changes: dict[str, object], actor: str) -> Routine:
-        """Apply settings parsed by `bot.core.routine.parse_changes` (owners and admins only)."""
+        """Apply settings parsed by `bot.core.routine.parse_changes` (owners and admins
+        only; `network=full` admins only, and audited as such). A refusal changes nothing."""
         with self.db.session() as session:
             routine = self._require(session, name)
             self._check(actor, Action.CHANGE, routine)
+            full = changes.get("network") is NetworkMode.FULL
+            if full:
+                self._check(actor, Action.FULL_NETWORK, routine)
             for column, value in changes.items():
                 setattr(routine, column, value)
             audit.record(session, actor, "change", routine.name,
                    ", ".join(f"{k}={v}" for k, v in changes.items()))
+            if full:
+                audit.record(session, actor, "network_full", routine.name, "network=full")
             return routine
 
     def delete(self, name: str, actor: str) -> None:

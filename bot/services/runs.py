@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 
 from bot.core import retry
 from bot.core.roles import Action
-from bot.core.run_log import clip_event
+from bot.core.run_log import clip_event, egress_refusals
 from bot.core.statuses import (
     FAILURES,
     NOT_STARTED,
@@ -44,6 +44,7 @@ from bot.store.tables import (
     utcnow,
 )
 from runner.contract import Event, RunSpec
+from runner.egress_policy import EGRESS_EVENT
 
 
 class RunService(Service):
@@ -54,7 +55,10 @@ class RunService(Service):
     def get(self, run_id: int) -> RunView:
         with self.db.session() as session:
             run, routine = queries.run_with_routine(session, run_id)
-            return RunView(run, routine, self._scheduled_retry(session, run, routine))
+            egress = session.exec(select(RunEvent.data).where(
+                RunEvent.run_id == run_id, RunEvent.type == EGRESS_EVENT)).all()
+            return RunView(run, routine, self._scheduled_retry(session, run, routine),
+                           egress_refusals([json.loads(data) for data in egress]))
 
     def events(self, run_id: int) -> list[Event]:
         self.get(run_id)
@@ -112,6 +116,7 @@ class RunService(Service):
             setup_script=routine.setup_script,
             max_tokens=routine.max_tokens_per_run,
             publish=routine.risk == RiskLevel.MEDIUM,
+            egress=routine.egress.with_trusted(self.policy.trusted_hosts).to_spec(),
         )
 
     def with_status(self, status: RunStatus) -> list[RunView]:

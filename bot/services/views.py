@@ -16,6 +16,7 @@ class RunView:
     run: Run
     routine: Routine
     next_retry: retry.ScheduledRetry | None = None  # queued by the retry policy after it
+    egress_refusals: int = 0  # requests the egress proxy refused (its `egress` events)
 
     @property
     def duration_seconds(self) -> float | None:

@@ -18,6 +18,7 @@ from bot.core.statuses import (
     StopKind,
     TriggerKind,
 )
+from runner.egress_policy import EgressPolicy, NetworkMode
 
 
 def utcnow() -> datetime:
@@ -68,10 +69,18 @@ class Routine(SQLModel, table=True):
     retry_attempts: int = 0  # extra attempts after the first
     retry_backoff_seconds: int = 30  # doubled after each attempt
     retry_agent_failures: bool = False  # also retry when the agent itself reported failure
+    # Egress (`runner.egress_policy`): trusted (the operator's list), none, custom, full.
+    network: NetworkMode = NetworkMode.TRUSTED
+    network_hosts: str = ""  # custom: the patterns, comma-separated
 
     @property
     def paused(self) -> bool:
         return self.paused_at is not None
+
+    @property
+    def egress(self) -> EgressPolicy:
+        """The stored setting (`trusted` without its list: see `EgressPolicy.with_trusted`)."""
+        return EgressPolicy(self.network, tuple(p for p in self.network_hosts.split(",") if p))
 
 
 class Run(SQLModel, table=True):

@@ -45,6 +45,7 @@ from bot.store.tables import (
     SpendCap,
     as_utc,
 )
+from runner.egress_policy import NetworkMode
 
 pytestmark = pytest.mark.postgres
 AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -145,6 +146,7 @@ def test_first_schema_filled_then_upgraded_reads_back_intact(db: Database) -> No
         assert (routine.name, routine.risk, routine.busy_policy, routine.owners,
                 routine.max_tokens_per_run, routine.retry_agent_failures) == (
             "nightly", RiskLevel.MEDIUM, BusyPolicy.SKIP, "U1", 5000, True)
+        assert (routine.network, routine.network_hosts) == (NetworkMode.TRUSTED, "")
         runs = {run.id: run for run in session.exec(select(Run))}
         killed, cancelled = runs[1], runs[2]
         # The "kill switch" sentinel became a kind; a name stayed who asked.
@@ -243,7 +245,7 @@ def test_the_db_command_upgrades_and_tells_where_it_stands(
     assert capsys.readouterr().out.strip() == f"{head} (head {head}, up to date)"
     assert cli.main(["db", "history"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["0001", "0002", "0003"]
+    assert [line.split()[0] for line in lines] == ["0001", "0002", "0003", "0004"]
     assert lines[0].startswith("0001  The first schema")
 
 

@@ -41,3 +41,13 @@ def test_a_spec_sends_only_what_differs_from_the_defaults(
     run = spec(1, "p", "https://h/o/r", **overrides)
     assert set(json.loads(run.to_json())) == base | keys
     assert RunSpec.from_json(run.to_json()) == run
+
+
+def test_the_container_is_never_sent_the_host_side_fields() -> None:
+    """`publish` and the egress policy are the host's business: the container's copy of the
+    spec has them at their defaults, so its JSON does not even name them."""
+    run = spec(1, "p", "https://h/o/r", publish=True, egress="custom:pypi.org")
+    assert {"publish", "egress"} <= set(json.loads(run.to_json()))
+    inside = run.for_container()
+    assert set(json.loads(inside.to_json())).isdisjoint({"publish", "egress"})
+    assert (inside.publish, inside.egress, inside.prompt) == (False, "none", "p")

@@ -315,5 +315,5 @@ def draft_from_modal(values: dict[str, Any]) -> RoutineDraft:
         channel_id=value("channel_id"), branch=value("branch") or "main",
         setup_script=value("setup_script"), model=value("model"),
         timeout_seconds=value("timeout_seconds"), payload_template=value("payload_template"),
-        schedule=value("schedule"), schedule_tz=value("schedule_tz"),
+        schedule=value("schedule"), schedule_tz=value("schedule_tz"), network=value("network"),
     )
