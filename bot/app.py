@@ -117,6 +117,7 @@ class Bot:
         self.scheduler.stop()
         await self.approvals.stop()
         await self.dispatcher.stop()
+        self.sandbox.close()
         self.docker.close()
         self.db.close()
 
@@ -124,7 +125,6 @@ class Bot:
 def _sandbox_config(settings: Settings) -> SandboxConfig:
     return SandboxConfig(
         image=settings.sandbox_image,
-        network=settings.sandbox_network,
         workspace_root=settings.data_dir.resolve() / "workspaces" / settings.instance,
         instance=settings.instance,
         memory=settings.sandbox_memory,
