@@ -8,7 +8,8 @@ Those lines are for people: the host takes usage and the self-report from its mo
 gateway, which this agent reaches with a run token (never the real key) through the
 loopback ports `runner.inside.forwarder` opens. The process makes itself non-dumpable
 first, so the tools it runs (same uid) can neither read its environment (the token)
-through /proc nor write into its stdout.
+through /proc nor write into its stdout, and blanks the token in its original
+environment block as well.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from runner.inside import forwarder
 MAX_TOOL_OUTPUT = 16_000
 SHELL_TIMEOUT = 600
 SECRET_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", SPEC_ENV)
+TOKEN_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")  # the run token's names
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 SYSTEM_PROMPT = """You are an engineering agent running a scheduled routine in a sandbox.
@@ -291,8 +293,27 @@ def make_undumpable() -> None:
         raise OSError(errno, f"prctl(PR_SET_DUMPABLE, 0): {os.strerror(errno)}")
 
 
+def scrub_environ(names: tuple[str, ...] = TOKEN_ENV) -> None:
+    """Blank the values of `names` in the environment block the process started with:
+    that block is what /proc/1/environ shows, while `os.environ` (which the SDK reads)
+    is Python's own copy. Where a runtime does not hide a non-dumpable process's /proc
+    files from its uid (gVisor), this still keeps the run token from the tools."""
+    libc = ctypes.CDLL(None)
+    environ = ctypes.POINTER(ctypes.c_void_p).in_dll(libc, "environ")
+    prefixes = tuple(f"{name}=".encode() for name in names)
+    index = 0
+    while environ[index]:
+        address = environ[index]
+        entry = ctypes.string_at(address)
+        for prefix in prefixes:
+            if entry.startswith(prefix):
+                ctypes.memset(address + len(prefix), 0, len(entry) - len(prefix))
+        index += 1
+
+
 def main() -> int:
     make_undumpable()
+    scrub_environ()
     forwarder.start()  # before the setup script: it may need the proxy
     spec = RunSpec.from_json(os.environ[SPEC_ENV])
     emit({"type": "started", "run_id": spec.run_id, "model": spec.model})

@@ -36,12 +36,13 @@ from tests.support.slack_flows import wait_until
 pytestmark = pytest.mark.docker
 
 # Searches every /proc/*/environ and cmdline, every readable file (but /proc, /sys, /dev)
-# and its own environment for the key. The key is spelt backwards in the script so that
-# the search's own command line does not hold it.
+# and its own environment for the key, and lists every ANTHROPIC_API_KEY value it finds
+# in a process's environment. The key is spelt backwards in the script so that the
+# search's own command line does not hold it.
 SEARCH = """python3 - <<'EOF'
 import json, os
 key = %r[::-1].encode()
-hits, read, denied = [], 0, []
+hits, read, denied, tokens = [], 0, [], set()
 def check(name, data):
     global read
     read += 1
@@ -52,9 +53,13 @@ for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
         path = f"/proc/{pid}/{part}"
         try:
             with open(path, "rb") as f:
-                check(path, f.read())
+                data = f.read()
         except OSError:
             denied.append(path)
+            continue
+        check(path, data)
+        tokens.update(v.split(b"=", 1)[1].strip(b"\\0").decode() for v in data.split(b"\\0")
+                      if v.startswith(b"ANTHROPIC_API_KEY="))
 for root, dirs, files in os.walk("/"):
     if root == "/":
         dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
@@ -67,8 +72,7 @@ for root, dirs, files in os.walk("/"):
         except OSError:
             denied.append(path)
 check("env", "\\n".join(f"{k}={v}" for k, v in os.environ.items()).encode())
-print(json.dumps({"hits": hits, "read": read, "proc_denied": [d for d in denied
-                                                              if d.startswith("/proc/")]}))
+print(json.dumps({"hits": hits, "read": read, "tokens": sorted(tokens)}))
 EOF"""
 
 
@@ -79,18 +83,21 @@ async def test_the_real_key_is_nowhere_a_run_can_read_but_reaches_the_upstream(
         "search", [tool("run_shell", command=SEARCH % API_KEY[::-1])],
         [report("success", "searched")])
     sandbox = make_sandbox(docker_client, anthropic_api, tmp_path / "ws", SANDBOX_IMAGE)
+    tokens: list[str] = []
 
-    seen = await execute(sandbox, spec(41, f"Search. {marker}", git_repo))
+    result = await asyncio.to_thread(
+        sandbox.execute, spec(41, f"Search. {marker}", git_repo), lambda _s, _e: None,
+        lambda _id: tokens.append(run_token(docker_client, sandbox, 41)), RunControl())
 
-    assert seen.result.report == Report("success", "searched")
+    assert result.report == Report("success", "searched")
     sent = anthropic_api.requests_for("search")
     output = tool_results(sent[1].body)[0]["content"]
     found = json.loads(output.splitlines()[1])
     assert found["hits"] == []
     assert found["read"] > 1000  # it did read the image's files, not nothing
-    # The agent (process 1) is not dumpable: its environment (the run token) is not the
-    # tools' to read either.
-    assert "/proc/1/environ" in found["proc_denied"]
+    # Nor can the tools read the run token from the agent (process 1): it is not
+    # dumpable, and it blanked the token in its environment block.
+    assert tokens[0].startswith("rt-") and tokens[0] not in found["tokens"]
     # Every call reached the upstream with the real key, which only the host holds.
     assert len(sent) == 2
     assert all(r.headers.get("x-api-key") == API_KEY for r in sent)
