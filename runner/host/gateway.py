@@ -221,7 +221,7 @@ class ModelGateway:
                 if upstream.content_type == "text/event-stream":
                     return await self._stream(request, run, model, upstream)
                 data = await upstream.read()
-                run.record(_json_call(request.path, model, upstream.status, data))
+                run.record(json_call(request.path, model, upstream.status, data))
                 return web.Response(status=upstream.status, body=data,
                                     headers=_relayed(upstream))
         except (TimeoutError, aiohttp.ClientError):
@@ -313,7 +313,8 @@ class SseMeter:
             self.output_tokens = _count(usage["output_tokens"])
 
 
-def _json_call(path: str, model: str, status: int, data: bytes) -> ModelCall:
+def json_call(path: str, model: str, status: int, data: bytes) -> ModelCall:
+    """A non-streamed answer's call: usage from its body, and its report_result, if any."""
     try:
         body = json.loads(data)
     except ValueError:
