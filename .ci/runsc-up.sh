@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # gVisor for the run containers: Debian's runsc, registered with the running dockerd as the
-# `runsc` runtime (ptrace platform; --network=host: the container's own netns, a bridge).
+# `runsc` runtime (ptrace platform; --network=host: the container's own netns, which for runs
+# is `none`; --host-uds=open: a run reaches the host's model gateway and egress proxy only
+# through the Unix sockets bind-mounted at /run/routines).
 # Idempotent. Run after .ci/docker-up.sh.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -18,7 +20,8 @@ import json, pathlib
 path = pathlib.Path("/etc/docker/daemon.json")
 config = json.loads(path.read_text()) if path.exists() and path.read_text().strip() else {}
 config.setdefault("runtimes", {})["runsc"] = {
-    "path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace", "--network=host"]}
+    "path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace", "--network=host",
+                                       "--host-uds=open"]}
 path.write_text(json.dumps(config, indent=2) + "\n")
 PY
 pkill -HUP -x dockerd  # runtimes reload without a restart

@@ -13,8 +13,8 @@ is inside a long `run_shell`, so every container is busy, as in an incident):
   them before it answers). Measured in the same process run, as the floor.
 
 It prints both and their ratio. Everything is local: the bot runs in-process on
-loopback, Slack and Anthropic are stand-ins (the Anthropic one on the gateway of the
-project's docker network `routines-test`), the repository is a local git repo.
+loopback, Slack and Anthropic are stand-ins (on loopback: runs reach the Anthropic one
+through the host's model gateway), the repository is a local git repo.
 
 Run from the repository root, after `make images`:
 
@@ -47,7 +47,6 @@ from tests.standins.environment import (  # noqa: E402
     SIGNING_SECRET,
     local_settings,
     make_git_repo,
-    network_gateway,
 )
 from tests.standins.slack_api import SlackApiStandIn  # noqa: E402
 from tests.support.slack_requests import FakeSlack, modal_values  # noqa: E402
@@ -72,7 +71,7 @@ async def wait_until(check: Any, seconds: float, what: str) -> None:
 
 async def bench_engage(count: int, image: str, tmp: Path, client: Any) -> float:
     slack_api = SlackApiStandIn()
-    anthropic_api = AnthropicStandIn(network_gateway(client), API_KEY)
+    anthropic_api = AnthropicStandIn(API_KEY)
     await slack_api.start()
     await anthropic_api.start()
     marker = anthropic_api.script("bench-kill", [tool("run_shell", command="sleep 3600")])

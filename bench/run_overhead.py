@@ -15,8 +15,8 @@ It prints both medians and their ratio, the per-run latencies, and a breakdown o
 run (taken from the Docker engine's event stream) so one can see where the time goes.
 
 Everything is local: the bot runs in-process on loopback, the Slack API stand-in on
-loopback, the Anthropic stand-in on the gateway address of the project's own docker
-network `routines-test`, the routine's repository is a local git repo in a temp dir.
+loopback, the Anthropic stand-in on loopback too (runs reach it through the host's model
+gateway), the routine's repository is a local git repo in a temp dir.
 The baseline containers have no network at all.
 
 Run from the repository root, after `make images` (builds routines-sandbox:latest):
@@ -59,7 +59,6 @@ from tests.standins.environment import (  # noqa: E402
     SIGNING_SECRET,
     local_settings,
     make_git_repo,
-    network_gateway,
 )
 from tests.standins.slack_api import SlackApiStandIn  # noqa: E402
 from tests.support.slack_requests import FakeSlack, modal_values  # noqa: E402
@@ -152,8 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def docker_setup(client: Any, image: str) -> tuple[str, str]:
-    """The image's id and the gateway address of the project's test network."""
+def docker_setup(client: Any, image: str) -> str:
+    """The image's id."""
     try:
         client.ping()
         image_id = str(client.images.get(image).id)
@@ -161,7 +160,7 @@ def docker_setup(client: Any, image: str) -> tuple[str, str]:
         raise BenchError(f"sandbox image {image} is missing: run `make images`") from None
     except docker.errors.DockerException as exc:
         raise BenchError(f"Docker engine not reachable ({exc}): run `make images`") from None
-    return image_id, network_gateway(client)
+    return image_id
 
 
 async def create_routine(fake: FakeSlack, slack_api: SlackApiStandIn, prompt: str,
@@ -219,11 +218,11 @@ async def one_run(fake: FakeSlack, slack_api: SlackApiStandIn,
     )
 
 
-async def bench_bot_runs(runs: int, image: str, gateway: str, tmp: Path,
+async def bench_bot_runs(runs: int, image: str, tmp: Path,
                          events: ContainerEvents) -> list[RunSample]:
     """Start stand-ins and the bot, create the routine, run it `runs` times in a row."""
     slack_api = SlackApiStandIn()
-    anthropic_api = AnthropicStandIn(gateway, API_KEY)
+    anthropic_api = AnthropicStandIn(API_KEY)
     bot: Bot | None = None
     try:
         await slack_api.start()
@@ -318,13 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     client = docker.from_env()
     try:
-        image_id, gateway = docker_setup(client, args.image)
+        image_id = docker_setup(client, args.image)
         events = ContainerEvents(client, ROUTINE)
         events.start()
         try:
             with tempfile.TemporaryDirectory(prefix="routines-bench-") as tmp:
                 samples = asyncio.run(
-                    bench_bot_runs(args.runs, args.image, gateway, Path(tmp), events))
+                    bench_bot_runs(args.runs, args.image, Path(tmp), events))
         finally:
             events.stop()
         bare = bench_bare_docker(args.runs, args.image)

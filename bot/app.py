@@ -119,6 +119,7 @@ class Bot:
         self.scheduler.stop()
         await self.approvals.stop()
         await self.dispatcher.stop()
+        self.sandbox.close()
         self.docker.close()
         self.db.close()
 
@@ -126,7 +127,6 @@ class Bot:
 def _sandbox_config(settings: Settings) -> SandboxConfig:
     return SandboxConfig(
         image=settings.sandbox_image,
-        network=settings.sandbox_network,
         workspace_root=settings.data_dir.resolve() / "workspaces" / settings.instance,
         instance=settings.instance,
         memory=settings.sandbox_memory,

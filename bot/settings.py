@@ -27,6 +27,8 @@ class Settings:
     slack_signing_secret: str = ""
     slack_app_token: str = ""
     slack_api_url: str = "https://slack.com/api/"
+    # The model gateway's upstream ("" : api.anthropic.com). The key and this URL stay on
+    # the host: a run's container gets a run token and the gateway's address instead.
     anthropic_base_url: str = ""
     database_url: str = "sqlite:///routines.db"
     docker_host: str = ""
@@ -34,6 +36,8 @@ class Settings:
     port: int = 3000
     data_dir: Path = Path("data")
     sandbox_image: str = "routines-sandbox:latest"
+    # Ignored since runs have no network (`--network none`, the host reached through Unix
+    # sockets); still read so that existing configurations load.
     sandbox_network: str = "routines-sandbox"
     sandbox_memory: str = "1g"
     sandbox_cpus: float = 1.0

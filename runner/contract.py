@@ -23,6 +23,15 @@ newer key being absent (an older image). So `api_error`'s `status_code`, added a
 its summary, is read by `api_status_code`, which falls back on the summary's wording
 for an image that wrote no such key; an older host ignores the key and reads the
 summary, whose wording is kept.
+
+The container's lines are not the run's truth. The host writes events of its own into
+the same log (`HOST_EVENT_TYPES`, each with `"source": "host"`): `model_call` for every
+Messages API call the model gateway (`runner.host.gateway`) forwarded, with its usage and,
+when the response held a `report_result` tool call, that `report`. Usage, the budget and
+the self-report come from those only: a container line claiming a host type is kept as an
+`output` line, a container `usage` line counts nothing, and a container `result` can make
+a run fail (setup_failed, turn_limit...) but never succeed (`RunResult.report` is what
+the gateway saw).
 """
 
 from __future__ import annotations
@@ -37,6 +46,22 @@ WORKSPACE = "/workspace"
 LABEL_INSTANCE = "org.routines.instance"  # which bot deployment owns the container
 LABEL_RUN_ID = "org.routines.run_id"
 LABEL_ROUTINE = "org.routines.routine"
+# sha256 of the run's gateway token: an adopted container gets its gateway back.
+LABEL_TOKEN_SHA256 = "org.routines.token_sha256"  # noqa: S105 - a label name
+
+# Where the host's Unix sockets appear inside the container, and the loopback ports the
+# in-container forwarder (`runner.inside.forwarder`) serves them on.
+SOCKET_DIR = "/run/routines"
+GATEWAY_SOCKET = "gateway.sock"
+PROXY_SOCKET = "proxy.sock"
+GATEWAY_PORT = 4100
+PROXY_PORT = 3128
+# Socket file name -> the loopback port it is forwarded to inside the container.
+FORWARDED_SOCKETS = {GATEWAY_SOCKET: GATEWAY_PORT, PROXY_SOCKET: PROXY_PORT}
+
+# Event types only the host writes (see the module's docstring).
+HOST_EVENT_TYPES = frozenset({"model_call", "egress"})
+HOST_SOURCE = "host"
 
 Event = dict[str, Any]
 
@@ -82,6 +107,53 @@ class RunSpec:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
+@dataclass(frozen=True)
+class Report:
+    """The agent's self-report, as the host saw it: a `report_result` tool call in a
+    model response that passed through the gateway."""
+
+    outcome: str  # "success" or "failure"
+    summary: str
+
+    @classmethod
+    def from_input(cls, args: Any) -> Report:
+        """From the tool call's input; anything but an explicit success is a failure."""
+        values = args if isinstance(args, dict) else {}
+        outcome = "success" if values.get("outcome") == "success" else "failure"
+        return cls(outcome, str(values.get("summary", "")))
+
+    def to_json(self) -> dict[str, str]:
+        return {"outcome": self.outcome, "summary": self.summary}
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What the host had already observed of a run it follows again (adoption after a
+    restart), read back from the stored log: the container events to skip when its log
+    is replayed, the next sequence number, the gateway's usage and report so far."""
+
+    skip_events: int = 0
+    next_seq: int = 1
+    input_tokens: int = 0
+    output_tokens: int = 0
+    report: Report | None = None
+
+    @classmethod
+    def from_log(cls, events: list[Event], last_seq: int) -> Resume:
+        """`events` in order, as stored; `last_seq` the largest stored sequence number."""
+        skip = used_in = used_out = 0
+        report: Report | None = None
+        for event in events:
+            if event.get("type") not in HOST_EVENT_TYPES:
+                skip += 1
+            elif event.get("type") == "model_call":
+                used_in += _count(event.get("input_tokens"))
+                used_out += _count(event.get("output_tokens"))
+                if report is None and isinstance(event.get("report"), dict):
+                    report = Report.from_input(event["report"])
+        return cls(skip, last_seq + 1, used_in, used_out, report)
+
+
 @dataclass
 class RunResult:
     """What the host observed: facts, not a verdict (the bot decides the run's status)."""
@@ -91,7 +163,9 @@ class RunResult:
     timed_out: bool = False
     killed: bool = False
     infra_error: str | None = None
-    final: Event | None = None
+    final: Event | None = None  # the container's last `result` line: it can only fail a run
+    report: Report | None = None  # the self-report the gateway saw: the only success
+    # Usage as the gateway counted it (never from the container's lines).
     input_tokens: int = 0
     output_tokens: int = 0
     diff: str = ""
@@ -100,11 +174,21 @@ class RunResult:
     # `RunSpec.publish` and the run changed files: the commit kept for `runner.host.publish`.
     commit: str | None = None
     publish_error: str | None = None  # the changes could not be kept as a commit
-    # The agent went on calling the API after its token budget was spent: container killed.
+    # The agent went on calling the API after its token budget was spent: the gateway
+    # refused the call and the container was killed.
     token_budget_exceeded: bool = False
 
 
 HOST_ONLY_FIELDS = ("publish", "egress")  # `RunSpec` fields the container is never sent
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunSpec)
                              if f.default is not MISSING}
 # How images without `status_code` wrote it (the SDK's wording, in the summary).
@@ -130,13 +214,17 @@ def parse_event_line(line: str) -> Event:
     """Parse one stdout line; anything that is not a JSON object becomes an `output` event.
 
     The agent is not trusted to print only JSON (a setup script may write to stdout), so
-    a stray line is kept as text rather than lost or treated as an error.
+    a stray line is kept as text rather than lost or treated as an error. Nor is it
+    trusted to speak for the host: a line claiming a host type is kept as text too, and
+    a `source` key it wrote is dropped.
     """
     text = line.strip()
     try:
         value = json.loads(text)
     except ValueError:
         return {"type": "output", "text": text}
-    if isinstance(value, dict) and isinstance(value.get("type"), str):
+    if (isinstance(value, dict) and isinstance(value.get("type"), str)
+            and value["type"] not in HOST_EVENT_TYPES):
+        value.pop("source", None)
         return value
     return {"type": "output", "text": text}

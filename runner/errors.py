@@ -41,3 +41,15 @@ class CloneRefused(RepoRefused, WorkspaceError):
 
 class PushRefused(RepoRefused, PublishError):
     operation = "push to"
+
+
+class GatewayUnavailable(RunnerError):
+    """The run's model gateway could not listen on its socket (`path`), so the run
+    cannot reach the model: nothing was started."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return f"could not open the run's model gateway at {self.path}: {self.reason}"

@@ -2,7 +2,7 @@
 
 The tiers (tests/unit, services, doors, acceptance) are told apart by what they need, and
 two markers say it: `docker` for a test that reaches the engine (the docker_client fixture,
-directly or through start_bot, anthropic_api or settings), `postgres` for one that takes
+directly or through start_bot), `postgres` for one that takes
 its database from database_url, the one place ROUTINES_TEST_POSTGRES is read, so that
 `-m postgres` runs it again on PostgreSQL. `pytest_collection_modifyitems` below checks
 the markers against the fixtures, so neither can drift. Nothing here reaches the engine or
@@ -30,7 +30,6 @@ from tests.standins.environment import (
     SIGNING_SECRET,
     local_settings,
     make_git_repo,
-    network_gateway,
 )
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import SANDBOX_IMAGE, BotFactory
@@ -90,11 +89,6 @@ def docker_client() -> Iterator[Any]:
     client.close()
 
 
-@pytest.fixture(scope="session")
-def sandbox_gateway(docker_client: Any) -> str:
-    return network_gateway(docker_client)
-
-
 @pytest.fixture
 async def slack_api() -> AsyncIterator[SlackApiStandIn]:
     server = SlackApiStandIn()
@@ -104,8 +98,10 @@ async def slack_api() -> AsyncIterator[SlackApiStandIn]:
 
 
 @pytest.fixture
-async def anthropic_api(sandbox_gateway: str) -> AsyncIterator[AnthropicStandIn]:
-    server = AnthropicStandIn(sandbox_gateway, API_KEY)
+async def anthropic_api() -> AsyncIterator[AnthropicStandIn]:
+    """On loopback, like the real API reached by the host: runs get to it only through
+    the host's model gateway."""
+    server = AnthropicStandIn(API_KEY)
     await server.start()
     yield server
     await server.stop()
@@ -136,7 +132,7 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def settings(tmp_path: Path, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
-             sandbox_gateway: str, database_url: str) -> Settings:
+             database_url: str) -> Settings:
     return local_settings(tmp_path, slack_api.url, anthropic_api.url,
                           database_url=database_url, sandbox_image=SANDBOX_IMAGE)
 

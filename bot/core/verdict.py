@@ -1,5 +1,7 @@
 """How a run ends: the verdict from what the runner observed. Pure, and the heart of
-beating the green-status trap: only an explicit success report is a success."""
+beating the green-status trap: only an explicit success report is a success, and only
+as the host saw it (`RunResult.report`, from the model gateway), never as the container
+says it (anything in the container can print a `result` line)."""
 
 from __future__ import annotations
 
@@ -40,14 +42,10 @@ def decide_outcome(result: RunResult, timeout_seconds: int) -> RunOutcome:
                           FailureKind.TOKEN_BUDGET)
     if result.killed:
         return RunOutcome(RunStatus.KILLED, None, "killed", FailureKind.KILLED)
+    # The container's own account of its end can make a run fail, never succeed.
     final = result.final or {}
     kind = final.get("kind")
     summary = str(final.get("summary", "")) or None
-    if kind == "report":
-        if final.get("outcome") == "success":
-            return RunOutcome(RunStatus.SUCCEEDED, summary, None, None)
-        return RunOutcome(RunStatus.FAILED, summary, summary or "the agent reported failure",
-                          FailureKind.REPORTED_FAILURE)
     if kind == "api_error":
         return RunOutcome(RunStatus.ERROR, None, summary, api_failure(api_status_code(final)))
     if kind == "token_budget":
@@ -55,6 +53,15 @@ def decide_outcome(result: RunResult, timeout_seconds: int) -> RunOutcome:
                           FailureKind.TOKEN_BUDGET)
     if kind in _ENDED_UNREPORTED:
         return RunOutcome(RunStatus.FAILED, None, summary, _ENDED_UNREPORTED[kind])
+    # The self-report: only the report_result call the host's gateway saw in a model
+    # response. A container that says it reported (kind "report") without one did not.
+    report = result.report
+    if report is not None and kind in {None, "report"}:
+        reported = report.summary or None
+        if report.outcome == "success":
+            return RunOutcome(RunStatus.SUCCEEDED, reported, None, None)
+        return RunOutcome(RunStatus.FAILED, reported, reported or "the agent reported failure",
+                          FailureKind.REPORTED_FAILURE)
     detail = f" (exit code {result.exit_code})" if result.exit_code is not None else ""
     return RunOutcome(RunStatus.FAILED, None, f"no self-report{detail}",
                       FailureKind.NO_SELF_REPORT)

@@ -51,7 +51,6 @@ class Dispatcher:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(self.sandbox.ensure_network)
             await self._reconcile()
         except docker.errors.DockerException as exc:
             log.error("docker engine unavailable at start, runs will error: %s", exc)
@@ -134,9 +133,11 @@ class Dispatcher:
                 result = await loop.run_in_executor(
                     self._executor, self.sandbox.execute, spec, on_event, on_started, control)
             else:
-                seen = await asyncio.to_thread(self.services.runs.last_event_seq, spec.run_id)
+                # What the host saw before the restart: events, gateway usage, report.
+                resume = await asyncio.to_thread(self.services.runs.resume, spec.run_id)
                 result = await loop.run_in_executor(
-                    self._executor, self.sandbox.follow, spec, container, on_event, control, seen)
+                    self._executor, self.sandbox.follow, spec, container, on_event, control,
+                    resume)
         except Exception as exc:  # a bug must not leave the run `running` forever
             log.exception("run %s crashed in the dispatcher", spec.run_id)
             result = RunResult(run_id=spec.run_id, infra_error=f"internal error: {exc}")

@@ -43,7 +43,7 @@ from bot.store.tables import (
     as_utc,
     utcnow,
 )
-from runner.contract import Event, RunSpec
+from runner.contract import Event, Resume, RunSpec
 from runner.egress_policy import EGRESS_EVENT
 
 
@@ -144,6 +144,11 @@ class RunService(Service):
             return int(session.exec(
                 select(func.coalesce(func.max(RunEvent.seq), 0)).where(RunEvent.run_id == run_id)
             ).one())
+
+    def resume(self, run_id: int) -> Resume:
+        """Where following an adopted run picks up: from its stored log (the container
+        events to skip, the next seq, the gateway's usage and report so far)."""
+        return Resume.from_log(self.events(run_id), self.last_event_seq(run_id))
 
     def finish(self, run_id: int, outcome: RunOutcome, input_tokens: int,
                output_tokens: int, diff: str, commit: str | None = None) -> RunView:

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from runner.host.proxy_http import (
     read_head,
     tunnel,
 )
+from runner.host.unix import listen_unix
 from runner.repo_policy import AddressKind
 
 __all__ = ["EGRESS_EVENT", "AttemptSink", "EgressAttempt", "EgressProxy", "RunProxy"]
@@ -141,7 +141,7 @@ class EgressProxy:
         a run already open closes it first (an adopted run gets a fresh server)."""
         self.close_run(run_id)
         run = RunProxy(run_id, policy, Path(socket_path), on_attempt)
-        self.loop.call(self._start(run))
+        self.loop.run(self._start(run))
         self._runs[run_id] = run
         return run
 
@@ -150,7 +150,7 @@ class EgressProxy:
         remove its socket. Closing a run that is not open does nothing."""
         run = self._runs.pop(run_id, None)
         if run is not None:
-            self.loop.call(self._stop(run))
+            self.loop.run(self._stop(run))
 
     def close(self) -> None:
         for run_id in list(self._runs):
@@ -159,14 +159,11 @@ class EgressProxy:
             self.loop.stop()
 
     async def _start(self, run: RunProxy) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            run.socket_path.unlink()
-
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await self._serve(run, reader, writer)
 
-        run.server = await asyncio.start_unix_server(serve, path=str(run.socket_path))
-        os.chmod(run.socket_path, 0o666)  # noqa: S103 - the container's user must connect
+        # Connectable by the container's user (mode 0666), at a path of any length.
+        run.server = await asyncio.start_unix_server(serve, sock=listen_unix(run.socket_path))
 
     async def _stop(self, run: RunProxy) -> None:
         if run.server is not None:

@@ -2,13 +2,19 @@
 
 Blocking by design (docker and git are blocking libraries): the bot calls `execute`
 from a worker thread and can stop waiting through a `RunControl`.
+
+A run's container has no network (`network_mode="none"`) and no key. It reaches the host
+only through Unix sockets in a per-run directory beside its workspace, mounted at
+`SOCKET_DIR`: the model gateway (`runner.host.gateway`), which holds the real key and
+counts the run's usage and self-report. The run's log is one sequence: the container's
+lines and the host's own events (`HOST_EVENT_TYPES`) in arrival order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -22,18 +28,30 @@ import docker.errors
 import requests.exceptions
 
 from runner.contract import (
+    GATEWAY_PORT,
+    GATEWAY_SOCKET,
     LABEL_INSTANCE,
     LABEL_ROUTINE,
     LABEL_RUN_ID,
+    LABEL_TOKEN_SHA256,
+    PROXY_PORT,
+    PROXY_SOCKET,
+    SOCKET_DIR,
     SPEC_ENV,
     WORKSPACE,
     Event,
+    Resume,
     RunResult,
     RunSpec,
     parse_event_line,
 )
+from runner.egress_policy import EgressPolicy
+from runner.errors import GatewayUnavailable
 from runner.host import publish, workspace
+from runner.host.egress_proxy import EgressAttempt, EgressProxy
 from runner.host.fetch_policy import Resolver, system_resolve
+from runner.host.gateway import GatewayRun, ModelCall, ModelGateway, new_token, token_sha256
+from runner.host.loop import BackgroundLoop
 from runner.repo_policy import FetchPolicy
 
 SANDBOX_UID = 10001
@@ -43,13 +61,16 @@ EventSink = Callable[[int, Event], None]
 @dataclass(frozen=True)
 class SandboxConfig:
     image: str
-    network: str
     workspace_root: Path
+    # Ignored: runs have no network at all (`network_mode="none"`); kept so that existing
+    # configurations (ROUTINES_SANDBOX_NETWORK) still load.
+    network: str = ""
     instance: str = "default"
     memory: str = "1g"
     cpus: float = 1.0
     pids: int = 256
     runtime: str = ""  # the engine's OCI runtime for runs ("runsc": gVisor); "" its default
+    # The model gateway's upstream: the real key never leaves the host.
     anthropic_api_key: str = ""
     anthropic_base_url: str = ""
     max_diff_chars: int = 1_000_000
@@ -74,35 +95,56 @@ class RunControl:
 
 class Sandbox:
     def __init__(self, client: docker.DockerClient, config: SandboxConfig,
-                 resolve: Resolver = system_resolve) -> None:
+                 resolve: Resolver = system_resolve,
+                 egress_resolve: Resolver = system_resolve) -> None:
         self.client = client
         self.config = config
         self.resolve = resolve  # the clone's resolver (tests give a fake one)
+        self._servers = BackgroundLoop("sandbox-servers")
+        self.gateway = ModelGateway(self._servers, config.anthropic_base_url,
+                                    config.anthropic_api_key)
+        # The proxy's resolver: tests map their own test hosts' names to addresses.
+        self.egress = EgressProxy(self._servers, resolve=egress_resolve)
 
-    def ensure_network(self) -> None:
-        """Create the runs' bridge network once; runs never share the default bridge."""
-        existing = self.client.networks.list(names=[self.config.network])  # substring match
-        if not any(network.name == self.config.network for network in existing):
-            self.client.networks.create(self.config.network, driver="bridge",
-                                        labels={"org.routines": "sandbox"})
+    def close(self) -> None:
+        """Stop serving every run (their containers run on, to be adopted) and the loop."""
+        self.gateway.stop()
+        self.egress.close()
+        self._servers.stop()
+
+    def socket_dir(self, run_id: int) -> Path:
+        """The run's Unix sockets on the host, mounted at `SOCKET_DIR` in its container."""
+        return self.config.workspace_root / f"run-{run_id}.sock"
 
     def execute(self, spec: RunSpec, on_event: EventSink,
                 on_started: Callable[[str], None], control: RunControl) -> RunResult:
-        """Clone, start the container, follow it, and clean up, whatever happens."""
+        """Clone, open the run's gateway, start the container, follow it, and clean up,
+        whatever happens."""
         root = self.config.workspace_root
+        token = new_token()
+        log = _RunLog(on_event)
         try:
             repo = workspace.prepare(root, spec.run_id, spec.repo_url, spec.branch,
                                      SANDBOX_UID if os.geteuid() == 0 else None,
                                      policy=self.config.fetch_policy, resolve=self.resolve)
-            container = self._start(spec, repo)
-        except (workspace.WorkspaceError, docker.errors.DockerException) as exc:
+            door = self._open_gateway(spec, token_sha256(token), log, Resume())
+            self._open_egress(spec, log)
+            container = self._start(spec, repo, token)
+        except (workspace.WorkspaceError, GatewayUnavailable,
+                docker.errors.DockerException) as exc:
+            self.gateway.close(spec.run_id)
+            self.egress.close_run(spec.run_id)
+            shutil.rmtree(self.socket_dir(spec.run_id), ignore_errors=True)
             workspace.remove(root, spec.run_id)
             return RunResult(run_id=spec.run_id, infra_error=_describe_infra_error(exc))
         on_started(container.id)
-        return self.follow(spec, container, on_event, control, skip_events=0)
+        return self._follow(spec, container, control, log, door, skip_events=0)
 
     def kill(self, run_id: int) -> None:
-        """Kill a run's container at once (its follower then records how it ended)."""
+        """Kill a run's container at once (its follower then records how it ended); its
+        token admits nothing from now on, and its proxy lets nothing more through."""
+        self.gateway.revoke(run_id)
+        self.egress.close_run(run_id)
         try:
             self.client.containers.get(self.container_name(run_id)).kill()
         except docker.errors.NotFound:
@@ -127,8 +169,53 @@ class Sandbox:
         return found
 
     def follow(self, spec: RunSpec, container: Any, on_event: EventSink,
-               control: RunControl, skip_events: int) -> RunResult:
-        """Stream a started container's events until it exits, times out or is killed.
+               control: RunControl, resume: Resume) -> RunResult:
+        """Follow a container started by an earlier bot process (adoption): its gateway is
+        opened again on the same socket, for the same token (by its hash, a label), with
+        the usage and report observed so far; the container's log is replayed from its
+        start and the events already stored (`resume.skip_events`) skipped."""
+        log = _RunLog(on_event, resume.next_seq)
+        try:
+            door = self._open_gateway(spec, str(container.labels.get(LABEL_TOKEN_SHA256, "")),
+                                      log, resume)
+            self._open_egress(spec, log)
+        except GatewayUnavailable as exc:
+            _kill(container)
+            self._finish(spec, container, RunResult(run_id=spec.run_id))
+            return RunResult(run_id=spec.run_id, infra_error=str(exc))
+        return self._follow(spec, container, control, log, door, resume.skip_events)
+
+    def _open_egress(self, spec: RunSpec, log: _RunLog) -> None:
+        """The run's proxy, for every policy (`none` included: refusals are logged too);
+        each attempt, allowed or refused, becomes an `egress` event of the run's log."""
+        def on_attempt(attempt: EgressAttempt) -> None:
+            log.emit(dict(attempt.event(), ts=round(time.time(), 3)))
+
+        path = self.socket_dir(spec.run_id) / PROXY_SOCKET
+        try:
+            self.egress.open_run(spec.run_id, EgressPolicy.from_spec(spec.egress), path,
+                                 on_attempt)
+        except OSError as exc:
+            raise GatewayUnavailable(str(path), exc.strerror or str(exc)) from exc
+
+    def _open_gateway(self, spec: RunSpec, token_hash: str, log: _RunLog,
+                      resume: Resume) -> GatewayRun:
+        def on_call(call: ModelCall) -> None:
+            log.emit(dict(call.to_event(), ts=round(time.time(), 3)))
+
+        door = GatewayRun(spec.run_id, token_hash, spec.max_tokens, on_call,
+                          resume.input_tokens, resume.output_tokens, resume.report)
+        path = self.socket_dir(spec.run_id) / GATEWAY_SOCKET
+        try:
+            self.gateway.open(door, path)
+        except OSError as exc:
+            raise GatewayUnavailable(str(path), exc.strerror or str(exc)) from exc
+        return door
+
+    def _follow(self, spec: RunSpec, container: Any, control: RunControl, log: _RunLog,
+                door: GatewayRun, skip_events: int) -> RunResult:
+        """Stream a started container's events until it exits, times out, is killed, or
+        its gateway refused a call over its token budget.
 
         `skip_events` lets an adopted container's earlier events (already stored) be
         skipped: the container's log is replayed from its start.
@@ -136,20 +223,22 @@ class Sandbox:
         result = RunResult(run_id=spec.run_id)
         started = _started_at(container)
         stream = container.logs(stream=True, follow=True, stdout=True, stderr=False)
-        meter = _TokenMeter(spec.max_tokens, over_budget=lambda: _kill(container))
         reader = threading.Thread(target=self._read_events,
-                                  args=(stream, result, on_event, skip_events, meter),
-                                  daemon=True)
+                                  args=(stream, result, log, skip_events), daemon=True)
         reader.start()
         deadline = started + spec.timeout_seconds
         while True:
             if control.detached.is_set():
                 stream.close()  # the next bot process replays the log from the start
                 reader.join(timeout=10)
+                self.gateway.close(spec.run_id, revoke=False)  # the next one reopens it
+                self.egress.close_run(spec.run_id)
                 result.detached = True
                 return result
             if control.kill_requested.is_set():
                 result.killed = True
+                break
+            if door.budget_exceeded:  # the gateway refused a call: the agent went on
                 break
             remaining = deadline - time.time()
             if remaining <= 0:
@@ -166,32 +255,44 @@ class Sandbox:
         if result.exit_code is None:
             _kill(container)
         reader.join(timeout=10)
+        self.gateway.close(spec.run_id)  # the token dies with the run
+        self.egress.close_run(spec.run_id)
+        # Usage, budget and report: the gateway's observations, never the container's.
+        result.input_tokens, result.output_tokens = door.input_tokens, door.output_tokens
+        result.report = door.report
+        result.token_budget_exceeded = door.budget_exceeded
         if result.final is None:  # why it died matters most when it never reported
             tail = _stderr_tail(container)
             if tail:
-                on_event(result.events_seen + 1, {"type": "stderr", "text": tail})
+                log.emit({"type": "stderr", "text": tail})
         self._finish(spec, container, result)
         return result
 
-    def _start(self, spec: RunSpec, repo: Path) -> Any:
+    def _start(self, spec: RunSpec, repo: Path, token: str) -> Any:
         cfg = self.config
-        # `publish` is the host's business; left out, an older image still reads the spec.
-        env = {SPEC_ENV: dataclasses.replace(spec, publish=False).to_json(),
-               "ANTHROPIC_API_KEY": cfg.anthropic_api_key}
-        if cfg.anthropic_base_url:
-            env["ANTHROPIC_BASE_URL"] = cfg.anthropic_base_url
+        # Host-only fields are the host's business; left out, an older image still reads
+        # the spec. The agent's key is the run's token, good only at the run's gateway;
+        # everything else goes through the run's proxy (the forwarder's loopback port).
+        proxy = f"http://127.0.0.1:{PROXY_PORT}"
+        env = {SPEC_ENV: spec.for_container().to_json(),
+               "ANTHROPIC_API_KEY": token,
+               "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
+               "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy,
+               "https_proxy": proxy, "NO_PROXY": "127.0.0.1,localhost",
+               "no_proxy": "127.0.0.1,localhost"}
         user = f"{SANDBOX_UID}:{SANDBOX_UID}" if os.geteuid() == 0 else f"{os.geteuid()}"
         # `create` never pulls (unlike `run`): a missing image is an error, not a download.
         container = self.client.containers.create(
             cfg.image,
             name=self.container_name(spec.run_id),
             labels={LABEL_INSTANCE: cfg.instance, LABEL_RUN_ID: str(spec.run_id),
-                    LABEL_ROUTINE: spec.routine},
+                    LABEL_ROUTINE: spec.routine, LABEL_TOKEN_SHA256: token_sha256(token)},
             environment=env,
             user=user,
-            network=cfg.network,
+            network_mode="none",  # loopback only: the host is reached through SOCKET_DIR
             runtime=cfg.runtime or None,
-            volumes={str(repo): {"bind": WORKSPACE, "mode": "rw"}},
+            volumes={str(repo): {"bind": WORKSPACE, "mode": "rw"},
+                     str(self.socket_dir(spec.run_id)): {"bind": SOCKET_DIR, "mode": "ro"}},
             working_dir=WORKSPACE,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
@@ -211,22 +312,24 @@ class Sandbox:
         return container
 
     @staticmethod
-    def _read_events(stream: Any, result: RunResult, on_event: EventSink,
-                     skip_events: int, meter: _TokenMeter) -> None:
+    def _read_events(stream: Any, result: RunResult, log: _RunLog, skip_events: int) -> None:
+        """The container's lines, in order. They count nothing: only a `result` line is
+        kept, as the container's own account of how it ended (it can only fail a run)."""
         buffer = b""
-        seq = 0
+        seen = 0
         for chunk in _chunks(stream):
             buffer += chunk
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
                 if not line.strip():
                     continue
-                seq += 1
+                seen += 1
                 event = parse_event_line(line.decode("utf-8", errors="replace"))
-                meter.account(result, event)
-                if seq > skip_events:
-                    on_event(seq, event)
-        result.events_seen = seq
+                if event.get("type") == "result":
+                    result.final = event
+                if seen > skip_events:
+                    log.emit(event)
+        result.events_seen = seen
 
     def _finish(self, spec: RunSpec, container: Any, result: RunResult) -> None:
         """Read the work back (the diff; for a publishing run, the kept commit), then
@@ -245,12 +348,12 @@ class Sandbox:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
             workspace.remove(root, spec.run_id)
+            shutil.rmtree(self.socket_dir(spec.run_id), ignore_errors=True)
 
     def _commit_message(self, spec: RunSpec, result: RunResult) -> str:
         title = f"routine {spec.routine} run {spec.run_id}"
-        final = result.final or {}
-        lines = str(final.get("summary", "")).strip().splitlines()
-        if final.get("kind") != "report" or not lines:
+        lines = result.report.summary.strip().splitlines() if result.report else []
+        if not lines:
             return title
         summary = lines[0][:200]
         if self.config.anthropic_api_key:  # the bot redacts the rest; this leaves the host
@@ -274,39 +377,19 @@ def _stderr_tail(container: Any) -> str:
     return str(raw.decode("utf-8", errors="replace")).strip()
 
 
-class _TokenMeter:
-    """Counts tokens from the usage events, and is the host's backstop for the budget.
+class _RunLog:
+    """The run's one sequence of events: the container's lines (the reader thread) and the
+    host's own (the gateway's loop), numbered in arrival order."""
 
-    The agent stops itself after the response that reaches `RunSpec.max_tokens`, so
-    it may overshoot by that one response and no more. How much one response costs is
-    not bounded by `max_tokens_per_turn` (its input is the whole conversation so far),
-    so the backstop counts calls rather than tokens: a usage event arriving when the
-    budget was already reached is a call the agent should not have made. Then the
-    container is killed and `RunResult.token_budget_exceeded` set.
-    """
+    def __init__(self, sink: EventSink, next_seq: int = 1) -> None:
+        self._sink = sink
+        self._next = next_seq
+        self._lock = threading.Lock()
 
-    def __init__(self, max_tokens: int | None, over_budget: Callable[[], None]) -> None:
-        self.max_tokens = max_tokens
-        self.over_budget = over_budget
-
-    def account(self, result: RunResult, event: Event) -> None:
-        if event.get("type") == "usage":
-            spent = result.input_tokens + result.output_tokens
-            result.input_tokens += _int(event.get("input_tokens"))
-            result.output_tokens += _int(event.get("output_tokens"))
-            if (self.max_tokens is not None and spent >= self.max_tokens
-                    and not result.token_budget_exceeded):
-                result.token_budget_exceeded = True
-                self.over_budget()
-        elif event.get("type") == "result":
-            result.final = event
-
-
-def _int(value: Any) -> int:
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return 0
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            seq, self._next = self._next, self._next + 1
+            self._sink(seq, event)
 
 
 def _kill(container: Any) -> None:
@@ -325,7 +408,7 @@ def _started_at(container: Any) -> float:
 
 
 def _describe_infra_error(exc: Exception) -> str:
-    if isinstance(exc, workspace.WorkspaceError):
+    if isinstance(exc, workspace.WorkspaceError | GatewayUnavailable):
         return str(exc)
     if isinstance(exc, docker.errors.ImageNotFound):
         return "sandbox image not found: build it with `make images`"

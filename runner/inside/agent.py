@@ -3,10 +3,18 @@
 It speaks the contract in `runner.contract`: the spec arrives in an environment
 variable, every step is printed as one JSON line, and the last line is a `result`
 event. It must never end silently: whatever happens, a `result` event is attempted.
+
+Those lines are for people: the host takes usage and the self-report from its model
+gateway, which this agent reaches with a run token (never the real key) through the
+loopback ports `runner.inside.forwarder` opens. The process makes itself non-dumpable
+first, so the tools it runs (same uid) can neither read its environment (the token)
+through /proc nor write into its stdout, and blanks the token in its original
+environment block as well.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -18,10 +26,13 @@ from typing import Any
 import anthropic
 
 from runner.contract import SPEC_ENV, WORKSPACE, Event, RunSpec, api_error_event
+from runner.inside import forwarder
 
 MAX_TOOL_OUTPUT = 16_000
 SHELL_TIMEOUT = 600
 SECRET_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", SPEC_ENV)
+TOKEN_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")  # the run token's names
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 SYSTEM_PROMPT = """You are an engineering agent running a scheduled routine in a sandbox.
 The repository is checked out in /workspace. Use the tools to inspect and change it.
@@ -190,7 +201,7 @@ def agent_loop(spec: RunSpec, client: anthropic.Anthropic) -> Event:
     messages: list[dict[str, Any]] = [{"role": "user", "content": spec.prompt}]
     reminded = False
     spent = 0
-    for turn in range(1, spec.max_turns + 1):
+    for _ in range(spec.max_turns):
         response = client.messages.create(
             model=spec.model,
             max_tokens=turn_max_tokens(spec, spent),
@@ -198,14 +209,7 @@ def agent_loop(spec: RunSpec, client: anthropic.Anthropic) -> Event:
             tools=TOOLS,  # type: ignore[arg-type]
             messages=messages,  # type: ignore[arg-type]
         )
-        emit(
-            {
-                "type": "usage",
-                "turn": turn,
-                "input_tokens": response.usage.input_tokens,
-                "output_tokens": response.usage.output_tokens,
-            }
-        )
+        # No usage line: the host's gateway counted this call (its `model_call` event).
         spent += response.usage.input_tokens + response.usage.output_tokens
         messages.append({"role": "assistant", "content": assistant_content(response.content)})
         if spec.max_tokens is not None and spent >= spec.max_tokens:
@@ -280,7 +284,37 @@ def api_error_result(exc: anthropic.APIError) -> Event:
                            code if isinstance(code, int) else None)
 
 
+def make_undumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): /proc/1/{environ,fd,mem...} become root's, out of reach
+    of the tools (which run as the same uid; a child's exec makes it dumpable again)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl(PR_SET_DUMPABLE, 0): {os.strerror(errno)}")
+
+
+def scrub_environ(names: tuple[str, ...] = TOKEN_ENV) -> None:
+    """Blank the values of `names` in the environment block the process started with:
+    that block is what /proc/1/environ shows, while `os.environ` (which the SDK reads)
+    is Python's own copy. Where a runtime does not hide a non-dumpable process's /proc
+    files from its uid (gVisor), this still keeps the run token from the tools."""
+    libc = ctypes.CDLL(None)
+    environ = ctypes.POINTER(ctypes.c_void_p).in_dll(libc, "environ")
+    prefixes = tuple(f"{name}=".encode() for name in names)
+    index = 0
+    while environ[index]:
+        address = environ[index]
+        entry = ctypes.string_at(address)
+        for prefix in prefixes:
+            if entry.startswith(prefix):
+                ctypes.memset(address + len(prefix), 0, len(entry) - len(prefix))
+        index += 1
+
+
 def main() -> int:
+    make_undumpable()
+    scrub_environ()
+    forwarder.start()  # before the setup script: it may need the proxy
     spec = RunSpec.from_json(os.environ[SPEC_ENV])
     emit({"type": "started", "run_id": spec.run_id, "model": spec.model})
     if spec.setup_script.strip():

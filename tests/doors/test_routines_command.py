@@ -23,7 +23,6 @@ from bot.doors.cli import main
 from bot.services import ServicePolicy, Services
 from bot.store import schema
 from bot.store.database import Database
-from tests.standins.environment import TEST_NETWORK
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = "from bot.doors.cli import main; raise SystemExit(main(['serve']))"
@@ -72,7 +71,7 @@ def test_serve_writes_json_lines(tmp_path: Path, docker_client: object, where: s
     env.update(SLACK_BOT_TOKEN="xoxb-planted-bot-token-1", ANTHROPIC_API_KEY="sk-ant-planted",
                SLACK_SIGNING_SECRET="planted-signing-secret", SLACK_API_URL="http://127.0.0.1:9/",
                DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", ROUTINES_DATA_DIR=str(tmp_path),
-               ROUTINES_HOST="127.0.0.1", PORT="0", ROUTINES_SANDBOX_NETWORK=TEST_NETWORK,
+               ROUTINES_HOST="127.0.0.1", PORT="0",
                ROUTINES_LOG_FORMAT="json", LOG_LEVEL="INFO")
     port = free_port()
     serve = SERVE

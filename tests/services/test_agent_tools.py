@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +38,15 @@ def test_shell_commands_do_not_see_the_api_key(
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret-value")
     output, is_error = agent.run_tool("run_shell", {"command": "env"})
     assert not is_error and "sk-ant-secret-value" not in output
+
+
+def test_the_agent_blanks_the_token_in_its_environment_block_but_keeps_it_for_the_sdk(
+) -> None:
+    show = ("import os; from runner.inside.agent import scrub_environ; scrub_environ(); "
+            "print(os.environ['ANTHROPIC_API_KEY']); "
+            "print(open('/proc/self/environ', 'rb').read())")
+    env = {**os.environ, "ANTHROPIC_API_KEY": "rt-run-token-value", "KEEP": "kept-value"}
+    shown = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert shown[0] == "rt-run-token-value"  # what the SDK reads
+    assert "rt-run-token-value" not in shown[1] and "kept-value" in shown[1]

@@ -1,15 +1,18 @@
 """An Anthropic Messages API stand-in that serves scripted tool-use turns.
 
-It listens on the gateway address of the project's own docker network, so the real
-`anthropic` SDK inside the real sandbox container reaches it. A scenario is chosen by
-a marker in the routine's prompt, `[[scenario:NAME]]`; the turn served is the number
-of assistant turns already in the conversation.
+It listens on loopback: the host's model gateway (`runner.host.gateway`) reaches it, as
+it reaches the real API, on behalf of the real `anthropic` SDK inside the real sandbox
+container (which has no network). A scenario is chosen by a marker in the routine's
+prompt, `[[scenario:NAME]]`; the turn served is the number of assistant turns already in
+the conversation. `"stream": true` is answered as the Messages API streams: Server-Sent
+Events from `message_start` to `message_stop`, a tool call's input as `input_json_delta`s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -51,7 +54,7 @@ def report(outcome: str, summary: str) -> Block:
 
 
 class AnthropicStandIn:
-    def __init__(self, host: str, api_key: str) -> None:
+    def __init__(self, api_key: str, host: str = "127.0.0.1") -> None:
         self.host = host
         self.api_key = api_key
         self.scenarios: dict[str, list[Turn]] = {}
@@ -82,7 +85,7 @@ class AnthropicStandIn:
     def requests_for(self, scenario: str) -> list[Recorded]:
         return [r for r in self.requests if r.scenario == scenario]
 
-    async def _messages(self, request: web.Request) -> web.Response:
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
         if self.api_key not in {request.headers.get("x-api-key"),
                                 request.headers.get("authorization", "").removeprefix("Bearer ")}:
             return web.json_response({"type": "error", "error": {
@@ -105,11 +108,57 @@ class AnthropicStandIn:
                    for b in turn.content]
         stop = "tool_use" if any(b["type"] == "tool_use" for b in content) else "end_turn"
         usage = turn.usage or (100 + turn_index, 20 + turn_index)
-        return web.json_response({
+        message = {
             "id": f"msg_{next(self._ids):06d}", "type": "message", "role": "assistant",
             "model": body.get("model"), "content": content, "stop_reason": stop,
             "stop_sequence": None, "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
-        })
+        }
+        if body.get("stream"):
+            return await _stream(request, message)
+        return web.json_response(message)
+
+
+async def _stream(request: web.Request, message: dict[str, Any]) -> web.StreamResponse:
+    """The message as the API streams it, one event per write (so it really is chunked)."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    for name, data in stream_events(message):
+        await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+    await response.write_eof()
+    return response
+
+
+def stream_events(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The Messages API's event sequence for `message` (usage: input at the start,
+    output so far at the start and final in `message_delta`)."""
+    usage = message["usage"]
+    start = dict(message, content=[], stop_reason=None,
+                 usage={"input_tokens": usage["input_tokens"], "output_tokens": 1})
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start}), ("ping", {"type": "ping"})]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "tool_use":
+            opening = dict(block, input={})
+            raw = json.dumps(block["input"])
+            pieces = [raw[i:i + 7] for i in range(0, len(raw), 7)]
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in ["", *pieces]]
+        else:
+            opening = {"type": "text", "text": ""}
+            words = block["text"].split(" ")
+            deltas = [{"type": "text_delta", "text": w if i == 0 else " " + w}
+                      for i, w in enumerate(words)]
+        events.append(("content_block_start", {"type": "content_block_start", "index": index,
+                                               "content_block": opening}))
+        events.extend(("content_block_delta", {"type": "content_block_delta", "index": index,
+                                               "delta": d}) for d in deltas)
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(("message_delta", {
+        "type": "message_delta",
+        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+        "usage": {"output_tokens": usage["output_tokens"]}}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
 
 
 def _scenario_of(body: dict[str, Any]) -> str:

@@ -11,7 +11,6 @@ import git
 from bot.settings import Settings
 from runner.repo_policy import FetchPolicy
 
-TEST_NETWORK = "routines-test"
 SIGNING_SECRET = "test-signing-secret-0123456789"
 BOT_TOKEN = "xoxb-test-bot-token-000000"
 API_KEY = "sk-ant-test-key-0123456789"
@@ -30,7 +29,7 @@ def local_settings(tmp: Path, slack_api_url: str, anthropic_base_url: str,
         slack_signing_secret=SIGNING_SECRET, slack_api_url=slack_api_url,
         anthropic_base_url=anthropic_base_url,
         database_url=f"sqlite:///{tmp / 'routines.db'}", host="127.0.0.1", port=0,
-        data_dir=tmp / "data", sandbox_network=TEST_NETWORK, min_timeout_seconds=1,
+        data_dir=tmp / "data", min_timeout_seconds=1,
         sandbox_runtime=SANDBOX_RUNTIME,
         allow_local_repos=True, max_turns=8,
     )
@@ -47,12 +46,3 @@ def make_git_repo(path: Path) -> str:
     repo.index.commit("initial")
     repo.close()
     return f"file://{path}"
-
-
-def network_gateway(client: Any, name: str = TEST_NETWORK) -> str:
-    """The host's address on the project's own bridge network (where stand-ins listen)."""
-    found = [n for n in client.networks.list(names=[name]) if n.name == name]  # substring filter
-    network = found[0] if found else client.networks.create(
-        name, driver="bridge", labels={"org.routines": "test"})
-    network.reload()
-    return str(network.attrs["IPAM"]["Config"][0]["Gateway"])

@@ -10,21 +10,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import git
+import httpx2
 
-from runner.contract import Event, RunResult, RunSpec
+from runner.contract import GATEWAY_SOCKET, Event, RunResult, RunSpec
 from runner.host.sandbox import RunControl, Sandbox, SandboxConfig
 from tests.standins.anthropic_api import AnthropicStandIn
-from tests.standins.environment import API_KEY, LOCAL_REPOS, SANDBOX_RUNTIME, TEST_NETWORK
+from tests.standins.environment import API_KEY, LOCAL_REPOS, SANDBOX_RUNTIME
 
 
 def make_sandbox(client: Any, anthropic_api: AnthropicStandIn, root: Path,
-                 image: str) -> Sandbox:
-    config = SandboxConfig(image=image, network=TEST_NETWORK, workspace_root=root,
+                 image: str, egress_names: dict[str, str] | None = None) -> Sandbox:
+    """`egress_names`: the proxy's resolver, a test host's name -> its address (a name it
+    does not hold resolves to nothing)."""
+    config = SandboxConfig(image=image, workspace_root=root,
                            instance=f"test-{uuid.uuid4().hex[:8]}",
                            anthropic_api_key=API_KEY, anthropic_base_url=anthropic_api.url,
                            fetch_policy=LOCAL_REPOS, runtime=SANDBOX_RUNTIME)
-    return Sandbox(client, config)
+    names = egress_names or {}
+    return Sandbox(client, config,
+                   egress_resolve=lambda host: [names[host]] if host in names else [])
 
 
 @dataclass
@@ -42,6 +48,23 @@ async def execute(sandbox: Sandbox, run: RunSpec) -> Observed:
     result = await asyncio.to_thread(sandbox.execute, run, lambda _seq, e: events.append(e),
                                      lambda _id: None, RunControl())
     return Observed(result, events)
+
+
+def run_token(client: Any, sandbox: Sandbox, run_id: int) -> str:
+    """The token a running run's container was given, read as the host can (inspect)."""
+    env = client.containers.get(sandbox.container_name(run_id)).attrs["Config"]["Env"]
+    return next(str(v).split("=", 1)[1] for v in env if str(v).startswith("ANTHROPIC_API_KEY="))
+
+
+def gateway_socket(sandbox: Sandbox, run_id: int) -> Path:
+    return sandbox.socket_dir(run_id) / GATEWAY_SOCKET
+
+
+def gateway_client(socket_path: Path, token: str) -> anthropic.AsyncAnthropic:
+    """The real SDK, talking to a run's gateway over its Unix socket from the host."""
+    transport = httpx2.AsyncHTTPTransport(uds=str(socket_path))
+    return anthropic.AsyncAnthropic(api_key=token, base_url="http://gateway", max_retries=0,
+                                    http_client=httpx2.AsyncClient(transport=transport))
 
 
 def bare_copy(url: str, path: Path) -> str:

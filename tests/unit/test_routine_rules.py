@@ -12,7 +12,15 @@ from bot.core.verdict import RunOutcome, decide_outcome
 from bot.doors.slack import commands
 from bot.errors import SettingsError
 from bot.settings import Settings
-from runner.contract import RunResult, RunSpec, api_status_code, parse_event_line
+from runner.contract import (
+    Event,
+    Report,
+    Resume,
+    RunResult,
+    RunSpec,
+    api_status_code,
+    parse_event_line,
+)
 from runner.repo_policy import DEFAULT_REPO_HOSTS
 
 # The default repository hosts, and an operator's own forge allowed by name.
@@ -64,15 +72,20 @@ def result(**kwargs: object) -> RunResult:
     return RunResult(run_id=1, **kwargs)  # type: ignore[arg-type]
 
 
+def reported(outcome: str, summary: str | None = None, **kwargs: object) -> RunResult:
+    """A run whose report_result call the gateway saw, and whose container said so too."""
+    final: dict[str, object] = {"kind": "report", "outcome": outcome}
+    if summary is not None:
+        final["summary"] = summary
+    return result(final=final, report=Report(outcome, summary or ""), **kwargs)
+
+
 @pytest.mark.parametrize(("observed", "status", "reason"), [
-    (result(exit_code=0, final={"kind": "report", "outcome": "success", "summary": "ok"}),
-     RunStatus.SUCCEEDED, None),
+    (reported("success", "ok", exit_code=0), RunStatus.SUCCEEDED, None),
     (result(exit_code=0), RunStatus.FAILED, "no self-report (exit code 0)"),
     (result(exit_code=137), RunStatus.FAILED, "no self-report (exit code 137)"),
-    (result(exit_code=2, final={"kind": "report", "outcome": "failure", "summary": "red"}),
-     RunStatus.FAILED, "red"),
-    (result(timed_out=True, final={"kind": "report", "outcome": "success"}),
-     RunStatus.TIMED_OUT, "timed out after 30s"),
+    (reported("failure", "red", exit_code=2), RunStatus.FAILED, "red"),
+    (reported("success", timed_out=True), RunStatus.TIMED_OUT, "timed out after 30s"),
     (result(infra_error="clone failed"), RunStatus.ERROR, "clone failed"),
     (result(exit_code=2, final={"kind": "api_error", "summary": "overloaded"}),
      RunStatus.ERROR, "overloaded"),
@@ -95,12 +108,24 @@ def api_error(summary: str = "Anthropic API error: ...", **fields: object) -> Ru
 LEGACY_529 = ("Anthropic API error: OverloadedError: Error code: 529 - {'type': 'error', "
               "'error': {'type': 'overloaded_error', 'message': 'Overloaded'}}")
 LEGACY_401 = "Anthropic API error: AuthenticationError: Error code: 401 - {'type': 'error'}"
-REPORTED = {"kind": "report", "outcome": "failure"}
 
 
 @pytest.mark.parametrize(("observed", "status", "reason", "failure"), [
+    (reported("success", "ok", exit_code=0), RunStatus.SUCCEEDED, None, None),
+    # the container's word alone is no report: only what the gateway saw counts
     (result(exit_code=0, final={"kind": "report", "outcome": "success", "summary": "ok"}),
-     RunStatus.SUCCEEDED, None, None),
+     RunStatus.FAILED, "no self-report (exit code 0)", FailureKind.NO_SELF_REPORT),
+    (result(exit_code=2, final={"kind": "report", "outcome": "failure", "summary": "red"}),
+     RunStatus.FAILED, "no self-report (exit code 2)", FailureKind.NO_SELF_REPORT),
+    # the gateway's report counts when the container wrote no result at all...
+    (result(exit_code=1, report=Report("success", "done")), RunStatus.SUCCEEDED, None, None),
+    # ...and the container can still make it fail, never the other way round
+    (result(exit_code=3, report=Report("success", "done"),
+            final={"kind": "setup_failed", "summary": "setup exited 1"}),
+     RunStatus.FAILED, "setup exited 1", FailureKind.SETUP_FAILED),
+    (result(exit_code=2, report=Report("success", "done"),
+            final={"kind": "no_report", "summary": "stopped"}),
+     RunStatus.FAILED, "no self-report (exit code 2)", FailureKind.NO_SELF_REPORT),
     (result(exit_code=0), RunStatus.FAILED, "no self-report (exit code 0)",
      FailureKind.NO_SELF_REPORT),
     (result(), RunStatus.FAILED, "no self-report", FailureKind.NO_SELF_REPORT),
@@ -109,11 +134,11 @@ REPORTED = {"kind": "report", "outcome": "failure"}
     (result(exit_code=2, final={"kind": "from-a-newer-image"}), RunStatus.FAILED,
      "no self-report (exit code 2)", FailureKind.NO_SELF_REPORT),
     # a failure report is the agent's word, whatever it says
-    (result(exit_code=2, final={**REPORTED, "summary": "red"}), RunStatus.FAILED, "red",
+    (reported("failure", "red", exit_code=2), RunStatus.FAILED, "red",
      FailureKind.REPORTED_FAILURE),
-    (result(exit_code=2, final={**REPORTED, "summary": "no self-report (it says so)"}),
+    (reported("failure", "no self-report (it says so)", exit_code=2),
      RunStatus.FAILED, "no self-report (it says so)", FailureKind.REPORTED_FAILURE),
-    (result(exit_code=2, final=REPORTED), RunStatus.FAILED, "the agent reported failure",
+    (reported("failure", exit_code=2), RunStatus.FAILED, "the agent reported failure",
      FailureKind.REPORTED_FAILURE),
     (result(exit_code=3, final={"kind": "setup_failed", "summary": "setup exited 1"}),
      RunStatus.FAILED, "setup exited 1", FailureKind.SETUP_FAILED),
@@ -126,8 +151,8 @@ REPORTED = {"kind": "report", "outcome": "failure"}
      "token budget exhausted", FailureKind.TOKEN_BUDGET),
     (result(token_budget_exceeded=True, killed=True), RunStatus.FAILED,
      "token budget exhausted", FailureKind.TOKEN_BUDGET),
-    (result(timed_out=True, final={"kind": "report", "outcome": "success"}),
-     RunStatus.TIMED_OUT, "timed out after 30s", FailureKind.TIMED_OUT),
+    (reported("success", timed_out=True), RunStatus.TIMED_OUT, "timed out after 30s",
+     FailureKind.TIMED_OUT),
     (result(killed=True, exit_code=137), RunStatus.KILLED, "killed", FailureKind.KILLED),
     (result(infra_error="clone failed"), RunStatus.ERROR, "clone failed",
      FailureKind.INFRASTRUCTURE),
@@ -231,6 +256,30 @@ def test_stray_output_lines_are_kept_as_text() -> None:
     assert parse_event_line("pip: installing...") == {"type": "output",
                                                       "text": "pip: installing..."}
     assert parse_event_line("[1, 2]") == {"type": "output", "text": "[1, 2]"}
+
+
+@pytest.mark.parametrize("line", [
+    '{"type": "model_call", "input_tokens": 1, "output_tokens": 1}',
+    '{"type": "egress", "host": "example.test", "allowed": true}',
+])
+def test_a_container_line_claiming_a_host_type_is_kept_as_text(line: str) -> None:
+    assert parse_event_line(line) == {"type": "output", "text": line}
+
+
+def test_a_container_line_cannot_claim_the_host_as_its_source() -> None:
+    assert parse_event_line('{"type": "tool_call", "source": "host"}') == {"type": "tool_call"}
+
+
+def test_resume_counts_the_container_events_and_the_gateways_usage_and_report() -> None:
+    events: list[Event] = [{"type": "started"}, {"type": "model_call", "source": "host",
+                                    "input_tokens": 100, "output_tokens": 20},
+              {"type": "output", "text": '{"type": "model_call", "input_tokens": 9}'},
+              {"type": "model_call", "source": "host", "input_tokens": 101,
+               "output_tokens": 21, "report": {"outcome": "success", "summary": "ok"}},
+              {"type": "egress", "source": "host"}, {"type": "tool_call"}]
+    assert Resume.from_log(events, last_seq=9) == Resume(
+        skip_events=3, next_seq=10, input_tokens=201, output_tokens=41,
+        report=Report("success", "ok"))
 
 
 def test_run_spec_round_trips_as_json() -> None:
