@@ -98,12 +98,25 @@ class Dispatcher:
         return list(self._active)
 
     async def _claim(self) -> None:
-        """Start queued runs while a slot is free."""
+        """Stop the runs another process asked to stop; start queued runs while a slot is
+        free."""
+        await self._stop_asked_elsewhere()
         while len(self._active) < self.max_concurrent:
             view = await asyncio.to_thread(self.services.runs.claim_next)
             if view is None:
                 break
             self._spawn(view, container=None)
+
+    async def _stop_asked_elsewhere(self) -> None:
+        """A cancel or the kill switch from another process (the CLI, another bot) is
+        written to the database only: carried out here, at the next poll, for the runs
+        this process is running."""
+        running = [run_id for run_id, (_, control) in self._active.items()
+                   if not control.kill_requested.is_set()]
+        if not running:
+            return
+        for run_id in await asyncio.to_thread(self.services.runs.stop_requested, running):
+            self._stop_run(run_id)
 
     def _spawn(self, view: RunView, container: Any) -> None:
         run_id = view.run.id

@@ -124,6 +124,13 @@ class RunService(Service):
             ids = session.exec(select(Run.id).where(Run.status == status)).all()
         return [self.get(run_id) for run_id in ids if run_id is not None]
 
+    def stop_requested(self, run_ids: list[int]) -> list[int]:
+        """Which of these runs were asked to stop (cancel, kill switch), from any process."""
+        with self.db.session() as session:
+            return [run_id for run_id in session.exec(select(Run.id).where(
+                col(Run.id).in_(run_ids), col(Run.stop_kind).is_not(None),
+                Run.status == RunStatus.RUNNING)).all() if run_id is not None]
+
     def record_container(self, run_id: int, container_id: str) -> None:
         with self.db.session() as session:
             session.execute(update(Run).where(col(Run.id) == run_id)

@@ -13,6 +13,7 @@ import pytest
 
 from bot.app import Bot
 from bot.core.statuses import FailureKind, RunStatus
+from bot.doors.cli import main
 from bot.store.tables import utcnow
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.slack_api import SlackApiStandIn
@@ -170,3 +171,34 @@ async def test_cancel_stops_one_running_run(
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def test_the_kill_switch_engaged_from_the_cli_stops_the_bots_runs(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str, docker_client: Any, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Another process (the operator's CLI) writes the stop to the database only; the bot
+    running the run carries it out at its next poll."""
+    long = anthropic_api.script("cli-long", [tool("run_shell", command="sleep 600")])
+    bot, fake = await start_bot(admins=(DAVE,))
+    await routine(fake, "long", f"Wait. {long}", git_repo)
+    assert "queued" in (await fake.slash("run long")).json()["text"]
+    assert len(await containers_running(docker_client, bot, 1)) == 1
+    for _ in range(300):
+        if anthropic_api.requests_for("cli-long"):
+            break
+        await asyncio.sleep(0.2)
+    for name, value in (("DATABASE_URL", bot.settings.database_url),
+                        ("ROUTINES_ADMINS", DAVE), ("ROUTINES_OPERATOR", DAVE)):
+        monkeypatch.setenv(name, value)
+
+    code = await asyncio.to_thread(main, ["killswitch", "engage", "from", "the", "cli"])
+
+    assert code == 0, capsys.readouterr().err
+    done = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
+                                    contains="run #1: killed", timeout=60)
+    assert done.params["text"] == "long run #1: killed"
+    run = bot.services.runs.get(1).run
+    assert (run.status, run.failure_kind) == (RunStatus.KILLED, FailureKind.KILLED)
+    assert await containers_running(docker_client, bot, 1, timeout=0) == []
