@@ -15,7 +15,7 @@ import pytest
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.slack_api import SlackApiStandIn, SlackCall
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
-from tests.support.slack_flows import ALICE, routine, view_log
+from tests.support.slack_flows import ALICE, routine, view_log, wait_until
 from tests.support.slack_requests import FakeSlack
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
@@ -170,3 +170,31 @@ async def test_a_silent_run_is_shown_as_without_activity_on_the_same_message(
     assert f"quiet run #{run_id} is running — no activity for" in notice.params["text"]
     assert "no activity" not in json.dumps(result.params["blocks"])
     assert ALICE in json.dumps(result.params["blocks"])  # the result, by whom it was run
+
+
+async def test_a_live_message_that_cannot_be_updated_leaves_the_result_posted(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str,
+) -> None:
+    marker = anthropic_api.script(
+        "gone", [tool("run_shell", command="sleep 1; echo one")], [report("success", "ok")])
+    bot, fake = await start_bot(**LIVE)
+    await routine(fake, "gone", f"Work. {marker}", git_repo)
+    slack_api.fail("chat.update", "message_not_found")  # someone deleted it
+    run_id = await start_run(fake, "gone")
+
+    posted = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
+                                      contains=f'"gone run #{run_id}: ', timeout=90)
+
+    assert posted.params["text"] == f"gone run #{run_id}: succeeded"
+    first = live_posts(slack_api, run_id)[0]
+    assert first.params["text"].startswith(f"gone run #{run_id} is running")
+    tried = [c for c in slack_api.calls_to("chat.update")
+             if c.params.get("ts") == first.response["ts"]]
+    assert tried[-1].params["text"] == f"gone run #{run_id}: succeeded"  # tried first
+    # The thread follows the result: View log goes under the message that says it.
+    # (recorded on the run just after Slack answered the post)
+    await wait_until(lambda: bot.services.runs.get(int(run_id)).run.announce_ts
+                     == posted.response["ts"])
+    thread = await view_log(fake, slack_api, {"run_id": run_id, "ts": posted.response["ts"]})
+    assert "echo one" in thread

@@ -48,11 +48,24 @@ class SlackApiStandIn:
         self.too_early: list[SlackCall] = []  # came while a Retry-After was still running
         self._limits: dict[str, tuple[int, int]] = {}  # method -> (times left, retry_after)
         self._limited_until: dict[str, float] = {}
+        self._failures: dict[str, tuple[int, str]] = {}  # method -> (times left, error)
 
     def rate_limit(self, method: str, times: int = 1, retry_after: int = 1) -> None:
         """Answer the next `times` calls to `method` with 429 and `Retry-After`; a call
         that comes before that time is over is refused as well and kept in `too_early`."""
         self._limits[method] = (times, retry_after)
+
+    def fail(self, method: str, error: str, times: int = 1_000_000) -> None:
+        """Answer the next `times` calls to `method` with `{"ok": false, "error": error}`
+        (a message deleted meanwhile answers chat.update `message_not_found`)."""
+        self._failures[method] = (times, error)
+
+    def _failure(self, method: str) -> str:
+        times, error = self._failures.get(method, (0, ""))
+        if times <= 0:
+            return ""
+        self._failures[method] = (times - 1, error)
+        return error
 
     def _limited(self, method: str) -> tuple[bool, bool, int]:
         """(refused, came too early, Retry-After): the 429 scripting of `rate_limit`."""
@@ -100,8 +113,8 @@ class SlackApiStandIn:
             self._changed.set()
             return web.json_response(answer, status=429,
                                      headers={"Retry-After": str(retry_after)})
-        answer = ({"ok": False, "error": "invalid_auth"} if token in self.refused_tokens
-                  else self._answer(method, params))
+        failure = "invalid_auth" if token in self.refused_tokens else self._failure(method)
+        answer = {"ok": False, "error": failure} if failure else self._answer(method, params)
         self.calls.append(SlackCall(method, params, dict(request.headers), response=answer))
         self._changed.set()
         return web.json_response(answer, headers={"x-oauth-scopes": ",".join(self.scopes)})

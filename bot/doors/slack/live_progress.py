@@ -35,6 +35,7 @@ from runner.contract import Event
 
 log = logging.getLogger(__name__)
 DEFAULT_RETRY_AFTER = 30.0  # a 429 without a readable Retry-After
+MAX_FAILURES = 3  # refused updates in a row before a run's live message is left alone
 
 
 @dataclass
@@ -48,7 +49,8 @@ class _Live:
     sent_version: int = -1
     sent_idle: str = ""
     sent_at: float = float("-inf")  # monotonic time of the last call for this run
-    given_up: bool = False  # the message could not be posted: the result is, at the end
+    failures: int = 0  # calls in a row Slack refused (a 429 is not one)
+    given_up: bool = False  # not posted, or refused too often: the result says it all
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -111,7 +113,8 @@ class ProgressBoard:
 
     async def rate_limit_over(self) -> None:
         """Returns once no 429's Retry-After is running: the result's update waits too."""
-        while (wait := self._paused_until - time.monotonic()) > 0:
+        wait = self._paused_until - time.monotonic()
+        if wait > 0:
             await asyncio.sleep(wait)
 
     async def run_finished(self, run_id: int) -> None:
@@ -190,12 +193,24 @@ class ProgressBoard:
                     log.warning("Slack rate-limited the live messages for %.0fs",
                                 self._paused_until - time.monotonic())
                     return
-                live.given_up = live.ts is None
-                raise
-            except Exception:
-                live.given_up = live.ts is None
-                raise
+                self._refused(live, exc)
+                return
+            except Exception as exc:  # Slack unreachable: the same
+                self._refused(live, exc)
+                return
+            live.failures = 0
             live.sent_version, live.sent_idle = version, snap.idle
+
+
+    @staticmethod
+    def _refused(live: _Live, exc: Exception) -> None:
+        """A refused call: an unposted message is not tried again, an update three times."""
+        live.failures += 1
+        live.sent_version = live.version  # retried at the next event, not at once
+        live.given_up = live.ts is None or live.failures >= MAX_FAILURES
+        log.warning("could not %s the live message of run %s (%s)%s",
+                    "update" if live.ts else "post", live.progress.run_id, exc,
+                    ": giving up on it" if live.given_up else "")
 
 
 def retry_after(exc: SlackApiError) -> float:
