@@ -198,3 +198,23 @@ async def test_a_live_message_that_cannot_be_updated_leaves_the_result_posted(
                      == posted.response["ts"])
     thread = await view_log(fake, slack_api, {"run_id": run_id, "ts": posted.response["ts"]})
     assert "echo one" in thread
+
+
+async def test_a_publish_approval_goes_in_the_runs_thread(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str,
+) -> None:
+    marker = anthropic_api.script(
+        "change", [tool("run_shell", command="sleep 1; echo fixed > FIX.md")],
+        [report("success", "Added FIX.md.")])
+    _, fake = await start_bot(**LIVE)
+    await routine(fake, "fixer", f"Fix it. {marker}", git_repo, "risk=medium")
+    run_id = await start_run(fake, "fixer")
+
+    result = await result_of(slack_api, "fixer", run_id)
+    request = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
+                                       contains=f"run #{run_id} of", timeout=30)
+
+    assert request.params["thread_ts"] == result.params["ts"]
+    assert request.params["reply_broadcast"] is True  # still seen in the channel
+    assert len(live_posts(slack_api, run_id)) == 1
