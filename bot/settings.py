@@ -14,6 +14,7 @@ from pathlib import Path
 from bot.core.pricing import PriceTable
 from bot.core.roles import parse_principals
 from bot.errors import SettingsError
+from runner.disk_limit import DEFAULT_DISK_LIMIT, DISK_LIMIT_SETTING, parse_size
 from runner.repo_policy import DEFAULT_REPO_HOSTS, parse_hosts
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -38,6 +39,7 @@ class Settings:
     sandbox_cpus: float = 1.0
     sandbox_pids: int = 256
     sandbox_runtime: str = ""  # "runsc" runs every container under gVisor
+    run_disk_limit: int = DEFAULT_DISK_LIMIT  # bytes a run's files may take; 0: no limit
     max_concurrent_runs: int = 2
     default_model: str = DEFAULT_MODEL
     default_timeout_seconds: int = 1800
@@ -114,6 +116,7 @@ class Settings:
             sandbox_cpus=_float(env, "ROUTINES_SANDBOX_CPUS", cls.sandbox_cpus),
             sandbox_pids=_int(env, "ROUTINES_SANDBOX_PIDS", cls.sandbox_pids),
             sandbox_runtime=env.get("ROUTINES_SANDBOX_RUNTIME", "").strip(),
+            run_disk_limit=_size(env, DISK_LIMIT_SETTING, cls.run_disk_limit),
             max_concurrent_runs=_int(env, "ROUTINES_MAX_CONCURRENT_RUNS", cls.max_concurrent_runs),
             default_model=env.get("ROUTINES_DEFAULT_MODEL", cls.default_model),
             max_turns=_int(env, "ROUTINES_MAX_TURNS", cls.max_turns),
@@ -152,6 +155,16 @@ def _principals(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 def _repo_hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     try:
         return parse_hosts(env.get(name, ""))
+    except ValueError as exc:
+        raise SettingsError(f"setting {name}: {exc}") from None
+
+
+def _size(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse_size(raw)
     except ValueError as exc:
         raise SettingsError(f"setting {name}: {exc}") from None
 

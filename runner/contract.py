@@ -94,6 +94,8 @@ class RunResult:
     publish_error: str | None = None  # the changes could not be kept as a commit
     # The agent went on calling the API after its token budget was spent: container killed.
     token_budget_exceeded: bool = False
+    # The run filled its filesystem (`runner.host.disk`): its disk limit, in bytes.
+    disk_limit_reached: int | None = None
 
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunSpec)

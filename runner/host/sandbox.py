@@ -19,6 +19,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 
 from runner.contract import (
@@ -32,8 +33,10 @@ from runner.contract import (
     RunSpec,
     parse_event_line,
 )
+from runner.disk_limit import DEFAULT_DISK_LIMIT
 from runner.host import publish, workspace
 from runner.host.fetch_policy import Resolver, system_resolve
+from runner.host.log_lines import capped_lines
 from runner.repo_policy import FetchPolicy
 
 SANDBOX_UID = 10001
@@ -53,6 +56,13 @@ class SandboxConfig:
     anthropic_api_key: str = ""
     anthropic_base_url: str = ""
     max_diff_chars: int = 1_000_000
+    # Bytes the run's files may take on the host (`runner.host.disk`); 0: no limit.
+    disk_limit: int = DEFAULT_DISK_LIMIT
+    # The container's log (its event stream) is kept in `log_files` files of at most
+    # `log_file_size` each (docker's json-file rotation): bounded on the host's disk. An
+    # adopted container's log is replayed from its start, so the bound is generous.
+    log_file_size: str = "32m"
+    log_files: int = 2
     # Which repositories the host may clone from and push to (`runner.repo_policy`):
     # host-side only, never in the spec the container sees.
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
@@ -93,7 +103,8 @@ class Sandbox:
         try:
             repo = workspace.prepare(root, spec.run_id, spec.repo_url, spec.branch,
                                      SANDBOX_UID if os.geteuid() == 0 else None,
-                                     policy=self.config.fetch_policy, resolve=self.resolve)
+                                     policy=self.config.fetch_policy, resolve=self.resolve,
+                                     disk_limit=self.config.disk_limit)
             container = self._start(spec, repo)
         except (workspace.WorkspaceError, docker.errors.DockerException) as exc:
             workspace.remove(root, spec.run_id)
@@ -202,6 +213,9 @@ class Sandbox:
             memswap_limit=cfg.memory,
             nano_cpus=int(cfg.cpus * 1e9),
             pids_limit=cfg.pids,
+            log_config=docker.types.LogConfig(
+                type=docker.types.LogConfig.types.JSON,
+                config={"max-size": cfg.log_file_size, "max-file": str(cfg.log_files)}),
         )
         try:
             container.start()
@@ -213,19 +227,15 @@ class Sandbox:
     @staticmethod
     def _read_events(stream: Any, result: RunResult, on_event: EventSink,
                      skip_events: int, meter: _TokenMeter) -> None:
-        buffer = b""
         seq = 0
-        for chunk in _chunks(stream):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if not line.strip():
-                    continue
-                seq += 1
-                event = parse_event_line(line.decode("utf-8", errors="replace"))
-                meter.account(result, event)
-                if seq > skip_events:
-                    on_event(seq, event)
+        for line in capped_lines(_chunks(stream)):  # no line can exhaust the host's memory
+            if not line.strip():
+                continue
+            seq += 1
+            event = parse_event_line(line.decode("utf-8", errors="replace"))
+            meter.account(result, event)
+            if seq > skip_events:
+                on_event(seq, event)
         result.events_seen = seq
 
     def _finish(self, spec: RunSpec, container: Any, result: RunResult) -> None:
@@ -233,6 +243,8 @@ class Sandbox:
         remove the container and the workspace. The container has ended by now."""
         root = self.config.workspace_root
         try:
+            # Before the host's own git work takes any of the run's space.
+            result.disk_limit_reached = workspace.disk_limit_reached(root, spec.run_id)
             result.diff = workspace.diff(root, spec.run_id, self.config.max_diff_chars)
             if spec.publish:
                 try:
