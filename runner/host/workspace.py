@@ -23,6 +23,7 @@ pinned to those addresses.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -120,8 +121,9 @@ def _clone(fetch: Fetch, url: str, branch: str, target: Path, owner_uid: int | N
                                    single_branch=True, no_hardlinks=True,
                                    env=git_env(clone_config(fetch)))
     except git.GitError as exc:  # a failed clone, or a URL gitpython deems unsafe
-        _no_room(target, disk_limit, f"the clone of {url} at {branch}")
-        stderr = str(getattr(exc, "stderr", "") or exc).strip().replace("\n", " ")[:300]
+        stderr = str(getattr(exc, "stderr", "") or exc).strip().replace("\n", " ")
+        _no_room(disk_limit, stderr, f"the clone of {url} at {branch}")
+        stderr = stderr[:300]
         raise WorkspaceError(f"clone of {url} at {branch} failed: {stderr}") from exc
     try:
         (target.parent / BASE_COMMIT_FILE).write_text(repo.head.commit.hexsha)
@@ -129,7 +131,7 @@ def _clone(fetch: Fetch, url: str, branch: str, target: Path, owner_uid: int | N
         if owner_uid is not None:
             _chown_tree(target, owner_uid)
     except OSError as exc:
-        _no_room(target, disk_limit, f"the clone of {url} at {branch}")
+        _no_room(disk_limit, str(exc), f"the clone of {url} at {branch}")
         raise WorkspaceError(f"could not prepare the workspace: {exc}") from exc
     finally:
         repo.close()
@@ -213,9 +215,10 @@ def leftover_runs(root: Path) -> list[int]:
     return sorted({int(match.group(1)) for match in found if match})
 
 
-def _no_room(target: Path, disk_limit: int, what: str) -> None:
-    """Say so when `what` failed because it did not fit in the run's disk limit."""
-    if disk_limit and disk.limit_reached(target.parent) is not None:
+def _no_room(disk_limit: int, error: str, what: str) -> None:
+    """Say so when `what` failed for want of space (git deletes a failed clone, so the
+    filesystem is no longer full by now: its error says it)."""
+    if disk_limit and os.strerror(errno.ENOSPC) in error:
         raise WorkspaceError(f"{what} does not fit in the run's disk limit of "
                              f"{describe_size(disk_limit)} ({DISK_LIMIT_SETTING})")
 
