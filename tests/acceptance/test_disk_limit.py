@@ -24,6 +24,7 @@ from bot.core.trigger import manual
 from bot.core.verdict import decide_outcome
 from runner.contract import Event
 from runner.host import workspace
+from runner.host.log_lines import MAX_LINE_BYTES
 from runner.host.sandbox import RunControl, Sandbox
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.environment import LOCAL_REPOS
@@ -126,9 +127,14 @@ async def test_a_run_within_its_limit_succeeds_and_its_work_is_read_back(
     root = host_disk / "workspaces"
     sandbox = limited(make_sandbox(docker_client, anthropic_api, root, SANDBOX_IMAGE), LIMIT)
     events: list[Event] = []
+    log_configs: list[dict[str, Any]] = []
+
+    def on_started(container_id: str) -> None:
+        attrs = docker_client.api.inspect_container(container_id)
+        log_configs.append(attrs["HostConfig"]["LogConfig"])
 
     result = await asyncio.to_thread(sandbox.execute, spec(42, f"Fit. {marker}", git_repo),
-                                     lambda _seq, e: events.append(e), lambda _id: None,
+                                     lambda _seq, e: events.append(e), on_started,
                                      RunControl())
 
     assert result.disk_limit_reached is None
@@ -139,6 +145,32 @@ async def test_a_run_within_its_limit_succeeds_and_its_work_is_read_back(
     size_kib = int(output.splitlines()[-1].split()[1])  # df's line: device, size, ...
     assert 0 < size_kib * 1024 <= LIMIT
     assert list(root.iterdir()) == [] and mounts_under(host_disk) == []
+    # Its log is bounded too: docker rotates it, two files of 32 MiB at most.
+    assert log_configs == [{"Type": "json-file",
+                            "Config": {"max-size": "32m", "max-file": "2"}}]
+
+
+async def test_a_line_longer_than_the_cap_reaches_the_host_cut(
+    docker_client: Any, anthropic_api: AnthropicStandIn, git_repo: str, tmp_path: Path,
+) -> None:
+    # 3 MiB on one line, written straight to the agent's stdout (process 1) from its shell.
+    marker = anthropic_api.script(
+        "long-line",
+        [tool("run_shell", command="head -c 3145728 /dev/zero | tr '\\0' x > /proc/1/fd/1;"
+                                   " echo > /proc/1/fd/1; echo written")],
+        [report("success", "printed a long line")])
+    sandbox = make_sandbox(docker_client, anthropic_api, tmp_path / "ws", SANDBOX_IMAGE)
+    events: list[Event] = []
+
+    result = await asyncio.to_thread(sandbox.execute, spec(43, f"Print. {marker}", git_repo),
+                                     lambda _seq, e: events.append(e), lambda _id: None,
+                                     RunControl())
+
+    cut = [e for e in events if e.get("type") == "output" and "bytes dropped" in e["text"]]
+    assert [e["text"] for e in cut] == [
+        "x" * MAX_LINE_BYTES + f" [... {3 * 1024**2 - MAX_LINE_BYTES} more bytes dropped]"]
+    # The lines after it are whole: the run went on and its report counts.
+    assert decide_outcome(result, timeout_seconds=60).status is RunStatus.SUCCEEDED
 
 
 async def test_the_bot_fails_the_run_naming_the_limit(
