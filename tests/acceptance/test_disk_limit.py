@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from runner.contract import Event
 from runner.host import workspace
 from runner.host.log_lines import MAX_LINE_BYTES
 from runner.host.sandbox import RunControl, Sandbox
-from tests.standins.anthropic_api import AnthropicStandIn, report, tool
+from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool
 from tests.standins.environment import LOCAL_REPOS
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import RESULTS_CHANNEL, SANDBOX_IMAGE, BotFactory
@@ -153,12 +154,10 @@ async def test_a_run_within_its_limit_succeeds_and_its_work_is_read_back(
 async def test_a_line_longer_than_the_cap_reaches_the_host_cut(
     docker_client: Any, anthropic_api: AnthropicStandIn, git_repo: str, tmp_path: Path,
 ) -> None:
-    # 3 MiB on one line, written straight to the agent's stdout (process 1) from its shell.
+    # The model answers 3 MiB of text, and reports in the same turn: the agent's
+    # assistant_text event is one line of more than 3 MiB on its stdout.
     marker = anthropic_api.script(
-        "long-line",
-        [tool("run_shell", command="head -c 3145728 /dev/zero | tr '\\0' x > /proc/1/fd/1;"
-                                   " echo > /proc/1/fd/1; echo written")],
-        [report("success", "printed a long line")])
+        "long-line", [text("x" * 3 * 1024**2), report("success", "said a lot")])
     sandbox = make_sandbox(docker_client, anthropic_api, tmp_path / "ws", SANDBOX_IMAGE)
     events: list[Event] = []
 
@@ -166,9 +165,13 @@ async def test_a_line_longer_than_the_cap_reaches_the_host_cut(
                                      lambda _seq, e: events.append(e), lambda _id: None,
                                      RunControl())
 
-    cut = [e for e in events if e.get("type") == "output" and "bytes dropped" in e["text"]]
-    assert [e["text"] for e in cut] == [
-        "x" * MAX_LINE_BYTES + f" [... {3 * 1024**2 - MAX_LINE_BYTES} more bytes dropped]"]
+    (cut,) = [e for e in events if e.get("type") == "output"]
+    assert cut["text"].startswith('{"type": "assistant_text"')
+    kept, marker = cut["text"].rsplit(" [... ", 1)
+    assert len(kept.encode()) == MAX_LINE_BYTES
+    dropped = re.fullmatch(r"(\d+) more bytes dropped\]", marker)
+    assert dropped is not None and int(dropped.group(1)) > 2 * 1024**2
+    assert not [e for e in events if e.get("type") == "assistant_text"]  # it was that line
     # The lines after it are whole: the run went on and its report counts.
     assert decide_outcome(result, timeout_seconds=60).status is RunStatus.SUCCEEDED
 
