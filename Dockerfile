@@ -78,8 +78,8 @@ ENTRYPOINT ["/opt/agent/bin/python", "-m", "runner.inside.agent"]
 # stage does not pretend otherwise by switching to an unprivileged user.
 FROM ${BASE_IMAGE} AS service
 
-# Distribution name of the project wheel in build/wheels.
-ARG PROJECT_NAME="routines"
+# The project wheel in build/wheels, with the PostgreSQL driver (the compose stack uses it).
+ARG PROJECT_NAME="routines[postgres]"
 
 LABEL org.routines.image="service"
 
@@ -89,7 +89,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 COPY build/wheels/ /tmp/wheels/
 RUN python3 -m venv /opt/routines \
-    && /opt/routines/bin/pip install --no-index --find-links /tmp/wheels ${PROJECT_NAME} \
+    && /opt/routines/bin/pip install --no-index --find-links /tmp/wheels "${PROJECT_NAME}" \
     && rm -rf /tmp/wheels
 
 ENV PYTHONUNBUFFERED=1 \

@@ -67,7 +67,8 @@ detect_mirror() {
 
 # ---------------------------------------------------------------------------
 # 1. base image
-build_base() {
+build_base() {  # IMAGE [PACKAGES]: a Debian root from debootstrap, imported as IMAGE
+    local image="${1:-$BASE_IMAGE}" packages="${2:-python3,python3-venv,git,ca-certificates}"
     command -v debootstrap >/dev/null 2>&1 || die "debootstrap missing (run .ci/docker-up.sh)"
     local mirror rootdir t0
     mirror="${DEBIAN_MIRROR:-$(detect_mirror)}"
@@ -77,22 +78,22 @@ build_base() {
     t0=$SECONDS
     log "debootstrap $SUITE from $mirror into $rootdir"
     as_root debootstrap --variant=minbase \
-        --include=python3,python3-venv,git,ca-certificates \
+        --include="$packages" \
         "$SUITE" "$rootdir" "$mirror" >/tmp/debootstrap.log 2>&1 \
         || { tail -n 30 /tmp/debootstrap.log >&2; die "debootstrap failed (log: /tmp/debootstrap.log)"; }
     # Nothing the image needs: package caches, apt lists, docs, man pages, translations.
     as_root sh -c "cd '$rootdir' && rm -rf var/cache/apt/archives/*.deb var/lib/apt/lists/* \
         var/log/*.log usr/share/doc/* usr/share/man/* usr/share/info/* usr/share/locale/*"
-    log "docker import -> $BASE_IMAGE"
+    log "docker import -> $image"
     as_root tar --numeric-owner -C "$rootdir" -c . | docker import \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' \
         --change 'LABEL org.routines.image=base' \
         --change 'CMD ["/bin/bash"]' \
-        - "$BASE_IMAGE" >/dev/null
+        - "$image" >/dev/null
     as_root rm -rf "$rootdir"
     trap - EXIT
-    log "base image $BASE_IMAGE built in $((SECONDS - t0))s"
+    log "base image $image built in $((SECONDS - t0))s"
 }
 
 if [ "${REBUILD_BASE:-0}" = 1 ] || ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
@@ -132,19 +133,32 @@ fi
 # 3. images
 [ -d "$BUILD_CONTEXT/runner" ] || die "$BUILD_CONTEXT/runner/ missing: nothing to put in the sandbox"
 t0=$SECONDS
-log "docker build --target sandbox -> $SANDBOX_IMAGE"
+runner_digest="$(python3 "$BUILD_CONTEXT/runner/fingerprint.py")"  # `routines doctor` reads it
+log "docker build --target sandbox -> $SANDBOX_IMAGE (runner $runner_digest)"
 docker build --target sandbox \
+    --label "org.routines.runner=$runner_digest" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --build-arg "SANDBOX_PACKAGES=$SANDBOX_PACKAGES" \
     -t "$SANDBOX_IMAGE" "$BUILD_CONTEXT" >&2
 log "sandbox image $SANDBOX_IMAGE ready in $((SECONDS - t0))s"
 
 if [ "${BUILD_SERVICE:-0}" = 1 ]; then
-    log "pip wheel -w $WHEEL_DIR $BUILD_CONTEXT (project + dependencies)"
-    "$PYTHON" -m pip wheel --quiet --disable-pip-version-check -w "$WHEEL_DIR" "$BUILD_CONTEXT"
+    log "pip wheel -w $WHEEL_DIR $BUILD_CONTEXT[postgres] (project + dependencies)"
+    "$PYTHON" -m pip wheel --quiet --disable-pip-version-check -w "$WHEEL_DIR" "$BUILD_CONTEXT[postgres]"
     t0=$SECONDS
     docker build --target service \
         --build-arg "BASE_IMAGE=$BASE_IMAGE" \
         -t "$SERVICE_IMAGE" "$BUILD_CONTEXT" >&2
     log "service image $SERVICE_IMAGE ready in $((SECONDS - t0))s"
+fi
+
+# PostgreSQL for the compose stack where no registry is reachable (the compose file's default
+# is the public postgres image; POSTGRES_IMAGE=routines-postgres:15 selects this one).
+if [ "${BUILD_POSTGRES:-0}" = 1 ]; then
+    if ! docker image inspect routines-postgres-base:bookworm >/dev/null 2>&1; then
+        build_base routines-postgres-base:bookworm postgresql-15
+    fi
+    docker build -q -f "$REPO_ROOT/.ci/postgres.Dockerfile" -t routines-postgres:15 \
+        "$REPO_ROOT/.ci" >&2
+    log "postgres image routines-postgres:15 ready"
 fi

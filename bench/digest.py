@@ -7,7 +7,7 @@ What it measures:
   a mix of statuses like a busy deployment's (mostly successes; failures with reasons,
   runs without a self-report, timeouts, infrastructure errors, kills), durations and token
   counts, plus one missed scheduled fire per routine. Rows go in through SQLAlchemy Core in
-  batches; the schema (tables and indexes) is the bot's own, from `create_schema`.
+  batches; the schema (tables and indexes) is the bot's own, from `bot.store.schema.upgrade`.
 * Digest build: `DigestService.compose` for a channel subscribed `D` days ago, so its
   period covers every stored run, then `templates/digest.json.j2` rendered to the Block
   Kit payload: everything the bot does before the Slack call (the SQL aggregates, the
@@ -51,6 +51,7 @@ from bot.core.pricing import PriceTable  # noqa: E402
 from bot.core.statuses import FailureKind, RunStatus, TriggerKind  # noqa: E402
 from bot.doors.slack.messages import Messages  # noqa: E402
 from bot.services.digests import DigestService  # noqa: E402
+from bot.store import schema  # noqa: E402
 from bot.store.database import Database  # noqa: E402
 from bot.store.tables import DigestSubscription, MissedFire, Routine, Run  # noqa: E402
 
@@ -93,7 +94,7 @@ def main() -> None:
 def bench(db: Database, runs: int, routines: int, days: int, repeat: int) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     start = now - timedelta(days=days)
-    db.create_schema()
+    schema.upgrade(db)
     began = time.perf_counter()
     fill(db, runs, routines, start, now)
     print(f"database: {db.engine.url.render_as_string(hide_password=True)}")

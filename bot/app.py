@@ -34,6 +34,7 @@ from bot.services.events import (
 )
 from bot.services.metrics import build_registry, running_containers
 from bot.settings import Settings
+from bot.store import schema
 from bot.store.database import Database
 from runner.host.sandbox import Sandbox, SandboxConfig
 from runner.repo_policy import FetchPolicy
@@ -88,7 +89,7 @@ class Bot:
         bus.subscribe(DigestScheduleChanged, self.scheduler.digest_schedule_changed)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.db.create_schema)
+        await asyncio.to_thread(schema.upgrade, self.db)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.dispatcher.start()
         await self.scheduler.start()

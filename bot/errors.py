@@ -365,3 +365,44 @@ class RepoHostRefused(RoutinesError, ValueError):
 
 class TryAgain(RoutinesError):
     """The same change was made at the same moment elsewhere; trying again settles it."""
+
+
+class DatabaseNewer(RoutinesError):
+    """The database is at a migration this version does not have: a newer version wrote
+    it. Nothing is changed; running an older version over it would lose data."""
+
+    def __init__(self, current: str, head: str) -> None:
+        super().__init__(current, head)
+        self.current = current
+        self.head = head
+
+    def words(self, style: Style) -> str:
+        return (f"the database is at migration {style.code(self.current)}, which this version "
+                f"does not know (its newest is {style.code(self.head)}): run the version that "
+                "upgraded it, or restore a backup")
+
+
+class DatabaseBehind(RoutinesError):
+    """The database is not at this version's newest migration and the command only reads
+    and changes rows: it does not upgrade behind the operator's back (`serve` does)."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        super().__init__(current, head)
+        self.current = current
+        self.head = head
+
+    def words(self, style: Style) -> str:
+        at = style.code(self.current) if self.current else "no migration (an empty database)"
+        return (f"the database is at {at}, this version's newest is {style.code(self.head)}: "
+                "run `routines db upgrade` first")
+
+
+class ChecksFailed(RoutinesError):
+    """`routines doctor` found problems (each printed with its fix above this line)."""
+
+    def __init__(self, failed: list[str]) -> None:
+        super().__init__(failed)
+        self.failed = failed
+
+    def words(self, style: Style) -> str:
+        return f"{len(self.failed)} check(s) failed: {', '.join(self.failed)}"

@@ -89,18 +89,22 @@ class Settings:
         return tuple(v for v in values if v)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read the usual variable names; a missing required one raises one clear line."""
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 serving: bool = True) -> Settings:
+        """Read the usual variable names; a missing required one raises one clear line.
+
+        `serving=False` is for commands that only read and change the database (the
+        operator's CLI): the Slack and Anthropic credentials are then not required."""
         env = os.environ if env is None else env
         required = ["SLACK_BOT_TOKEN", "ANTHROPIC_API_KEY"]
         if not env.get("SLACK_APP_TOKEN"):
             required.append("SLACK_SIGNING_SECRET")  # HTTP mode verifies every request
         missing = [name for name in required if not env.get(name)]
-        if missing:
+        if missing and serving:
             raise SettingsError(f"missing required setting: {', '.join(missing)}")
         return cls(
-            slack_bot_token=env["SLACK_BOT_TOKEN"],
-            anthropic_api_key=env["ANTHROPIC_API_KEY"],
+            slack_bot_token=env.get("SLACK_BOT_TOKEN", ""),
+            anthropic_api_key=env.get("ANTHROPIC_API_KEY", ""),
             slack_signing_secret=env.get("SLACK_SIGNING_SECRET", ""),
             slack_app_token=env.get("SLACK_APP_TOKEN", ""),
             slack_api_url=env.get("SLACK_API_URL", cls.slack_api_url),
@@ -193,3 +197,30 @@ def _number(env: Mapping[str, str], name: str, default: float,
         return parse(raw)
     except ValueError:
         raise SettingsError(f"setting {name} must be {kind}, got {raw!r}") from None
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`KEY=VALUE` lines of a `.env` file (`export ` prefix, quotes, `#` comments allowed).
+
+    A line that is none of these is refused with the file and line, rather than skipped:
+    a setting silently not applied is worse than a refusal to start."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key.replace("_", "").isalnum() or key[0].isdigit():
+            raise SettingsError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()[:40]!r}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+def environment(env: Mapping[str, str], env_file: Path) -> dict[str, str]:
+    """The process environment over `env_file` when it exists: the environment wins."""
+    return {**(read_env_file(env_file) if env_file.is_file() else {}), **env}

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from bot.store import tables as models  # noqa: F401 - registers the tables on SQLModel.metadata
 
@@ -21,9 +21,6 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
-
-    def create_schema(self) -> None:
-        SQLModel.metadata.create_all(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.app import Bot
 from bot.doors.http.ops import Readiness, add_ops_routes
 from bot.services.metrics import DURATION_BUCKETS, build_registry
+from bot.store import schema
 from bot.store.database import Database
 from bot.store.tables import KillSwitch, utcnow
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
@@ -207,7 +208,7 @@ async def test_a_hanging_engine_is_not_ready(database_url: str, silent_port: int
 def test_metrics_still_answer_when_the_engine_does_not(database_url: str,
                                                        closed_port: int) -> None:
     db = Database(database_url)
-    db.create_schema()
+    schema.upgrade(db)
     engine = docker.DockerClient(base_url=f"tcp://127.0.0.1:{closed_port}", version="1.41",
                                  timeout=5)
 

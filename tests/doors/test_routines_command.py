@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from bot.core.routine import RoutineDraft, RoutineLimits
 from bot.core.trigger import manual
 from bot.doors.cli import main
 from bot.services import ServicePolicy, Services
+from bot.store import schema
 from bot.store.database import Database
 from tests.standins.environment import TEST_NETWORK
 
@@ -43,7 +46,7 @@ def test_logs_prints_a_runs_redacted_events(
 ) -> None:
     url = database_url
     db = Database(url)
-    db.create_schema()
+    schema.upgrade(db)
     services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
                              Redactor(["planted-secret-42"]))
     services.routines.create(RoutineDraft(name="demo", prompt="p", repo_url="file:///r",
@@ -61,17 +64,26 @@ def test_logs_prints_a_runs_redacted_events(
 
 
 @pytest.mark.docker
-def test_serve_writes_json_lines(tmp_path: Path, docker_client: object) -> None:
-    """The real entry point, started and stopped as a service manager would."""
+@pytest.mark.parametrize("where", ["environment", "flags"])
+def test_serve_writes_json_lines(tmp_path: Path, docker_client: object, where: str) -> None:
+    """The real entry point, started and stopped as a service manager would; its address
+    from the environment, or from `--host`/`--port` (which win over it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ANTHROPIC_"))}
     env.update(SLACK_BOT_TOKEN="xoxb-planted-bot-token-1", ANTHROPIC_API_KEY="sk-ant-planted",
                SLACK_SIGNING_SECRET="planted-signing-secret", SLACK_API_URL="http://127.0.0.1:9/",
                DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", ROUTINES_DATA_DIR=str(tmp_path),
                ROUTINES_HOST="127.0.0.1", PORT="0", ROUTINES_SANDBOX_NETWORK=TEST_NETWORK,
                ROUTINES_LOG_FORMAT="json", LOG_LEVEL="INFO")
+    port = free_port()
+    serve = SERVE
+    if where == "flags":
+        env.update(ROUTINES_HOST="127.0.0.2", PORT=str(free_port()))  # the flags must win
+        serve = SERVE.replace("['serve']", f"['serve', '--host', '127.0.0.1', '--port', '{port}']")
+    else:
+        env.update(PORT=str(port))
     stderr = tmp_path / "stderr.log"
     with stderr.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", SERVE], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-c", serve], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 60
@@ -79,6 +91,8 @@ def test_serve_writes_json_lines(tmp_path: Path, docker_client: object) -> None:
             assert proc.poll() is None, stderr.read_text()
             assert time.monotonic() < deadline, stderr.read_text()
             time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            assert answer.status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -88,3 +102,9 @@ def test_serve_writes_json_lines(tmp_path: Path, docker_client: object) -> None:
     lines = [json.loads(line) for line in stderr.read_text().splitlines()]
     ready = [e for e in lines if e["message"].startswith("routines bot ready")]
     assert ready and ready[0]["logger"] == "bot.app" and ready[0]["level"] == "INFO"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -19,6 +19,7 @@ from bot.services import ServicePolicy, Services
 from bot.services.digests import DigestService, NotSubscribed
 from bot.services.events import DigestScheduleChanged
 from bot.settings import Settings
+from bot.store import schema
 from bot.store.database import Database
 from bot.store.tables import AuditEntry, Routine, Run
 from tests.support.digests import NOW, PRICES
@@ -33,7 +34,7 @@ def aware(value: datetime) -> datetime:
 @pytest.fixture
 def db(database_url: str) -> Any:
     database = Database(database_url)
-    database.create_schema()
+    schema.upgrade(database)
     yield database
     database.close()
 

@@ -30,6 +30,7 @@ from bot.errors import (
 )
 from bot.services import ServicePolicy, Services
 from bot.services.events import PublishDecided, StopRequested
+from bot.store import schema
 from bot.store.database import Database
 from bot.store.tables import AuditEntry, Run, utcnow
 
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
-    database.create_schema()
+    schema.upgrade(database)
     yield database
     database.close()
 

@@ -11,6 +11,7 @@ from bot.core.redaction import Redactor
 from bot.core.routine import RoutineDraft, RoutineLimits
 from bot.errors import ValidationFailed
 from bot.services import ServicePolicy, Services
+from bot.store import schema
 from bot.store.database import Database
 
 pytestmark = pytest.mark.postgres
@@ -20,7 +21,7 @@ def test_two_creates_racing_for_one_name_give_one_routine_and_one_field_error(
     database_url: str,
 ) -> None:
     db = Database(database_url)
-    db.create_schema()
+    schema.upgrade(db)
     services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
                              Redactor(()))
     draft = RoutineDraft(name="twin", prompt="p", repo_url="file:///r", channel_id="C0123ABC")
@@ -45,7 +46,7 @@ def test_two_creates_racing_for_one_name_give_one_routine_and_one_field_error(
 
 def test_racing_calls_with_one_idempotency_key_give_one_run(database_url: str) -> None:
     db = Database(database_url)
-    db.create_schema()
+    schema.upgrade(db)
     services = Services(db, ServicePolicy("m", 60, RoutineLimits(1, 99, True), 5),
                              Redactor(()))
     services.routines.create(RoutineDraft(name="hook", prompt="p", repo_url="file:///r",

@@ -23,7 +23,10 @@ class SlackCall:
 
 
 class SlackApiStandIn:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, public_url: str = "") -> None:
+        """`public_url`: where clients reach it when that is not where it listens (a
+        container of the compose stack reaching it by service name)."""
+        self.host, self.port, self.public_url = host, port, public_url.rstrip("/")
         self.calls: list[SlackCall] = []
         self.socket: web.WebSocketResponse | None = None
         self._connected = asyncio.Event()
@@ -34,6 +37,10 @@ class SlackApiStandIn:
         self.url = ""
         self._ts = 1_700_000_000
         self.user_groups: dict[str, list[str]] = {}  # usergroups.users.list answers
+        # What Slack says of the token: the scopes it was granted (the `x-oauth-scopes`
+        # header of every answer), and whether it is refused (`invalid_auth`).
+        self.scopes = ["commands", "chat:write", "chat:write.public", "usergroups:read"]
+        self.refused_tokens: set[str] = set()
 
     async def start(self) -> None:
         app = web.Application()
@@ -41,9 +48,10 @@ class SlackApiStandIn:
         app.router.add_get("/socket", self._socket_mode)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/api/"
+        listening = f"http://{self.host}:{self._runner.addresses[0][1]}"
+        self.url = f"{self.public_url or listening}/api/"
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -55,10 +63,12 @@ class SlackApiStandIn:
             params = await request.json()
         else:
             params = dict(await request.post())
-        answer = self._answer(method, params)
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        answer = ({"ok": False, "error": "invalid_auth"} if token in self.refused_tokens
+                  else self._answer(method, params))
         self.calls.append(SlackCall(method, params, dict(request.headers), response=answer))
         self._changed.set()
-        return web.json_response(answer)
+        return web.json_response(answer, headers={"x-oauth-scopes": ",".join(self.scopes)})
 
     def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
@@ -144,3 +154,17 @@ class SlackApiStandIn:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+
+
+async def serve_forever(host: str, port: int, public_url: str) -> None:
+    """The stand-in as a process of its own (the compose check runs it in a container)."""
+    server = SlackApiStandIn(host, port, public_url)
+    await server.start()
+    print(f"slack stand-in on {server.url}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(serve_forever(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
