@@ -14,7 +14,7 @@ from pathlib import Path
 from bot.core.pricing import PriceTable
 from bot.core.roles import parse_principals
 from bot.errors import SettingsError
-from runner.disk_limit import DEFAULT_DISK_LIMIT, DISK_LIMIT_SETTING, parse_size
+from runner.disk_limit import DEFAULT_DISK_LIMIT, parse_size
 from runner.repo_policy import DEFAULT_REPO_HOSTS, parse_hosts
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -120,7 +120,7 @@ class Settings:
             sandbox_cpus=_float(env, "ROUTINES_SANDBOX_CPUS", cls.sandbox_cpus),
             sandbox_pids=_int(env, "ROUTINES_SANDBOX_PIDS", cls.sandbox_pids),
             sandbox_runtime=env.get("ROUTINES_SANDBOX_RUNTIME", "").strip(),
-            run_disk_limit=_size(env, DISK_LIMIT_SETTING, cls.run_disk_limit),
+            run_disk_limit=_size(env, "ROUTINES_RUN_DISK_LIMIT", cls.run_disk_limit),
             max_concurrent_runs=_int(env, "ROUTINES_MAX_CONCURRENT_RUNS", cls.max_concurrent_runs),
             default_model=env.get("ROUTINES_DEFAULT_MODEL", cls.default_model),
             max_turns=_int(env, "ROUTINES_MAX_TURNS", cls.max_turns),
