@@ -133,6 +133,7 @@ def _sandbox_config(settings: Settings) -> SandboxConfig:
         cpus=settings.sandbox_cpus,
         pids=settings.sandbox_pids,
         runtime=settings.sandbox_runtime,
+        disk_limit=settings.run_disk_limit,
         anthropic_api_key=settings.anthropic_api_key,
         anthropic_base_url=settings.anthropic_base_url,
         fetch_policy=FetchPolicy(settings.repo_hosts, settings.allow_local_repos),

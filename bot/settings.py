@@ -14,6 +14,7 @@ from pathlib import Path
 from bot.core.pricing import PriceTable
 from bot.core.roles import parse_principals
 from bot.errors import SettingsError
+from runner.disk_limit import DEFAULT_DISK_LIMIT, parse_size
 from runner.egress_policy import DEFAULT_TRUSTED_HOSTS, PolicyError, parse_trusted
 from runner.repo_policy import DEFAULT_REPO_HOSTS, parse_hosts
 
@@ -43,6 +44,7 @@ class Settings:
     sandbox_cpus: float = 1.0
     sandbox_pids: int = 256
     sandbox_runtime: str = ""  # "runsc" runs every container under gVisor
+    run_disk_limit: int = DEFAULT_DISK_LIMIT  # bytes a run's files may take; 0: no limit
     max_concurrent_runs: int = 2
     default_model: str = DEFAULT_MODEL
     default_timeout_seconds: int = 1800
@@ -126,6 +128,7 @@ class Settings:
             sandbox_cpus=_float(env, "ROUTINES_SANDBOX_CPUS", cls.sandbox_cpus),
             sandbox_pids=_int(env, "ROUTINES_SANDBOX_PIDS", cls.sandbox_pids),
             sandbox_runtime=env.get("ROUTINES_SANDBOX_RUNTIME", "").strip(),
+            run_disk_limit=_size(env, "ROUTINES_RUN_DISK_LIMIT", cls.run_disk_limit),
             max_concurrent_runs=_int(env, "ROUTINES_MAX_CONCURRENT_RUNS", cls.max_concurrent_runs),
             default_model=env.get("ROUTINES_DEFAULT_MODEL", cls.default_model),
             max_turns=_int(env, "ROUTINES_MAX_TURNS", cls.max_turns),
@@ -173,6 +176,16 @@ def _trusted_hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     try:
         return parse_trusted(env.get(name, ""))
     except PolicyError as exc:
+        raise SettingsError(f"setting {name}: {exc}") from None
+
+
+def _size(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse_size(raw)
+    except ValueError as exc:
         raise SettingsError(f"setting {name}: {exc}") from None
 
 
