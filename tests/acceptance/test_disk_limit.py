@@ -167,6 +167,7 @@ async def test_a_line_longer_than_the_cap_reaches_the_host_cut(
 
     (cut,) = [e for e in events if e.get("type") == "output"]
     assert cut["text"].startswith('{"type": "assistant_text"')
+    assert " [... " in cut["text"], (len(cut["text"]), cut["text"][-200:])
     kept, marker = cut["text"].rsplit(" [... ", 1)
     assert len(kept.encode()) == MAX_LINE_BYTES
     dropped = re.fullmatch(r"(\d+) more bytes dropped\]", marker)
