@@ -99,9 +99,12 @@ class Bot:
         add_ops_routes(web_app, Readiness(self.db, self.docker), build_registry(
             self.db, running_containers(self.docker, self.settings.instance)))
         # keepalive_timeout also bounds a connection's wait for a request's headers (aiohttp
-        # closes a connection whose request has not fully arrived when it expires).
+        # closes a connection whose request has not fully arrived when it expires); after a
+        # refusal, the rest of a body is drained for no longer than a body may take.
+        body_timeout = self.settings.http_body_timeout_seconds
         self._web = web.AppRunner(web_app, access_log=None,
-                                  keepalive_timeout=self.settings.http_header_timeout_seconds)
+                                  keepalive_timeout=self.settings.http_header_timeout_seconds,
+                                  lingering_time=min(10.0, body_timeout))
         await self._web.setup()
         site = web.TCPSite(self._web, self.settings.host, self.settings.port)
         await site.start()

@@ -202,8 +202,9 @@ async def test_api_door(door: Door, name: str, auth: str, forged_token: str, bod
     path = (f"/api/v1/runs/{quoted}" if route == "status"
             else f"/api/v1/routines/{quoted}/{route}")
     method = "GET" if route == "status" else "POST"
-    # A run id that is not a number is no run's: 404 before any token is looked at.
-    answers = frozenset({401, 404} if route == "status" else {401})
+    # A run id that is not a number is no run's, and a name with a brace matches no route
+    # (aiohttp's `{name}` is `[^{}/]+`): 404 before any token is looked at, naming nothing.
+    answers = frozenset({401, 404} if route == "status" or set(name) & set("{}") else {401})
     status = await door.check(door.send(method, path, body, headers),
                               forged="Authorization" not in headers or auth != "valid",
                               forged_answers=answers)
