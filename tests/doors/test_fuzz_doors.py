@@ -329,7 +329,8 @@ async def test_socket_mode_envelopes(socket_bot: SlackApiStandIn, raw: str, kind
     acked = await socket_bot.send_unanswered(kind, payload, f"fuzz-{number}")
     ack = await asyncio.wait_for(acked, 30)
     assert ack["envelope_id"] == f"fuzz-{number}"
-    probe = await socket_bot.send_envelope("slash_commands", dict(parse_qsl(slash_form("list", {}))))
+    probe = await socket_bot.send_envelope("slash_commands",
+                                           dict(parse_qsl(slash_form("list", {}))))
     assert probe["payload"]["response_type"] == "ephemeral"
 
 

@@ -46,16 +46,16 @@ async def refusals(request: web.Request,
         return response
 
 
-async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+async def read_body(request: web.Request, limit: int, within: float) -> bytes:
     """The whole body, at most `limit` bytes (refused before reading when the declared
-    length is over), read within `timeout` seconds so a client that stalls mid-body is let go."""
+    length is over), read within `within` seconds so a client that stalls mid-body is let go."""
     if request.content_length is not None and request.content_length > limit:
         raise Refused(413, "too_large", f"body over the {limit}-byte limit")
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             body = await _read_up_to(request, limit + 1)
     except TimeoutError:
-        raise Refused(408, "body_timeout", f"body not received within {timeout:g}s") from None
+        raise Refused(408, "body_timeout", f"body not received within {within:g}s") from None
     if len(body) > limit:
         raise Refused(413, "too_large", f"body over the {limit}-byte limit")
     return body

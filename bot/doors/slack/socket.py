@@ -40,7 +40,7 @@ class GuardedSocketModeHandler(AsyncSocketModeHandler):
             log.info("socket mode envelope with an unreadable payload dropped")
             await client.send_socket_mode_response(SocketModeResponse(envelope_id=envelope_id))
 
-    async def handle(self, client: AsyncBaseSocketModeClient,  # type: ignore[override]
+    async def handle(self, client: AsyncBaseSocketModeClient,
                      req: SocketModeRequest) -> None:
         start = time.time()
         if not isinstance(req.envelope_id, str) or not req.envelope_id:
@@ -58,6 +58,8 @@ class GuardedSocketModeHandler(AsyncSocketModeHandler):
         await send_async_response(client, req, response, start)
 
     async def _dispatch(self, req: SocketModeRequest) -> BoltResponse:
-        if not isinstance(req.payload, dict):
+        payload: object = req.payload  # typed a dict; a str arrives as well
+        if not isinstance(payload, dict):
             return BoltResponse(status=400)
-        return await run_async_bolt_app(self.app, req)
+        response: BoltResponse = await run_async_bolt_app(self.app, req)
+        return response
