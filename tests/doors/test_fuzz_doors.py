@@ -345,3 +345,19 @@ async def socket_bot(start_bot: BotFactory, slack_api: SlackApiStandIn,
     async with aiohttp.ClientSession() as session, session.get(
             f"http://127.0.0.1:{bot.port}/healthz") as response:
         assert response.status == 200
+
+
+async def test_without_a_signing_secret_the_http_door_refuses_everything(
+    start_bot: BotFactory,
+) -> None:
+    """A Socket Mode install needs no signing secret; its HTTP door then trusts nothing
+    (Bolt, told not to verify in Socket Mode, would have run an unsigned command)."""
+    _, fake = await start_bot(slack_app_token="xapp-1-test-app-token-0000",
+                                slack_signing_secret="")
+    body = slash_form("run nightly", {})
+    unsigned = await fake.post(body, signature="v0=")
+    signed_with_empty_secret = await fake.post(body, signature="v0=" + hmac.new(
+        b"", f"v0:{int(time.time())}:{body}".encode(), hashlib.sha256).hexdigest())
+
+    assert (unsigned.status, signed_with_empty_secret.status) == (401, 401)
+    assert json.loads(unsigned.text)["error"] == "bad_signature"
