@@ -72,6 +72,10 @@ class Settings:
     incidents_channel: str = ""  # kill switch and spend announcements also go here
     approval_timeout_seconds: int = 24 * 3600
     daily_spend_cap_usd: float = 100.0  # 0: no cap
+    # The HTTP doors let a slow or half-open client go: its headers must arrive within the
+    # first, its body within the second (tests lower them; not read from the environment).
+    http_header_timeout_seconds: float = 15.0
+    http_body_timeout_seconds: float = 30.0
 
     @property
     def socket_mode(self) -> bool:

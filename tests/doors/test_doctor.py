@@ -30,7 +30,8 @@ def env(tmp_path: Path, slack_api: SlackApiStandIn, docker_client: Any) -> dict[
     db = Database(url)
     schema.upgrade(db)
     db.close()
-    return {"ROUTINES_DATA_DIR": str(tmp_path / "data"), "SLACK_BOT_TOKEN": BOT_TOKEN, "ANTHROPIC_API_KEY": "sk-ant-doctor-0123456789",
+    return {"ROUTINES_DATA_DIR": str(tmp_path / "data"), "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "ANTHROPIC_API_KEY": "sk-ant-doctor-0123456789",
             "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_API_URL": slack_api.url,
             "DATABASE_URL": url, "ROUTINES_SANDBOX_IMAGE": SANDBOX_IMAGE}
 
