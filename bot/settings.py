@@ -18,7 +18,7 @@ from runner.disk_limit import DEFAULT_DISK_LIMIT, parse_size
 from runner.egress_policy import DEFAULT_TRUSTED_HOSTS, PolicyError, parse_trusted
 from runner.repo_policy import DEFAULT_REPO_HOSTS, parse_hosts
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"  # current; any model id is accepted (bot.services.models)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from bot.doors.slack.words import say
 from bot.doors.slack.workflow_step import WorkflowStep
 from bot.errors import RoutinesError, ValidationFailed
 from bot.services import Services
+from bot.services.models import current_models, is_known
 from bot.settings import Settings
 from bot.store.tables import utcnow
 
@@ -308,7 +309,8 @@ class SlackHandlers:
         s = self.settings
         return self.messages.render(
             "create_modal.json.j2", channel_id=channel_id if channel_id[:1] in "CG" else "",
-            default_model=s.default_model, default_timeout=s.default_timeout_seconds,
+            default_model=s.default_model, models=current_models(),
+            default_timeout=s.default_timeout_seconds,
             min_timeout=s.min_timeout_seconds, max_timeout=s.max_timeout_seconds)
 
     async def create_submitted(self, ack: AsyncAck, body: dict[str, Any],
@@ -323,7 +325,8 @@ class SlackHandlers:
         await ack()
         await client.chat_postMessage(
             channel=routine.channel_id,
-            **self.messages.render("routine_created.json.j2", routine=routine, actor=user_id))
+            **self.messages.render("routine_created.json.j2", routine=routine, actor=user_id,
+                                   model_known=is_known(routine.model)))
 
 
 def draft_from_modal(values: dict[str, Any]) -> RoutineDraft:
