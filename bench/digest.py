@@ -46,6 +46,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from sqlalchemy import event, insert  # noqa: E402
 
+from bench.report import print_json, readable_report  # noqa: E402
 from bot.core.digest import DigestFacts, build_digest  # noqa: E402
 from bot.core.pricing import PriceTable  # noqa: E402
 from bot.core.statuses import FailureKind, RunStatus, TriggerKind  # noqa: E402
@@ -81,17 +82,26 @@ def main() -> None:
     parser.add_argument("--routines", type=int, default=50)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-digest-") as tmp:
         url = os.environ.get("DATABASE_URL") or f"sqlite:///{Path(tmp) / 'digest.db'}"
         db = Database(url)
         try:
-            bench(db, args.runs, args.routines, args.days, args.repeat)
+            with readable_report(args.json):
+                digest_ms, bare_ms = bench(db, args.runs, args.routines, args.days,
+                                           args.repeat)
         finally:
             db.close()
+    if args.json:
+        print_json("digest", {"digest_build_ms": round(digest_ms, 1)},
+                   {"bare_group_by_ms": round(bare_ms, 1)}, digest_ms / bare_ms,
+                   runs=args.runs, backend=url.split(":", 1)[0])
 
 
-def bench(db: Database, runs: int, routines: int, days: int, repeat: int) -> None:
+def bench(db: Database, runs: int, routines: int, days: int,
+          repeat: int) -> tuple[float, float]:
+    """Returns the medians in milliseconds: the digest build's, the bare aggregate's."""
     now = datetime.now(UTC).replace(microsecond=0)
     start = now - timedelta(days=days)
     schema.upgrade(db)
@@ -141,6 +151,7 @@ def bench(db: Database, runs: int, routines: int, days: int, repeat: int) -> Non
     shape = timed(lambda: messages.render("digest.json.j2", digest=build_digest(
         facts[0], service.prices, service.limits)))
     print(f"  {shape * 1000:7.0f} ms  the builder, pricing and the template")
+    return statistics.median(digest_times) * 1000, statistics.median(bare_times) * 1000
 
 
 def sql_breakdown(db: Database, action: Callable[[], Any]) -> list[tuple[float, str]]:

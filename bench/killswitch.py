@@ -39,6 +39,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import docker  # noqa: E402
 
+from bench.report import print_json, readable_report  # noqa: E402
 from bot.app import Bot  # noqa: E402
 from runner.contract import LABEL_INSTANCE  # noqa: E402
 from tests.standins.anthropic_api import AnthropicStandIn, tool  # noqa: E402
@@ -125,16 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--containers", type=int, default=20)
     parser.add_argument("--image", default=DEFAULT_IMAGE)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     client = docker.from_env()
-    with tempfile.TemporaryDirectory() as tmp:
-        engage = asyncio.run(bench_engage(args.containers, args.image, Path(tmp), client))
-    bare = bench_docker_kill(args.containers, args.image, client)
-    client.close()
-    print(f"containers: {args.containers}")
-    print(f"engage -> all stopped: {engage:.3f} s")
-    print(f"bare docker kill:      {bare:.3f} s")
-    print(f"ratio:                 {engage / bare:.1f}x")
+    with readable_report(args.json):
+        with tempfile.TemporaryDirectory() as tmp:
+            engage = asyncio.run(bench_engage(args.containers, args.image, Path(tmp), client))
+        bare = bench_docker_kill(args.containers, args.image, client)
+        client.close()
+        print(f"containers: {args.containers}")
+        print(f"engage -> all stopped: {engage:.3f} s")
+        print(f"bare docker kill:      {bare:.3f} s")
+        print(f"ratio:                 {engage / bare:.1f}x")
+    if args.json:
+        print_json("killswitch", {"engage_to_all_stopped_s": round(engage, 4)},
+                   {"docker_kill_s": round(bare, 4)}, engage / bare,
+                   containers=args.containers)
     return 0
 
 

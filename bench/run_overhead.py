@@ -51,6 +51,7 @@ if str(REPO_ROOT) not in sys.path:
 import docker  # noqa: E402
 import docker.errors  # noqa: E402
 
+from bench.report import print_json, readable_report  # noqa: E402
 from bot.app import Bot  # noqa: E402
 from runner.contract import LABEL_ROUTINE, LABEL_RUN_ID  # noqa: E402
 from tests.standins.anthropic_api import AnthropicStandIn, Recorded, report  # noqa: E402
@@ -140,6 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=MIN_RUNS,
                         help=f"runs of each kind (default {MIN_RUNS}; the issue asks for "
                              f"at least {MIN_RUNS})")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--image", default=DEFAULT_IMAGE,
                         help=f"sandbox image (default {DEFAULT_IMAGE})")
     args = parser.parse_args(argv)
@@ -284,7 +286,7 @@ def _rows(samples: list[RunSample], bare: list[float]) -> Iterator[list[float | 
 
 
 def report_table(samples: list[RunSample], bare: list[float], image: str,
-                 image_id: str) -> None:
+                 image_id: str) -> tuple[float, float]:
     headers = ["run->API", "bare run", "ack", "->create", "create->start",
                "start->API", "API->result"]
     widths = [max(len(h), 7) for h in headers]
@@ -308,6 +310,7 @@ def report_table(samples: list[RunSample], bare: list[float], image: str,
     print(f"median run -> first API call:   {run_median:.3f}s")
     print(f"median bare docker run:         {bare_median:.3f}s")
     print(f"ratio (run->API / bare run):    {run_median / bare_median:.2f}x")
+    return run_median, bare_median
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,7 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         client.close()
-    report_table(samples, bare, args.image, image_id)
+    with readable_report(args.json):
+        run_median, bare_median = report_table(samples, bare, args.image, image_id)
+    if args.json:
+        print_json("run_overhead", {"run_to_first_api_call_s": round(run_median, 4)},
+                   {"bare_docker_run_s": round(bare_median, 4)}, run_median / bare_median,
+                   runs=len(samples), image=args.image)
     return 0
 
 

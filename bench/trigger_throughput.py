@@ -64,6 +64,7 @@ from sqlalchemy.engine import Connection, make_url  # noqa: E402
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError  # noqa: E402
 from sqlmodel import col, func, select  # noqa: E402
 
+from bench.report import print_json, readable_report  # noqa: E402
 from bot.app import Bot  # noqa: E402
 from bot.core.routine import RoutineDraft  # noqa: E402
 from bot.core.statuses import TriggerKind  # noqa: E402
@@ -488,6 +489,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"requests in flight (default {DEFAULT_CONCURRENCY})")
     parser.add_argument("--skip-lateness", action="store_true",
                         help="skip the fire-lateness part (it waits for a minute boundary)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.requests < 1:
         parser.error("--requests must be at least 1")
@@ -497,6 +499,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_benchmarks(args: argparse.Namespace, tmp: Path) -> bool:
+    with readable_report(args.json):
+        ok, batches, lateness = measure_all(args, tmp)
+    if args.json:
+        bare, bots = batches[0], batches[1:]
+        figures: dict[str, object] = {f"{b.label} req/s": round(b.rate, 1) for b in bots}
+        if lateness is not None and lateness.late_seconds:
+            late = lateness.late_seconds
+            figures["lateness_p50_s"] = round(percentile(late, 50), 4)
+            figures["lateness_p99_s"] = round(percentile(late, 99), 4)
+            figures["lateness_fired"] = len(late)
+        print_json("trigger_throughput", figures, {"bare aiohttp req/s": round(bare.rate, 1)},
+                   bots[0].rate / bare.rate, verified=ok,
+                   ratios={b.label: round(b.rate / bare.rate, 4) for b in bots})
+    return ok
+
+
+def measure_all(args: argparse.Namespace,
+                tmp: Path) -> tuple[bool, list[Batch], Lateness | None]:
     admin_url = postgres_admin_url()
     batches = [asyncio.run(bench_bare(args.requests, args.concurrency))]
     batches.append(bot_batch("bot, SQLite", f"sqlite:///{tmp / 'sqlite' / 'routines.db'}",
@@ -506,12 +526,13 @@ def run_benchmarks(args: argparse.Namespace, tmp: Path) -> bool:
             batches.append(bot_batch("bot, PostgreSQL", database_url, tmp / "postgres", args))
     report_throughput(batches, args.concurrency)
     ok = all(batch.ok for batch in batches)
+    lateness = None
     if not args.skip_lateness:
         (tmp / "lateness").mkdir()
         lateness = asyncio.run(bench_lateness(tmp / "lateness", SCHEDULES))
         report_lateness(lateness)
         ok = ok and lateness.ok
-    return ok
+    return ok, batches, lateness
 
 
 def main(argv: list[str] | None = None) -> int:

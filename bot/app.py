@@ -8,7 +8,6 @@ import logging
 
 import docker
 from aiohttp import web
-from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.redaction import Redactor
@@ -22,6 +21,7 @@ from bot.doors.slack.home import HomeTab
 from bot.doors.slack.listeners import build_slack_app
 from bot.doors.slack.live_progress import BoardTimings, ProgressBoard
 from bot.doors.slack.messages import Messages
+from bot.doors.slack.socket import GuardedSocketModeHandler
 from bot.execution.dispatcher import Dispatcher
 from bot.execution.publisher import Publisher
 from bot.services import ServicePolicy, Services
@@ -80,7 +80,7 @@ class Bot:
         self.home.register(self.slack)
         self._wire()
         self._web: web.AppRunner | None = None
-        self._socket: AsyncSocketModeHandler | None = None
+        self._socket: GuardedSocketModeHandler | None = None
         self.port = 0
 
     def _wire(self) -> None:
@@ -106,13 +106,19 @@ class Bot:
         web_app = build_web_app(self.slack, self.db, self.services, self.settings)
         add_ops_routes(web_app, Readiness(self.db, self.docker), build_registry(
             self.db, running_containers(self.docker, self.settings.instance)))
-        self._web = web.AppRunner(web_app, access_log=None)
+        # keepalive_timeout also bounds a connection's wait for a request's headers (aiohttp
+        # closes a connection whose request has not fully arrived when it expires); after a
+        # refusal, the rest of a body is drained for no longer than a body may take.
+        body_timeout = self.settings.http_body_timeout_seconds
+        self._web = web.AppRunner(web_app, access_log=None,
+                                  keepalive_timeout=self.settings.http_header_timeout_seconds,
+                                  lingering_time=min(10.0, body_timeout))
         await self._web.setup()
         site = web.TCPSite(self._web, self.settings.host, self.settings.port)
         await site.start()
         self.port = self._web.addresses[0][1]
         if self.settings.socket_mode:
-            self._socket = AsyncSocketModeHandler(self.slack, self.settings.slack_app_token)
+            self._socket = GuardedSocketModeHandler(self.slack, self.settings.slack_app_token)
             await self._socket.connect_async()  # type: ignore[no-untyped-call]
         log.info("routines bot ready (%s mode, port %s)",
                  "socket" if self.settings.socket_mode else "http", self.port)
@@ -141,6 +147,7 @@ def _sandbox_config(settings: Settings) -> SandboxConfig:
         cpus=settings.sandbox_cpus,
         pids=settings.sandbox_pids,
         runtime=settings.sandbox_runtime,
+        disk_limit=settings.run_disk_limit,
         anthropic_api_key=settings.anthropic_api_key,
         anthropic_base_url=settings.anthropic_base_url,
         fetch_policy=FetchPolicy(settings.repo_hosts, settings.allow_local_repos),

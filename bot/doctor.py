@@ -2,13 +2,18 @@
 
 Each check is one `Finding`: ok, or what is wrong and how to fix it. The checks run in the
 order a new operator would fix things (settings first: the others need them) and never
-change anything: no schema upgrade, no network created, no container started.
+change anything: no schema upgrade, no container started (the gateway and the proxy are
+opened once on sockets of a temporary directory, then closed).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -21,7 +26,12 @@ from bot.errors import RoutinesError
 from bot.settings import Settings
 from bot.store import schema
 from bot.store.database import Database
+from runner.disk_limit import describe_size
+from runner.egress_policy import EgressPolicy
 from runner.fingerprint import LABEL, runner_fingerprint
+from runner.host.egress_proxy import EgressProxy
+from runner.host.gateway import GatewayRun, ModelGateway
+from runner.host.loop import BackgroundLoop
 
 TIMEOUT_SECONDS = 10
 
@@ -57,7 +67,8 @@ def diagnose(env: Mapping[str, str]) -> list[Finding]:
     checks: list[tuple[str, Callable[[Settings], str]]] = [
         ("settings agree", _consistent), ("slack token", _slack), ("slack mode", _slack_mode),
         ("docker engine", _docker), ("sandbox image", _image), ("sandbox runtime", _runtime),
-        ("database", _database),
+        ("database", _database), ("run disk limit", _disk_limit),
+        ("gateway and proxy", _servers),
     ]
     for name, check in checks:
         try:
@@ -175,6 +186,51 @@ def _database(settings: Settings) -> str:
         return f"at migration {schema.head()} (the newest)"
     finally:
         db.close()
+
+
+def _disk_limit(settings: Settings) -> str:
+    """Each run's workspace is a loop-mounted filesystem of the limit: root, mkfs.ext4 and
+    loop devices are needed, or every run would end in error."""
+    limit = settings.run_disk_limit
+    if not limit:
+        return "off (ROUTINES_RUN_DISK_LIMIT=0): a run can fill the host's disk"
+    missing = [what for what, ok in (
+        ("root (mounting)", os.geteuid() == 0),
+        ("mkfs.ext4 (e2fsprogs)", shutil.which("mkfs.ext4") is not None),
+        ("loop devices (/dev/loop-control)", Path("/dev/loop-control").exists()))
+        if not ok]
+    if missing:
+        raise Failed(f"a limit of {describe_size(limit)} cannot be enforced without "
+                     f"{', '.join(missing)}", "run as root with e2fsprogs and loop devices, "
+                     "or set ROUTINES_RUN_DISK_LIMIT=0")
+    return f"{describe_size(limit)} per run"
+
+
+def _servers(settings: Settings) -> str:
+    """The model gateway and the egress proxy listen on Unix sockets in the data directory:
+    both opened there once, then closed."""
+    with tempfile.TemporaryDirectory(prefix="doctor-", dir=_existing(settings.data_dir)) as tmp:
+        loop = BackgroundLoop("doctor")
+        gateway = ModelGateway(loop, settings.anthropic_base_url, settings.anthropic_api_key)
+        proxy = EgressProxy(loop)
+        try:
+            gateway.open(GatewayRun(0, "0" * 64, None, lambda _call: None),
+                         Path(tmp) / "gateway.sock")
+            proxy.open_run(0, EgressPolicy.from_spec(""), Path(tmp) / "proxy.sock",
+                           lambda _attempt: None)
+        except OSError as exc:
+            raise Failed(f"could not listen in {settings.data_dir}: {exc}",
+                         "make ROUTINES_DATA_DIR writable") from None
+        finally:
+            proxy.close()
+            gateway.stop()
+            loop.stop()
+    return f"both listen in {settings.data_dir}"
+
+
+def _existing(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _client(settings: Settings) -> docker.DockerClient:

@@ -14,10 +14,11 @@ from pathlib import Path
 from bot.core.pricing import PriceTable
 from bot.core.roles import parse_principals
 from bot.errors import SettingsError
+from runner.disk_limit import DEFAULT_DISK_LIMIT, parse_size
 from runner.egress_policy import DEFAULT_TRUSTED_HOSTS, PolicyError, parse_trusted
 from runner.repo_policy import DEFAULT_REPO_HOSTS, parse_hosts
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"  # current; any model id is accepted (bot.services.models)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Settings:
     sandbox_cpus: float = 1.0
     sandbox_pids: int = 256
     sandbox_runtime: str = ""  # "runsc" runs every container under gVisor
+    run_disk_limit: int = DEFAULT_DISK_LIMIT  # bytes a run's files may take; 0: no limit
     max_concurrent_runs: int = 2
     default_model: str = DEFAULT_MODEL
     default_timeout_seconds: int = 1800
@@ -70,6 +72,10 @@ class Settings:
     incidents_channel: str = ""  # kill switch and spend announcements also go here
     approval_timeout_seconds: int = 24 * 3600
     daily_spend_cap_usd: float = 100.0  # 0: no cap
+    # The HTTP doors let a slow or half-open client go: its headers must arrive within the
+    # first, its body within the second (tests lower them; not read from the environment).
+    http_header_timeout_seconds: float = 15.0
+    http_body_timeout_seconds: float = 30.0
     # A running run's live message (bot/doors/slack/live_progress.py); off: only the
     # result is posted, when the run ends.
     live_progress: bool = True
@@ -133,6 +139,7 @@ class Settings:
             sandbox_cpus=_float(env, "ROUTINES_SANDBOX_CPUS", cls.sandbox_cpus),
             sandbox_pids=_int(env, "ROUTINES_SANDBOX_PIDS", cls.sandbox_pids),
             sandbox_runtime=env.get("ROUTINES_SANDBOX_RUNTIME", "").strip(),
+            run_disk_limit=_size(env, "ROUTINES_RUN_DISK_LIMIT", cls.run_disk_limit),
             max_concurrent_runs=_int(env, "ROUTINES_MAX_CONCURRENT_RUNS", cls.max_concurrent_runs),
             default_model=env.get("ROUTINES_DEFAULT_MODEL", cls.default_model),
             max_turns=_int(env, "ROUTINES_MAX_TURNS", cls.max_turns),
@@ -188,6 +195,16 @@ def _trusted_hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     try:
         return parse_trusted(env.get(name, ""))
     except PolicyError as exc:
+        raise SettingsError(f"setting {name}: {exc}") from None
+
+
+def _size(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse_size(raw)
+    except ValueError as exc:
         raise SettingsError(f"setting {name}: {exc}") from None
 
 

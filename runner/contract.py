@@ -177,6 +177,8 @@ class RunResult:
     # The agent went on calling the API after its token budget was spent: the gateway
     # refused the call and the container was killed.
     token_budget_exceeded: bool = False
+    # The run filled its filesystem (`runner.host.disk`): its disk limit, in bytes.
+    disk_limit_reached: int | None = None
 
 
 HOST_ONLY_FIELDS = ("publish", "egress")  # `RunSpec` fields the container is never sent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from runner.disk_limit import DISK_LIMIT_SETTING, describe_size
 from runner.repo_policy import Refusal
 
 
@@ -53,3 +54,16 @@ class GatewayUnavailable(RunnerError):
 
     def __str__(self) -> str:
         return f"could not open the run's model gateway at {self.path}: {self.reason}"
+
+
+class DiskLimitUnavailable(WorkspaceError):
+    """A run has a disk limit (`runner.disk_limit`) and this host cannot enforce it: the
+    run does not start rather than run unlimited. `limit` in bytes; `why` in words."""
+
+    def __init__(self, limit: int, why: str) -> None:
+        super().__init__(limit, why)
+        self.limit, self.why = limit, why
+
+    def __str__(self) -> str:
+        return (f"the run's disk limit of {describe_size(self.limit)} cannot be enforced: "
+                f"{self.why} ({DISK_LIMIT_SETTING}=0 runs without a limit)")

@@ -79,7 +79,7 @@ def validate(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, str]:
         "channel_id": None if CHANNEL_RE.match(draft.channel_id) else (
             "Pick a channel for the results."),
         "model": None if not draft.model or MODEL_RE.match(draft.model) else (
-            "Not a model id (for example claude-sonnet-4-5)."),
+            "Not a model id (for example claude-sonnet-5-5)."),
         "timeout_seconds": _timeout_error(draft.timeout_seconds, limits),
         "payload_template": template_error(draft.payload_template),
         "network": _network_error(draft.network),

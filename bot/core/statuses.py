@@ -57,6 +57,7 @@ class FailureKind(StrEnum):
     SETUP_FAILED = "setup_failed"  # the routine's setup script exited non-zero
     TURN_LIMIT = "turn_limit"  # every turn used without a report
     TOKEN_BUDGET = "token_budget"  # noqa: S105 - no secret: the budget spent, no report
+    DISK_LIMIT = "disk_limit"  # the run filled its disk limit (whatever it reported)
     TIMED_OUT = "timed_out"  # the routine's timeout was reached
     INTERRUPTED = "interrupted"  # the bot restarted and the run's container was gone
     # Stopped on purpose (never retried):

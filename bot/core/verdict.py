@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from bot.core.statuses import FailureKind, RunStatus
 from runner.contract import RunResult, api_status_code
+from runner.disk_limit import describe_size
 
 # Client errors worth another try: request timeout, conflict, rate limited.
 TRANSIENT_4XX = frozenset({408, 409, 429})
@@ -42,6 +43,11 @@ def decide_outcome(result: RunResult, timeout_seconds: int) -> RunOutcome:
                           FailureKind.TOKEN_BUDGET)
     if result.killed:
         return RunOutcome(RunStatus.KILLED, None, "killed", FailureKind.KILLED)
+    return disk_limit_outcome(result) or _agent_outcome(result)
+
+
+def _agent_outcome(result: RunResult) -> RunOutcome:
+    """The verdict from how the agent said it ended (its `result` event), or did not."""
     # The container's own account of its end can make a run fail, never succeed.
     final = result.final or {}
     kind = final.get("kind")
@@ -65,6 +71,21 @@ def decide_outcome(result: RunResult, timeout_seconds: int) -> RunOutcome:
     detail = f" (exit code {result.exit_code})" if result.exit_code is not None else ""
     return RunOutcome(RunStatus.FAILED, None, f"no self-report{detail}",
                       FailureKind.NO_SELF_REPORT)
+
+
+def disk_limit_outcome(result: RunResult) -> RunOutcome | None:
+    """A run that filled its disk failed, whatever the agent then said (a success report
+    included: its work may be cut short where a write failed). Checked after the ways
+    the host itself ended the run (a timeout, the budget, a kill), which stay what ended
+    it. The agent's summary, if any, is kept."""
+    if result.disk_limit_reached is None:
+        return None
+    report = result.report  # as the host saw it, else the container's own words
+    summary = (report.summary if report is not None
+               else str((result.final or {}).get("summary", ""))) or None
+    return RunOutcome(RunStatus.FAILED, summary,
+                      f"disk limit of {describe_size(result.disk_limit_reached)} reached",
+                      FailureKind.DISK_LIMIT)
 
 
 def api_failure(status_code: int | None) -> FailureKind:

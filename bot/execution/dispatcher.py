@@ -24,7 +24,7 @@ from bot.execution.wake import WakeLoop
 from bot.services import Services
 from bot.services.views import RunView
 from runner.contract import Event, RunResult
-from runner.host import publish
+from runner.host import publish, workspace
 from runner.host.sandbox import RunControl, Sandbox
 
 log = logging.getLogger(__name__)
@@ -215,11 +215,13 @@ class Dispatcher:
     async def _reconcile(self) -> None:
         containers = await asyncio.to_thread(self.sandbox.find_run_containers)
         running = await asyncio.to_thread(self.services.runs.with_status, RunStatus.RUNNING)
+        adopted: set[int] = set()
         for view in running:
             assert view.run.id is not None
             container = containers.pop(view.run.id, None)
             if container is not None:
                 log.info("adopting run %s from container %s", view.run.id, container.short_id)
+                adopted.add(view.run.id)
                 self._spawn(view, container)
                 continue
             log.warning("run %s was running but its container is gone", view.run.id)
@@ -232,3 +234,13 @@ class Dispatcher:
             log.info("removing leftover container of finished run %s", run_id)
             with contextlib.suppress(docker.errors.APIError):
                 await asyncio.to_thread(container.remove, force=True)
+        await asyncio.to_thread(self._remove_leftover_workspaces, adopted)
+
+    def _remove_leftover_workspaces(self, adopted: set[int]) -> None:
+        """Every workspace but the adopted runs' belongs to no run any more (its run ended
+        while no process followed it): unmounted and deleted, so its space returns."""
+        root = self.sandbox.config.workspace_root
+        for run_id in workspace.leftover_runs(root):
+            if run_id not in adopted:
+                log.info("removing the leftover workspace of run %s", run_id)
+                workspace.remove(root, run_id)

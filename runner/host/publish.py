@@ -100,7 +100,9 @@ def keep(workspace_root: Path, run_id: int, message: str,
     held = holding_dir(workspace_root, run_id)
     held.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(held, ignore_errors=True)
-    workspace.host_git_dir(workspace_root, run_id).replace(held)
+    # A move, not a rename: with a disk limit the run's directory is a filesystem of its
+    # own (`runner.host.disk`), which is deleted with the workspace.
+    shutil.move(workspace.host_git_dir(workspace_root, run_id), held)
     _git(held, "config", "core.bare", "true")  # no work tree goes with it
     (held / "index").unlink(missing_ok=True)
     return sha

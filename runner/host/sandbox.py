@@ -25,6 +25,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 
 from runner.contract import (
@@ -45,12 +46,14 @@ from runner.contract import (
     RunSpec,
     parse_event_line,
 )
+from runner.disk_limit import DEFAULT_DISK_LIMIT
 from runner.egress_policy import EgressPolicy
 from runner.errors import GatewayUnavailable
 from runner.host import publish, workspace
 from runner.host.egress_proxy import EgressAttempt, EgressProxy
 from runner.host.fetch_policy import Resolver, system_resolve
 from runner.host.gateway import GatewayRun, ModelCall, ModelGateway, new_token, token_sha256
+from runner.host.log_lines import capped_lines
 from runner.host.loop import BackgroundLoop
 from runner.repo_policy import FetchPolicy
 
@@ -74,6 +77,13 @@ class SandboxConfig:
     anthropic_api_key: str = ""
     anthropic_base_url: str = ""
     max_diff_chars: int = 1_000_000
+    # Bytes the run's files may take on the host (`runner.host.disk`); 0: no limit.
+    disk_limit: int = DEFAULT_DISK_LIMIT
+    # The container's log (its event stream) is kept in `log_files` files of at most
+    # `log_file_size` each (docker's json-file rotation): bounded on the host's disk. An
+    # adopted container's log is replayed from its start, so the bound is generous.
+    log_file_size: str = "32m"
+    log_files: int = 2
     # Which repositories the host may clone from and push to (`runner.repo_policy`):
     # host-side only, never in the spec the container sees.
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
@@ -126,7 +136,8 @@ class Sandbox:
         try:
             repo = workspace.prepare(root, spec.run_id, spec.repo_url, spec.branch,
                                      SANDBOX_UID if os.geteuid() == 0 else None,
-                                     policy=self.config.fetch_policy, resolve=self.resolve)
+                                     policy=self.config.fetch_policy, resolve=self.resolve,
+                                     disk_limit=self.config.disk_limit)
             door = self._open_gateway(spec, token_sha256(token), log, Resume())
             self._open_egress(spec, log)
             container = self._start(spec, repo, token)
@@ -303,6 +314,9 @@ class Sandbox:
             memswap_limit=cfg.memory,
             nano_cpus=int(cfg.cpus * 1e9),
             pids_limit=cfg.pids,
+            log_config=docker.types.LogConfig(
+                type=docker.types.LogConfig.types.JSON,
+                config={"max-size": cfg.log_file_size, "max-file": str(cfg.log_files)}),
         )
         try:
             container.start()
@@ -315,20 +329,16 @@ class Sandbox:
     def _read_events(stream: Any, result: RunResult, log: _RunLog, skip_events: int) -> None:
         """The container's lines, in order. They count nothing: only a `result` line is
         kept, as the container's own account of how it ended (it can only fail a run)."""
-        buffer = b""
         seen = 0
-        for chunk in _chunks(stream):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if not line.strip():
-                    continue
-                seen += 1
-                event = parse_event_line(line.decode("utf-8", errors="replace"))
-                if event.get("type") == "result":
-                    result.final = event
-                if seen > skip_events:
-                    log.emit(event)
+        for line in capped_lines(_chunks(stream)):  # no line can exhaust the host's memory
+            if not line.strip():
+                continue
+            seen += 1
+            event = parse_event_line(line.decode("utf-8", errors="replace"))
+            if event.get("type") == "result":
+                result.final = event
+            if seen > skip_events:
+                log.emit(event)
         result.events_seen = seen
 
     def _finish(self, spec: RunSpec, container: Any, result: RunResult) -> None:
@@ -336,6 +346,8 @@ class Sandbox:
         remove the container and the workspace. The container has ended by now."""
         root = self.config.workspace_root
         try:
+            # Before the host's own git work takes any of the run's space.
+            result.disk_limit_reached = workspace.disk_limit_reached(root, spec.run_id)
             result.diff = workspace.diff(root, spec.run_id, self.config.max_diff_chars)
             if spec.publish:
                 try:

@@ -13,6 +13,8 @@ directory and the work tree explicitly: the workspace's `.git` is never read.
     run-N/repo          the clone, mounted at /workspace (agent-writable)
     run-N/host.git      the host's git directory for it (never mounted)
     run-N/base-commit   the commit the run started from
+    run-N.img           with a disk limit: run-N's own filesystem (`runner.host.disk`),
+                        mounted on run-N before the clone, so all of the above counts
 
 Before anything is cloned, the URL must pass the host's fetch policy
 (`runner.host.fetch_policy`): an allowed host whose every address is public, and git
@@ -21,7 +23,9 @@ pinned to those addresses.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -29,12 +33,14 @@ from pathlib import Path
 
 import git
 
-from runner.errors import CloneRefused, WorkspaceError
-from runner.host import fetch_policy
+from runner.disk_limit import DISK_LIMIT_SETTING, describe_size
+from runner.errors import CloneRefused, DiskLimitUnavailable, WorkspaceError
+from runner.host import disk, fetch_policy
 from runner.host.fetch_policy import Fetch, FetchPolicy, Refusal, Resolver, system_resolve
 
-__all__ = ["CloneRefused", "WorkspaceError", "clone_config", "commit", "contains_any", "diff",
-           "host_git_dir", "prepare", "remove", "repo_dir", "run_dir"]
+__all__ = ["CloneRefused", "DiskLimitUnavailable", "WorkspaceError", "clone_config", "commit",
+           "contains_any", "diff", "disk_limit_reached", "host_git_dir", "leftover_runs",
+           "prepare", "remove", "repo_dir", "run_dir"]
 
 BASE_COMMIT_FILE = "base-commit"
 HOST_GIT_DIR = "host.git"
@@ -50,6 +56,7 @@ PROTOCOL_CONFIG = {"protocol.allow": "never", "protocol.https.allow": "always",
 # Config given this way also binds every git process git itself starts.
 NO_PROGRAMS_CONFIG = {"core.hooksPath": os.devnull, "core.fsmonitor": "false"}
 GIT_TIMEOUT = 600
+_RUN_ENTRY = re.compile(r"run-(\d+)(?:\.img)?")
 
 
 def run_dir(root: Path, run_id: int) -> Path:
@@ -80,19 +87,33 @@ def git_env(config: Mapping[str, str] | Sequence[tuple[str, str]],
 
 
 def prepare(root: Path, run_id: int, url: str, branch: str, owner_uid: int | None, *,
-            policy: FetchPolicy, resolve: Resolver = system_resolve) -> Path:
+            policy: FetchPolicy, resolve: Resolver = system_resolve,
+            disk_limit: int = 0) -> Path:
     """Clone `url` at `branch` into a fresh directory, keep the host's copy of its git
     directory, and return the repo path (the one to mount).
 
     `policy` is checked first, `resolve` answering for the host (`CloneRefused`, and
     nothing contacted, when it refuses); git then connects only to the addresses checked
-    (`runner.host.fetch_policy`)."""
+    (`runner.host.fetch_policy`). With `disk_limit` (bytes; 0: none) the run's directory
+    is first made a filesystem of that size (`runner.host.disk`; `DiskLimitUnavailable`
+    when this host cannot). On any error nothing is left behind."""
     fetch = fetch_policy.checked(url, policy, resolve)
     if isinstance(fetch, Refusal):
         raise CloneRefused(url, fetch)
     target = repo_dir(root, run_id)
-    shutil.rmtree(target.parent, ignore_errors=True)
+    remove(root, run_id)  # a leftover of an earlier process
     target.parent.mkdir(parents=True)
+    try:
+        if disk_limit:
+            disk.mount_limited(target.parent, disk_limit)
+        return _clone(fetch, url, branch, target, owner_uid, disk_limit)
+    except BaseException:
+        remove(root, run_id)
+        raise
+
+
+def _clone(fetch: Fetch, url: str, branch: str, target: Path, owner_uid: int | None,
+           disk_limit: int) -> Path:
     try:
         # no_hardlinks: a local clone would otherwise share object files with the
         # source repository, and the chown below would hand those to the sandbox.
@@ -100,14 +121,17 @@ def prepare(root: Path, run_id: int, url: str, branch: str, owner_uid: int | Non
                                    single_branch=True, no_hardlinks=True,
                                    env=git_env(clone_config(fetch)))
     except git.GitError as exc:  # a failed clone, or a URL gitpython deems unsafe
-        stderr = str(getattr(exc, "stderr", "") or exc).strip().replace("\n", " ")[:300]
+        stderr = str(getattr(exc, "stderr", "") or exc).strip().replace("\n", " ")
+        _no_room(disk_limit, stderr, f"the clone of {url} at {branch}")
+        stderr = stderr[:300]
         raise WorkspaceError(f"clone of {url} at {branch} failed: {stderr}") from exc
     try:
         (target.parent / BASE_COMMIT_FILE).write_text(repo.head.commit.hexsha)
-        shutil.copytree(target / ".git", host_git_dir(root, run_id), symlinks=True)
+        shutil.copytree(target / ".git", target.parent / HOST_GIT_DIR, symlinks=True)
         if owner_uid is not None:
             _chown_tree(target, owner_uid)
     except OSError as exc:
+        _no_room(disk_limit, str(exc), f"the clone of {url} at {branch}")
         raise WorkspaceError(f"could not prepare the workspace: {exc}") from exc
     finally:
         repo.close()
@@ -174,7 +198,29 @@ def contains_any(root: Path, run_id: int, values: list[str]) -> bool:
 
 
 def remove(root: Path, run_id: int) -> None:
+    """Delete the run's workspace: its filesystem unmounted first, when it has one."""
+    disk.unmount(run_dir(root, run_id))
     shutil.rmtree(run_dir(root, run_id), ignore_errors=True)
+
+
+def disk_limit_reached(root: Path, run_id: int) -> int | None:
+    """The run's disk limit (bytes) if the run filled its filesystem; None otherwise.
+    Read it before the host's own git work on the run (`diff`) takes any of the space."""
+    return disk.limit_reached(run_dir(root, run_id))
+
+
+def leftover_runs(root: Path) -> list[int]:
+    """The runs that have a workspace under `root` (a directory, or a filesystem's file)."""
+    found = (_RUN_ENTRY.fullmatch(path.name) for path in root.glob("run-*"))
+    return sorted({int(match.group(1)) for match in found if match})
+
+
+def _no_room(disk_limit: int, error: str, what: str) -> None:
+    """Say so when `what` failed for want of space (git deletes a failed clone, so the
+    filesystem is no longer full by now: its error says it)."""
+    if disk_limit and os.strerror(errno.ENOSPC) in error:
+        raise WorkspaceError(f"{what} does not fit in the run's disk limit of "
+                             f"{describe_size(disk_limit)} ({DISK_LIMIT_SETTING})")
 
 
 def _base_file(root: Path, run_id: int) -> Path:

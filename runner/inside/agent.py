@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -97,9 +98,17 @@ TOOLS: list[dict[str, Any]] = [
 
 
 def emit(event: Event) -> None:
+    """One event, one whole line on stdout, however large. Written with `os.write` until
+    every byte is out: under gVisor the stdout pipe can be non-blocking, and a buffered
+    write that meets EAGAIN loses the rest of the line (and joins the next one to it)."""
     event.setdefault("ts", round(time.time(), 3))
-    sys.stdout.write(json.dumps(event) + "\n")
+    data = memoryview((json.dumps(event) + "\n").encode())
     sys.stdout.flush()
+    while data:
+        try:
+            data = data[os.write(1, data):]
+        except BlockingIOError:
+            select.select([], [1], [], 1.0)
 
 
 def truncate(text: str, limit: int = MAX_TOOL_OUTPUT) -> str:

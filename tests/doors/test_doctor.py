@@ -30,7 +30,8 @@ def env(tmp_path: Path, slack_api: SlackApiStandIn, docker_client: Any) -> dict[
     db = Database(url)
     schema.upgrade(db)
     db.close()
-    return {"SLACK_BOT_TOKEN": BOT_TOKEN, "ANTHROPIC_API_KEY": "sk-ant-doctor-0123456789",
+    return {"ROUTINES_DATA_DIR": str(tmp_path / "data"), "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "ANTHROPIC_API_KEY": "sk-ant-doctor-0123456789",
             "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_API_URL": slack_api.url,
             "DATABASE_URL": url, "ROUTINES_SANDBOX_IMAGE": SANDBOX_IMAGE}
 
@@ -50,7 +51,9 @@ async def test_a_healthy_setup_passes_every_check(
     found = await findings(env)
     assert failed(found) == set()
     assert list(found) == ["settings", "settings agree", "slack token", "slack mode",
-                           "docker engine", "sandbox image", "sandbox runtime", "database"]
+                           "docker engine", "sandbox image", "sandbox runtime", "database",
+                           "run disk limit", "gateway and proxy"]
+    assert found["run disk limit"].detail == "2 GiB per run"
     assert found["slack token"].detail == "authenticated as routines in Team, scopes granted"
     assert found["sandbox image"].detail == f"{SANDBOX_IMAGE}, runner {runner_fingerprint()}"
     assert found["database"].detail == f"at migration {schema.head()} (the newest)"
@@ -60,7 +63,7 @@ async def test_a_healthy_setup_passes_every_check(
     code = await asyncio.to_thread(main, ["doctor"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert len(lines) == 8 and all(line.startswith("ok    ") for line in lines)
+    assert len(lines) == 10 and all(line.startswith("ok    ") for line in lines)
 
 
 async def test_a_refused_token_and_missing_scopes(
@@ -140,3 +143,11 @@ async def test_missing_and_contradicting_settings(
     assert [line for line in out.splitlines() if line.startswith("FAIL")] == [
         "FAIL  settings agree: ROUTINES_MAX_CONCURRENT_RUNS below 1: no run would ever start "
         "(fix: change the settings named)"]
+
+
+async def test_a_data_directory_where_nothing_can_listen(
+        env: dict[str, str], tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    found = await findings({**env, "ROUTINES_DATA_DIR": str(blocked)})
+    assert failed(found) == {"gateway and proxy"}

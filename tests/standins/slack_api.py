@@ -172,6 +172,23 @@ class SlackApiStandIn:
                                      "payload": payload, "accepts_response_payload": True})
         return await asyncio.wait_for(future, timeout)
 
+    async def send_raw(self, text: str, timeout: float = 10.0) -> None:
+        """Push any text frame down the socket, as a broken or hostile peer could."""
+        await asyncio.wait_for(self._connected.wait(), timeout)
+        assert self.socket is not None
+        await self.socket.send_str(text)
+
+    async def send_unanswered(self, kind: str, payload: Any, envelope_id: str,
+                              timeout: float = 10.0) -> asyncio.Future[dict[str, Any]]:
+        """Deliver an envelope (any payload) and return the future of its ack, unawaited."""
+        await asyncio.wait_for(self._connected.wait(), timeout)
+        assert self.socket is not None
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._acks[envelope_id] = future
+        await self.socket.send_json({"envelope_id": envelope_id, "type": kind,
+                                     "payload": payload, "accepts_response_payload": True})
+        return future
+
     def calls_to(self, method: str) -> list[SlackCall]:
         return [call for call in self.calls if call.method == method]
 

@@ -82,7 +82,7 @@ def test_retry_decisions(policy: RetryPolicy, status: RunStatus, attempt: int,
 INFRA_FAULTS = (FailureKind.INFRASTRUCTURE, FailureKind.API_UNAVAILABLE)
 AGENTS_OWN = (FailureKind.NO_SELF_REPORT, FailureKind.REPORTED_FAILURE,
               FailureKind.SETUP_FAILED, FailureKind.TURN_LIMIT, FailureKind.TOKEN_BUDGET,
-              FailureKind.TIMED_OUT, FailureKind.INTERRUPTED)
+              FailureKind.DISK_LIMIT, FailureKind.TIMED_OUT, FailureKind.INTERRUPTED)
 NEVER = {FailureKind.API_REFUSED: "the Anthropic API refused the request (not transient)",
          FailureKind.KILLED: "killed: never retried",
          FailureKind.CANCELLED: "cancelled: never retried"}

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.core.payload import PayloadRejected
+from bot.doors.http.edges import Refused, read_body, refusal_body
 from bot.errors import (
     BudgetExceeded,
     Forbidden,
@@ -46,14 +47,9 @@ def add_api_routes(app: web.Application, services: Services, settings: Settings)
             await asyncio.to_thread(services.tokens.authenticate, name, bearer)
         except RoutinesError as exc:
             return _refusal(exc)
-        body = await read_limited(request, settings.api_max_body_bytes)
-        if body is None:
-            return refusal_body(413, "too_large",
-                          f"body over the {settings.api_max_body_bytes}-byte limit")
-        try:
-            payload = json.loads(body) if body.strip() else {}
-        except ValueError as exc:
-            return refusal_body(400, "invalid_json", f"body is not valid JSON: {exc}")
+        body = await read_body(request, settings.api_max_body_bytes,
+                               settings.http_body_timeout_seconds)
+        payload = parse_json(body) if body.strip() else {}
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 0 < len(key) <= MAX_KEY_CHARS:
             return refusal_body(400, "invalid_idempotency_key",
@@ -139,23 +135,17 @@ def _refusal(exc: RoutinesError) -> web.Response:
     return refusal_body(400, "refused", str(exc))
 
 
-def refusal_body(status: int, code: str, message: str,
-           headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status,
-                             headers=headers)
-
-
 def _bearer(request: web.Request) -> str:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
-async def read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None past `limit` (checked before reading when the length is declared)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    body = await request.content.read(limit + 1)
-    return None if len(body) > limit else body
+def parse_json(body: bytes) -> object:
+    """The body as JSON, or a 400: a nesting too deep to parse is malformed, not a crash."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise Refused(400, "invalid_json", f"body is not valid JSON: {exc}"[:300]) from None
 
 
 def _iso(value: Any) -> str | None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiohttp import web
 
 from bot.core.github import verify_signature
-from bot.doors.http.api import read_limited, refusal_body
+from bot.doors.http.api import parse_json
+from bot.doors.http.edges import read_body, refusal_body
 from bot.errors import KillSwitchEngaged
 from bot.services import Services
 from bot.settings import Settings
@@ -17,9 +17,8 @@ from bot.settings import Settings
 def add_webhook_route(app: web.Application, services: Services,
                       settings: Settings) -> None:
     async def github_webhook(request: web.Request) -> web.Response:
-        body = await read_limited(request, settings.github_max_body_bytes)
-        if body is None:
-            return refusal_body(413, "too_large", "delivery too large")
+        body = await read_body(request, settings.github_max_body_bytes,
+                               settings.http_body_timeout_seconds)
         # Verified on the raw bytes before anything is parsed or believed.
         if not verify_signature(settings.github_webhook_secret, body,
                                 request.headers.get("X-Hub-Signature-256")):
@@ -31,10 +30,7 @@ def add_webhook_route(app: web.Application, services: Services,
         if not event or not delivery:
             return refusal_body(400, "missing_headers",
                                 "X-GitHub-Event and X-GitHub-Delivery are required")
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            return refusal_body(400, "invalid_json", f"body is not valid JSON: {exc}")
+        payload = parse_json(body)
         try:
             outcome = await asyncio.to_thread(services.github.delivery, event, delivery,
                                               payload)

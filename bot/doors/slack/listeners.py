@@ -11,6 +11,8 @@ import logging
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core import retry, trigger, workflow_step
@@ -23,6 +25,7 @@ from bot.doors.slack.words import say
 from bot.doors.slack.workflow_step import WorkflowStep
 from bot.errors import RoutinesError, ValidationFailed
 from bot.services import Services
+from bot.services.models import current_models, is_known
 from bot.settings import Settings
 from bot.store.tables import utcnow
 
@@ -50,7 +53,28 @@ def build_slack_app(settings: Settings, services: Services, messages: Messages,
     app.action("reject")(handlers.reject_clicked)
     app.view(REJECT_CALLBACK)(handlers.reject_submitted)
     app.function(workflow_step.CALLBACK_ID)(WorkflowStep(services).executed)
+    app.error(answer_error)
     return app
+
+
+# What a listener raises when a signed request lacks a field or carries one of the wrong
+# type (a click without a trigger id, a view without state): the request's fault, a 400.
+MALFORMED = (LookupError, TypeError, ValueError, AttributeError, SlackApiError)
+
+
+async def answer_error(error: Exception, response: BoltResponse | None) -> BoltResponse | None:
+    """Bolt's error handler for listeners and middleware: malformed input is a 400 with a
+    short reason (Bolt's default is a bare 500); anything else stays a 500, and is logged."""
+    if response is None:  # already acknowledged: nothing left to answer
+        log.warning("a Slack listener failed after its ack: %r", error)
+        return None
+    if isinstance(error, MALFORMED):
+        log.info("malformed Slack request answered 400: %s", type(error).__name__)
+        return BoltResponse(status=400, body='{"error": "malformed", "message": '
+                            '"the request lacks a field or has one of the wrong type"}',
+                            headers={"content-type": "application/json"})
+    log.error("a Slack listener failed", exc_info=error)
+    return None
 
 
 class SlackHandlers:
@@ -285,7 +309,8 @@ class SlackHandlers:
         s = self.settings
         return self.messages.render(
             "create_modal.json.j2", channel_id=channel_id if channel_id[:1] in "CG" else "",
-            default_model=s.default_model, default_timeout=s.default_timeout_seconds,
+            default_model=s.default_model, models=current_models(),
+            default_timeout=s.default_timeout_seconds,
             min_timeout=s.min_timeout_seconds, max_timeout=s.max_timeout_seconds)
 
     async def create_submitted(self, ack: AsyncAck, body: dict[str, Any],
@@ -300,7 +325,8 @@ class SlackHandlers:
         await ack()
         await client.chat_postMessage(
             channel=routine.channel_id,
-            **self.messages.render("routine_created.json.j2", routine=routine, actor=user_id))
+            **self.messages.render("routine_created.json.j2", routine=routine, actor=user_id,
+                                   model_known=is_known(routine.model)))
 
 
 def draft_from_modal(values: dict[str, Any]) -> RoutineDraft:
