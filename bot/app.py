@@ -19,6 +19,7 @@ from bot.doors.slack.approvals import ApprovalDesk, ApprovalMessages
 from bot.doors.slack.directory import SlackDirectory
 from bot.doors.slack.home import HomeTab
 from bot.doors.slack.listeners import build_slack_app
+from bot.doors.slack.live_progress import BoardTimings, ProgressBoard
 from bot.doors.slack.messages import Messages
 from bot.doors.slack.socket import GuardedSocketModeHandler
 from bot.execution.dispatcher import Dispatcher
@@ -55,11 +56,16 @@ class Bot:
                                            base_url=settings.slack_api_url)
         self.docker = docker.DockerClient(base_url=settings.docker_host or None)
         self.sandbox = Sandbox(self.docker, _sandbox_config(settings))
+        self.progress = ProgressBoard(
+            self.slack_client, self.messages, self.services, settings.prices,
+            BoardTimings(settings.progress_update_seconds,
+                         settings.progress_updates_per_second, settings.progress_idle_seconds))
         self.announcer = announcer = Announcer(self.slack_client, self.messages, self.services,
-                              settings.incidents_channel)
+                              settings.incidents_channel, self.progress)
         self.dispatcher = Dispatcher(self.services, self.sandbox, announcer,
                                      settings.max_concurrent_runs,
-                                     announce_spend=announcer.spend)
+                                     announce_spend=announcer.spend,
+                                     watcher=self.progress if settings.live_progress else None)
         self.approvals = ApprovalDesk(self.services, self.slack_client,
                                       ApprovalMessages(self.services, self.messages),
                                       Publisher(self.services.publishing,
@@ -91,6 +97,7 @@ class Bot:
     async def start(self) -> None:
         await asyncio.to_thread(schema.upgrade, self.db)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.progress.start()
         await self.dispatcher.start()
         await self.announcer.complete_pending_steps()
         await self.scheduler.start()
@@ -125,6 +132,7 @@ class Bot:
         self.scheduler.stop()
         await self.approvals.stop()
         await self.dispatcher.stop()
+        await self.progress.stop()
         self.sandbox.close()
         self.docker.close()
         self.db.close()

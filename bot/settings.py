@@ -76,6 +76,13 @@ class Settings:
     # first, its body within the second (tests lower them; not read from the environment).
     http_header_timeout_seconds: float = 15.0
     http_body_timeout_seconds: float = 30.0
+    # A running run's live message (bot/doors/slack/live_progress.py); off: only the
+    # result is posted, when the run ends.
+    live_progress: bool = True
+    progress_update_seconds: float = 5.0  # at least this long between two updates of one run
+    # Every run's updates together: chat.update is in Slack's Tier 3 (about 50 a minute).
+    progress_updates_per_second: float = 0.8
+    progress_idle_seconds: float = 300.0  # silent this long: "no activity for N min"
 
     @property
     def socket_mode(self) -> bool:
@@ -156,6 +163,14 @@ class Settings:
                                           cls.approval_timeout_seconds),
             daily_spend_cap_usd=_float(env, "ROUTINES_DAILY_SPEND_CAP_USD",
                                        cls.daily_spend_cap_usd),
+            live_progress=env.get("ROUTINES_LIVE_PROGRESS", "true").strip().lower()
+            not in {"0", "false", "no", "off"},
+            progress_update_seconds=_float(env, "ROUTINES_PROGRESS_UPDATE_SECONDS",
+                                           cls.progress_update_seconds),
+            progress_updates_per_second=_float(env, "ROUTINES_PROGRESS_UPDATES_PER_SECOND",
+                                               cls.progress_updates_per_second),
+            progress_idle_seconds=_float(env, "ROUTINES_PROGRESS_IDLE_SECONDS",
+                                         cls.progress_idle_seconds),
             extra_secrets=tuple(
                 v for v in env.get("ROUTINES_REDACT", "").split(",") if v.strip()
             ),

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import docker.errors
 
@@ -30,14 +30,40 @@ from runner.host.sandbox import RunControl, Sandbox
 log = logging.getLogger(__name__)
 Announce = Callable[[RunView], Awaitable[None]]
 AnnounceSpend = Callable[[Spend, str], Awaitable[None]]  # the spend level, a channel
+
+
+class RunWatcher(Protocol):
+    """Hears a run's life as it goes (the live message in Slack): started and finished on
+    the loop, every event from the thread that follows the container."""
+
+    def run_started(self, view: RunView) -> None: ...
+    def run_event(self, run_id: int, event: Event) -> None: ...  # thread-safe
+    async def run_finished(self, run_id: int) -> None: ...
+
+
+class Unwatched:
+    """No one watches: only the result is announced."""
+
+    def run_started(self, view: RunView) -> None:
+        pass
+
+    def run_event(self, run_id: int, event: Event) -> None:
+        pass
+
+    async def run_finished(self, run_id: int) -> None:
+        pass
+
+
 LOST_CONTAINER = "interrupted: the bot restarted and the run's container was gone"
 
 
 class Dispatcher:
     def __init__(self, services: Services, sandbox: Sandbox, announce: Announce,
                  max_concurrent: int, poll_seconds: float = 2.0,
-                 announce_spend: AnnounceSpend | None = None) -> None:
+                 announce_spend: AnnounceSpend | None = None,
+                 watcher: RunWatcher | None = None) -> None:
         self.services = services
+        self.watcher: RunWatcher = watcher or Unwatched()
         self.sandbox = sandbox
         self.announce = announce
         self.announce_spend = announce_spend
@@ -135,12 +161,16 @@ class Dispatcher:
         spec = self.services.runs.spec(view)
         loop = asyncio.get_running_loop()
 
+        watcher = self.watcher
+
         def on_event(seq: int, event: Event) -> None:
             self.services.runs.record_event(spec.run_id, seq, event)
+            watcher.run_event(spec.run_id, event)
 
         def on_started(container_id: str) -> None:
             self.services.runs.record_container(spec.run_id, container_id)
 
+        watcher.run_started(view)
         try:
             if container is None:
                 result = await loop.run_in_executor(
@@ -154,6 +184,7 @@ class Dispatcher:
         except Exception as exc:  # a bug must not leave the run `running` forever
             log.exception("run %s crashed in the dispatcher", spec.run_id)
             result = RunResult(run_id=spec.run_id, infra_error=f"internal error: {exc}")
+        await watcher.run_finished(spec.run_id)  # its live message's ts is recorded by now
         if result.detached:
             return
         outcome = decide_outcome(result, spec.timeout_seconds)

@@ -32,6 +32,9 @@ def local_settings(tmp: Path, slack_api_url: str, anthropic_base_url: str,
         data_dir=tmp / "data", min_timeout_seconds=1,
         sandbox_runtime=SANDBOX_RUNTIME,
         allow_local_repos=True, max_turns=8,
+        # The suites written before live messages read each result as a postMessage;
+        # tests/acceptance/test_live_progress.py turns it on (the product's default).
+        live_progress=False,
     )
     return Settings(**{**defaults, **overrides})
 

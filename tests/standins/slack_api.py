@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,43 @@ class SlackApiStandIn:
         # header of every answer), and whether it is refused (`invalid_auth`).
         self.scopes = ["commands", "chat:write", "chat:write.public", "usergroups:read"]
         self.refused_tokens: set[str] = set()
+        # Rate limits as scripted by `rate_limit`: answered 429 with Retry-After, and kept
+        # apart from `calls` (Slack did nothing with them).
+        self.rate_limited: list[SlackCall] = []
+        self.too_early: list[SlackCall] = []  # came while a Retry-After was still running
+        self._limits: dict[str, tuple[int, int]] = {}  # method -> (times left, retry_after)
+        self._limited_until: dict[str, float] = {}
+        self._failures: dict[str, tuple[int, str]] = {}  # method -> (times left, error)
+
+    def rate_limit(self, method: str, times: int = 1, retry_after: int = 1) -> None:
+        """Answer the next `times` calls to `method` with 429 and `Retry-After`; a call
+        that comes before that time is over is refused as well and kept in `too_early`."""
+        self._limits[method] = (times, retry_after)
+
+    def fail(self, method: str, error: str, times: int = 1_000_000) -> None:
+        """Answer the next `times` calls to `method` with `{"ok": false, "error": error}`
+        (a message deleted meanwhile answers chat.update `message_not_found`)."""
+        self._failures[method] = (times, error)
+
+    def _failure(self, method: str) -> str:
+        times, error = self._failures.get(method, (0, ""))
+        if times <= 0:
+            return ""
+        self._failures[method] = (times - 1, error)
+        return error
+
+    def _limited(self, method: str) -> tuple[bool, bool, int]:
+        """(refused, came too early, Retry-After): the 429 scripting of `rate_limit`."""
+        now = time.monotonic()
+        until = self._limited_until.get(method, 0.0)
+        if now < until:
+            return True, True, max(1, math.ceil(until - now))
+        times, retry_after = self._limits.get(method, (0, 0))
+        if times <= 0:
+            return False, False, 0
+        self._limits[method] = (times - 1, retry_after)
+        self._limited_until[method] = now + retry_after
+        return True, False, retry_after
 
     async def start(self) -> None:
         app = web.Application()
@@ -65,8 +103,18 @@ class SlackApiStandIn:
             params = dict(await request.post())
         params = {**request.query, **params}  # the SDK sends some methods' arguments in the URL
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        answer = ({"ok": False, "error": "invalid_auth"} if token in self.refused_tokens
-                  else self._answer(method, params))
+        refused, early, retry_after = self._limited(method)
+        if refused:
+            answer = {"ok": False, "error": "ratelimited"}
+            call = SlackCall(method, params, dict(request.headers), response=answer)
+            self.rate_limited.append(call)
+            if early:
+                self.too_early.append(call)
+            self._changed.set()
+            return web.json_response(answer, status=429,
+                                     headers={"Retry-After": str(retry_after)})
+        failure = "invalid_auth" if token in self.refused_tokens else self._failure(method)
+        answer = {"ok": False, "error": failure} if failure else self._answer(method, params)
         self.calls.append(SlackCall(method, params, dict(request.headers), response=answer))
         self._changed.set()
         return web.json_response(answer, headers={"x-oauth-scopes": ",".join(self.scopes)})

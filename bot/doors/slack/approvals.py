@@ -40,8 +40,14 @@ class ApprovalMessages:
                                     diff_summary=diff_summary(view.run.diff))
 
     async def post(self, client: AsyncWebClient, view: ApprovalView) -> None:
+        """In the channel; a request about a run that has its message (its live message or
+        result) goes in that message's thread, broadcast so the channel still sees it."""
+        run = view.run
+        thread: dict[str, Any] = {}
+        if run.announce_ts and run.announce_channel == view.routine.channel_id:
+            thread = {"thread_ts": run.announce_ts, "reply_broadcast": True}
         response = await client.chat_postMessage(channel=view.routine.channel_id,
-                                                 **self.render(view))
+                                                 **thread, **self.render(view))
         assert view.approval.id is not None
         await asyncio.to_thread(self.services.approvals.record_message, view.approval.id,
                                 str(response["channel"]), str(response["ts"]))
