@@ -147,6 +147,7 @@ def test_first_schema_filled_then_upgraded_reads_back_intact(db: Database) -> No
                 routine.max_tokens_per_run, routine.retry_agent_failures) == (
             "nightly", RiskLevel.MEDIUM, BusyPolicy.SKIP, "U1", 5000, True)
         assert (routine.network, routine.network_hosts) == (NetworkMode.TRUSTED, "")
+        assert routine.managed_by is None  # made before files could manage it
         runs = {run.id: run for run in session.exec(select(Run))}
         killed, cancelled = runs[1], runs[2]
         # The "kill switch" sentinel became a kind; a name stayed who asked.

@@ -31,10 +31,12 @@ EXAMPLES = ROOT / "docs" / "examples" / "routines"
 SCHEMA = json.loads((ROOT / "docs" / "routine.schema.json").read_text())
 DEFAULTS = Defaults("claude-default", 600, "U0APPLIER")
 LIMITS = RoutineLimits(60, 3600, allow_local_repos=False)
-MINIMAL = "name: tiny\nprompt: Do it.\nrepository: https://github.com/example/app\nchannel: C0123ABCD\n"
+MINIMAL = ("name: tiny\nprompt: Do it.\nrepository: https://github.com/example/app\n"
+           "channel: C0123ABCD\n")
 
 
-def spec_of(text: str, source: str = "r.yaml", prompts: dict[str, str] | None = None) -> RoutineSpec:
+def spec_of(text: str, source: str = "r.yaml",
+            prompts: dict[str, str] | None = None) -> RoutineSpec:
     def read_prompt(yaml_file: str, relative: str) -> str:
         if prompts is None or relative not in prompts:
             raise FileNotFoundError(2, "No such file or directory")
