@@ -26,8 +26,8 @@ The format (see `docs/routine.schema.json`)::
     budgets: {max_runs_per_day: 10, max_concurrent: 1, when_busy: skip,
               max_tokens_per_run: 200000}
     retries: {attempts: 2, backoff_seconds: 60, agent_failures: false}
-    network: trusted     # read, applied once the bot has the setting
-    engine: claude       # read, applied once the bot has the setting
+    network: pypi.org, *.github.com   # trusted (left out), none, full (admins), or hosts
+    engine: claude       # read and checked as text; no routine has an engine setting yet
 """
 
 from __future__ import annotations
@@ -40,7 +40,14 @@ from typing import Any
 import yaml
 
 from bot.core import github, retry, roles
-from bot.core.routine import RoutineDraft, RoutineLimits, normalized, parse_changes, validate
+from bot.core.routine import (
+    RoutineDraft,
+    RoutineLimits,
+    network_policy,
+    normalized,
+    parse_changes,
+    validate,
+)
 from bot.core.schedule import ScheduleError, parse_schedule
 from bot.core.statuses import BusyPolicy, RiskLevel
 from bot.errors import RoutineFileInvalid, RoutineFileProblem, ValidationFailed
@@ -58,14 +65,15 @@ KEYS: dict[str, tuple[str, ...]] = {
     "retries": ("attempts", "backoff_seconds", "agent_failures"),
 }
 REQUIRED = ("name", "repository", "channel")
-NOT_YET_APPLIED = ("network", "engine")  # read and checked for shape; no column holds them yet
+NOT_YET_APPLIED = ("engine",)  # read and checked as text; no column holds it yet
 
 # The draft's fields and `/routine set` keys, by the YAML key that carries them.
 _DRAFT_KEYS = {"name": "name", "prompt": "prompt", "repo_url": "repository", "branch": "branch",
                "setup_script": "setup", "channel_id": "channel", "model": "model",
                "timeout_seconds": "timeout_seconds",
                "payload_template": "triggers.payload_template",
-               "schedule": "schedule.expression", "schedule_tz": "schedule.timezone"}
+               "schedule": "schedule.expression", "schedule_tz": "schedule.timezone",
+               "network": "network"}
 _SET_KEYS = {"risk": "risk", "owners": "owners", "approvers": "approvers",
              "max-runs-per-day": "budgets.max_runs_per_day",
              "max-concurrent": "budgets.max_concurrent", "when-busy": "budgets.when_busy",
@@ -127,8 +135,8 @@ class RoutineSpec:
     retry_attempts: int = 0
     retry_backoff_seconds: int = 30
     retry_agent_failures: bool = False
-    network: str | None = field(default=None, compare=False)  # see NOT_YET_APPLIED
-    engine: str | None = field(default=None, compare=False)
+    network: str = "trusted"  # as typed in Slack: `EgressPolicy.describe()`
+    engine: str | None = field(default=None, compare=False)  # see NOT_YET_APPLIED
 
 
 # The YAML key of each compared field of a spec, in the order a diff lists them.
@@ -143,7 +151,7 @@ FIELD_KEYS = {"prompt": "prompt", "repository": "repository", "branch": "branch"
               "max_tokens_per_run": "budgets.max_tokens_per_run",
               "retry_attempts": "retries.attempts",
               "retry_backoff_seconds": "retries.backoff_seconds",
-              "retry_agent_failures": "retries.agent_failures"}
+              "retry_agent_failures": "retries.agent_failures", "network": "network"}
 
 
 # Reading ------------------------------------------------------------------------------
@@ -283,7 +291,8 @@ def _draft_spec(doc: RoutineDocument, prompt: str, defaults: Defaults, limits: R
         setup_script=data.get("setup", ""), model=data.get("model", ""),
         timeout_seconds=data.get("timeout_seconds", ""),
         payload_template=triggers.get("payload_template", ""),
-        schedule=when.get("expression", ""), schedule_tz=when.get("timezone", "")))
+        schedule=when.get("expression", ""), schedule_tz=when.get("timezone", ""),
+        network=data.get("network", "")))
     for draft_field, why in validate(draft, limits).items():
         errors[_DRAFT_KEYS.get(draft_field, draft_field)] = why
     if when and not draft.schedule:
@@ -303,7 +312,8 @@ def _draft_spec(doc: RoutineDocument, prompt: str, defaults: Defaults, limits: R
         if "timeout_seconds" not in errors else 0,
         owners=(defaults.owner,), branch=draft.branch, setup=draft.setup_script,
         schedule=expression, timezone=timezone, payload_template=draft.payload_template,
-        network=data.get("network"), engine=data.get("engine"))
+        network=network_policy(draft.network).describe() if "network" not in errors
+        else "trusted", engine=data.get("engine"))
 
 
 def _governed(doc: RoutineDocument, spec: RoutineSpec, errors: dict[str, str]) -> RoutineSpec:
@@ -401,6 +411,7 @@ def to_document(spec: RoutineSpec) -> dict[str, Any]:
     doc["retries"] = {"attempts": spec.retry_attempts,
                       "backoff_seconds": spec.retry_backoff_seconds,
                       "agent_failures": spec.retry_agent_failures}
+    doc["network"] = spec.network
     return doc
 
 

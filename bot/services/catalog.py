@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from bot.core import roles, schedule
 from bot.core.roles import Action
+from bot.core.routine import network_columns, network_policy
 from bot.core.routine_file import (
     Defaults,
     FieldChange,
@@ -32,6 +33,7 @@ from bot.services.routines import delete_in
 from bot.store import audit
 from bot.store.queries import row_id
 from bot.store.tables import GitHubSubscription, Routine, utcnow
+from runner.egress_policy import NetworkMode
 
 
 class CatalogService(Service):
@@ -52,14 +54,11 @@ class CatalogService(Service):
         with self.db.session() as session:
             current = {r.name: r for r in session.exec(select(Routine)).all()}
             plan = _plan(session, specs, current, prune, applied=not dry_run)
+            wanted = {spec.name: (spec, source) for spec, source in specs}
             for item in plan.routines:  # every check before the first write
-                if item.outcome in {PlanOutcome.CHANGED, PlanOutcome.DELETED}:
-                    action = Action.DELETE if item.outcome is PlanOutcome.DELETED \
-                        else Action.CHANGE
-                    self._check(actor, action, current[item.name])
+                self._check_item(item, wanted, current, actor)
             if dry_run:
                 return plan
-            wanted = {spec.name: (spec, source) for spec, source in specs}
             for item in plan.routines:
                 self._write(session, item, wanted, current, actor)
         for item in plan.routines:
@@ -95,6 +94,17 @@ class CatalogService(Service):
             raise RoutineFileInvalid(problems)
         return specs
 
+    def _check_item(self, item: PlannedRoutine, wanted: dict[str, tuple[RoutineSpec, str]],
+                    current: dict[str, Routine], actor: str) -> None:
+        """The role rule of the other doors: changing or deleting needs the owners or an
+        admin; giving a routine full network access, an admin."""
+        routine = current.get(item.name)
+        if item.outcome in {PlanOutcome.CHANGED, PlanOutcome.DELETED}:
+            self._check(actor, Action.DELETE if item.outcome is PlanOutcome.DELETED
+                        else Action.CHANGE, routine)
+        if _gives_full_network(item, wanted):
+            self._check(actor, Action.FULL_NETWORK, routine)
+
     def _write(self, session: Session, item: PlannedRoutine,
                wanted: dict[str, tuple[RoutineSpec, str]], current: dict[str, Routine],
                actor: str) -> None:
@@ -119,6 +129,15 @@ class CatalogService(Service):
         else:
             audit.record(session, actor, "change", routine.name,
                          f"from {source}: " + ", ".join(c.key for c in item.changes))
+        if _gives_full_network(item, wanted):
+            audit.record(session, actor, "network_full", routine.name, "network=full")
+
+
+def _gives_full_network(item: PlannedRoutine, wanted: dict[str, tuple[RoutineSpec, str]]) -> bool:
+    """Created with, or changed to, `network: full`."""
+    if item.name not in wanted or wanted[item.name][0].network != NetworkMode.FULL.value:
+        return False
+    return item.outcome is PlanOutcome.CREATED or any(c.key == "network" for c in item.changes)
 
 
 def spec_of(session: Session, routine: Routine) -> RoutineSpec:
@@ -136,7 +155,7 @@ def spec_of(session: Session, routine: Routine) -> RoutineSpec:
         max_concurrent=routine.max_concurrent, when_busy=routine.busy_policy,
         max_tokens_per_run=routine.max_tokens_per_run, retry_attempts=routine.retry_attempts,
         retry_backoff_seconds=routine.retry_backoff_seconds,
-        retry_agent_failures=routine.retry_agent_failures)
+        retry_agent_failures=routine.retry_agent_failures, network=routine.egress.describe())
 
 
 def _plan(session: Session, specs: list[tuple[RoutineSpec, str]],
@@ -171,6 +190,8 @@ def _columns(routine: Routine, spec: RoutineSpec, source: str) -> None:
     routine.retry_attempts = spec.retry_attempts
     routine.retry_backoff_seconds = spec.retry_backoff_seconds
     routine.retry_agent_failures = spec.retry_agent_failures
+    for column, value in network_columns(network_policy(spec.network)).items():
+        setattr(routine, column, value)
     routine.managed_by = source
 
 

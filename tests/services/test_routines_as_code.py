@@ -232,3 +232,26 @@ def test_a_managed_routine_refuses_edits_elsewhere_unless_an_admin_forces(
     code, out, _ = cli(capsys, "apply", "-f", str(folder))  # the file wins again
     assert code == 0
     assert f"{name}: changed ({source})" in out and "  risk: high -> medium" in out
+
+
+def test_full_network_from_a_file_is_for_admins_only_and_audited(
+        services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    file = tmp_path / "open.yaml"
+    file.write_text("name: open\nprompt: p\nrepository: https://github.com/example/app\n"
+                    f"channel: C0123ABCD\nowners: [{OWNER}]\nnetwork: full\n")
+    monkeypatch.setenv("ROUTINES_OPERATOR", OWNER)
+
+    code, _, err = cli(capsys, "apply", "-f", str(file))
+
+    assert code == 1 and "Only admins may give a routine full network access" in err
+    assert routines_in(services) == {}
+    monkeypatch.setenv("ROUTINES_OPERATOR", OPERATOR)  # an admin
+    assert cli(capsys, "apply", "-f", str(file))[0] == 0
+    assert routines_in(services)["open"].network == "full"
+    assert [e[1] for e in audit_entries(services) if e[0] == OPERATOR] == [
+        "create", "network_full"]
+    monkeypatch.setenv("ROUTINES_OPERATOR", OWNER)  # an owner may change the rest
+    file.write_text(file.read_text().replace("prompt: p", "prompt: q"))
+    code, out, _ = cli(capsys, "apply", "-f", str(file))
+    assert code == 0 and "  prompt: p -> q" in out

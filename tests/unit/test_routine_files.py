@@ -72,7 +72,7 @@ def test_every_field_is_read_into_the_form_the_database_keeps() -> None:
         payload_template="Look at {{ payload.ref }} first.", risk=RiskLevel.MEDIUM,
         approvers=("U0APPROVE1",), max_runs_per_day=10, max_concurrent=1,
         when_busy=BusyPolicy.SKIP, max_tokens_per_run=200000, retry_attempts=2,
-        retry_backoff_seconds=60, retry_agent_failures=True)
+        retry_backoff_seconds=60, retry_agent_failures=True, network="pypi.org, *.github.com")
 
 
 def test_left_out_keys_take_the_bots_defaults_and_the_applier_owns_it() -> None:
@@ -142,11 +142,22 @@ def test_the_diff_lists_changed_fields_in_the_formats_order() -> None:
     assert differences(after, after) == []
 
 
-def test_network_and_engine_are_read_but_not_yet_compared_or_written() -> None:
-    spec = spec_of(MINIMAL + "network: none\nengine: claude\n")
-    assert (spec.network, spec.engine) == ("none", "claude")
+def test_the_network_setting_is_read_by_the_slack_forms_rule_and_written_back() -> None:
+    assert spec_of(MINIMAL).network == "trusted"
+    custom = spec_of(MINIMAL + "network: pypi.org,  *.github.com\n")
+    assert custom.network == "pypi.org, *.github.com"  # canonical, as /routine status says it
+    assert differences(spec_of(MINIMAL), custom) == [
+        FieldChange("network", "trusted", "pypi.org, *.github.com")]
+    assert "network: pypi.org, *.github.com\n" in dump([custom])
+    [problem] = refusals(MINIMAL + "risk: low\nnetwork: 'http://x y'\n")
+    assert problem.startswith("r.yaml:6: network: Use trusted, none, full")
+
+
+def test_the_engine_is_read_but_not_yet_compared_or_written() -> None:
+    spec = spec_of(MINIMAL + "engine: claude\n")
+    assert spec.engine == "claude"
     assert differences(spec_of(MINIMAL), spec) == []
-    assert "network" not in dump([spec]) and "engine" not in dump([spec])
+    assert "engine" not in dump([spec])
 
 
 def test_the_schema_names_exactly_the_keys_the_parser_reads() -> None:
