@@ -10,6 +10,7 @@ else is a bug and is logged as one.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -406,3 +407,46 @@ class ChecksFailed(RoutinesError):
 
     def words(self, style: Style) -> str:
         return f"{len(self.failed)} check(s) failed: {', '.join(self.failed)}"
+
+
+@dataclass(frozen=True)
+class RoutineFileProblem:
+    """One problem of a routine file: where it is, which key, and why."""
+
+    source: str
+    line: int
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.key}: {self.message}"
+
+
+class RoutineFileInvalid(RoutinesError, ValueError):
+    """Routine files were refused; nothing was applied."""
+
+    def __init__(self, problems: list[RoutineFileProblem]) -> None:
+        super().__init__(problems)
+        self.problems = list(problems)
+
+    def words(self, style: Style) -> str:
+        lines = "\n".join(str(p) for p in self.problems)
+        return f"nothing applied; fix these first:\n{lines}"
+
+
+class ManagedFromFiles(RoutinesError):
+    """The routine is kept in a file (`routines apply`): edits elsewhere would be undone by
+    the next apply, so they are refused unless an admin forces them."""
+
+    def __init__(self, name: str, source: str) -> None:
+        super().__init__(name, source)
+        self.name, self.source = name, source
+
+    def words(self, style: Style) -> str:
+        hint = style.command(f"set {self.name} KEY=VALUE --force")
+        forced = (f" An admin may still change it here by ending the command with "
+                  f"{style.code('--force')} (e.g. {hint}); the next apply puts the file's "
+                  "version back." if hint else "")
+        return (f"Routine {style.code(self.name)} is managed from files "
+                f"({style.code(self.source)}): change the file and run "
+                f"{style.code('routines apply')}.{forced}")

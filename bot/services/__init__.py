@@ -13,6 +13,7 @@ from bot.core.redaction import Redactor
 from bot.core.roles import Directory
 from bot.services.approvals import ApprovalService
 from bot.services.audit import AuditService
+from bot.services.catalog import CatalogService
 from bot.services.context import ServicePolicy, Shared
 from bot.services.digests import DigestService
 from bot.services.events import EventBus
@@ -47,6 +48,7 @@ class Services:
         self.spend = SpendService(shared)
         self.approvals = ApprovalService(shared)
         self.routines = RoutineService(shared)
+        self.catalog = CatalogService(shared)
         self.runs = RunService(shared, self.approvals)
         self.publishing = PublishService(shared, self.runs)
         self.triggers = TriggerService(shared, self.kill_switch, self.spend, self.approvals)

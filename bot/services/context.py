@@ -12,7 +12,7 @@ from bot.core.pricing import PriceTable
 from bot.core.redaction import Redactor
 from bot.core.roles import Action, RoutineRoles
 from bot.core.routine import RoutineLimits
-from bot.errors import Forbidden
+from bot.errors import Forbidden, ManagedFromFiles, MayAct
 from bot.services.events import EventBus
 from bot.settings import Settings
 from bot.store import audit, queries
@@ -91,6 +91,23 @@ class Service:
                 audit.record(session, actor, "refused", routine.name if routine else None,
                              f"{action.value}: {exc}")
             raise
+
+    def _check_managed(self, session: Session, actor: str, routine: Routine,
+                       force: bool) -> None:
+        """A routine kept in a file is changed there (`routines apply`); an admin may force
+        an edit from another door, and the forcing is recorded with the edit."""
+        if routine.managed_by is None:
+            return
+        if not force:
+            raise ManagedFromFiles(routine.name, routine.managed_by)
+        if not self.roles.is_admin(actor):
+            refused = Forbidden("change a routine managed from files", MayAct.ADMINS,
+                                self.roles.admins)
+            with self.db.session() as own:
+                audit.record(own, actor, "refused", routine.name, f"force: {refused}")
+            raise refused
+        audit.record(session, actor, "forced", routine.name,
+                     f"edited although managed from {routine.managed_by}")
 
     @staticmethod
     def _require(session: Session, name: str) -> Routine:

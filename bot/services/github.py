@@ -36,12 +36,14 @@ class GitHubService(Service):
         self.triggers = triggers
         self.kill_switch = kill_switch
 
-    def subscribe(self, name: str, spec: str, actor: str) -> github.EventFilter:
+    def subscribe(self, name: str, spec: str, actor: str,
+                  force: bool = False) -> github.EventFilter:
         """Add an event filter; the spec is stored in canonical form."""
         wanted = github.parse_filter(spec)
         with self.db.session() as session:
             routine = self._require(session, name)
             self._check(actor, Action.CHANGE, routine)
+            self._check_managed(session, actor, routine, force)
             session.add(GitHubSubscription(routine_id=row_id(routine), spec=wanted.describe(),
                                            created_by=actor))
             try:
@@ -51,10 +53,11 @@ class GitHubService(Service):
             audit.record(session, actor, "github_subscribed", routine.name, wanted.describe())
         return wanted
 
-    def unsubscribe(self, name: str, actor: str) -> int:
+    def unsubscribe(self, name: str, actor: str, force: bool = False) -> int:
         with self.db.session() as session:
             routine = self._require(session, name)
             self._check(actor, Action.CHANGE, routine)
+            self._check_managed(session, actor, routine, force)
             rows = session.exec(select(GitHubSubscription).where(
                 GitHubSubscription.routine_id == routine.id)).all()
             for row in rows:

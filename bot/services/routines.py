@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from bot.core import retry, schedule
 from bot.core.roles import Action
@@ -117,12 +117,15 @@ class RoutineService(Service):
             audit.record(session, actor, "resume", routine.name)
             return routine
 
-    def change(self, name: str, changes: dict[str, object], actor: str) -> Routine:
+    def change(self, name: str, changes: dict[str, object], actor: str,
+               force: bool = False) -> Routine:
         """Apply settings parsed by `bot.core.routine.parse_changes` (owners and admins
-        only; `network=full` admins only, and audited as such). A refusal changes nothing."""
+        only; `network=full` admins only, and audited as such; a routine managed from files
+        only when an admin forces it). A refusal changes nothing."""
         with self.db.session() as session:
             routine = self._require(session, name)
             self._check(actor, Action.CHANGE, routine)
+            self._check_managed(session, actor, routine, force)
             full = changes.get("network") is NetworkMode.FULL
             if full:
                 self._check(actor, Action.FULL_NETWORK, routine)
@@ -134,21 +137,14 @@ class RoutineService(Service):
                 audit.record(session, actor, "network_full", routine.name, "network=full")
             return routine
 
-    def delete(self, name: str, actor: str) -> None:
+    def delete(self, name: str, actor: str, force: bool = False) -> None:
         """Remove the routine with its runs, tokens and filters; the audit log keeps the
         record. Refused while a run is pending: cancel it first."""
         with self.db.session() as session:
             routine = self._require(session, name)
             self._check(actor, Action.DELETE, routine)
-            if queries.active_runs(session, routine, pending=True):
-                raise RunsPending(routine.name)
-            run_ids = select(Run.id).where(Run.routine_id == routine.id)
-            for table, column in ((RunEvent, RunEvent.run_id), (Approval, Approval.run_id)):
-                session.execute(delete(table).where(col(column).in_(run_ids)))
-            for owned in (Run, ApiToken, GitHubSubscription):
-                session.execute(delete(owned).where(col(owned.routine_id) == routine.id))
-            session.delete(routine)
-            audit.record(session, actor, "delete", routine.name, f"repo {routine.repo_url}")
+            self._check_managed(session, actor, routine, force)
+            delete_in(session, routine, actor)
         self.bus.publish(ScheduleChanged(name, None))
 
     def get(self, name: str) -> Routine:
@@ -179,14 +175,30 @@ class RoutineService(Service):
             ).all()
             return [RunView(run, routine) for run in runs]
 
-    def set_retry_policy(self, name: str, policy: retry.RetryPolicy, actor: str) -> Routine:
+    def set_retry_policy(self, name: str, policy: retry.RetryPolicy, actor: str,
+                         force: bool = False) -> Routine:
         """Set how the routine's failed runs are retried; out of bounds changes nothing."""
         retry.validate_policy(policy, self.policy.retry_limits)
         with self.db.session() as session:
             routine = self._require(session, name)
             self._check(actor, Action.CHANGE, routine)
+            self._check_managed(session, actor, routine, force)
             routine.retry_attempts = policy.attempts
             routine.retry_backoff_seconds = policy.backoff_seconds
             routine.retry_agent_failures = policy.agent_failures
             audit.record(session, actor, "retry_policy_set", routine.name, policy.describe())
             return routine
+
+
+def delete_in(session: Session, routine: Routine, actor: str, details: str = "") -> None:
+    """Remove a routine with its runs, tokens and filters, inside the caller's unit of
+    work (roles already checked). Refused while a run is pending: cancel it first."""
+    if queries.active_runs(session, routine, pending=True):
+        raise RunsPending(routine.name)
+    run_ids = select(Run.id).where(Run.routine_id == routine.id)
+    for table, column in ((RunEvent, RunEvent.run_id), (Approval, Approval.run_id)):
+        session.execute(delete(table).where(col(column).in_(run_ids)))
+    for owned in (Run, ApiToken, GitHubSubscription):
+        session.execute(delete(owned).where(col(owned.routine_id) == routine.id))
+    session.delete(routine)
+    audit.record(session, actor, "delete", routine.name, details or f"repo {routine.repo_url}")

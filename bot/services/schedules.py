@@ -42,13 +42,14 @@ class ScheduleService(Service):
         self.kill_switch = kill_switch
 
     def set(self, name: str, expression: str, timezone: str,
-            actor: str) -> tuple[Routine, schedule.Schedule]:
+            actor: str, force: bool = False) -> tuple[Routine, schedule.Schedule]:
         """Validate and save; fires before now are not owed (the schedule starts now)."""
         when = schedule.parse_schedule(expression, timezone or "UTC",
                                        self.policy.limits.min_schedule_interval)
         with self.db.session() as session:
             routine = self._require(session, name)
             self._check(actor, Action.CHANGE, routine)
+            self._check_managed(session, actor, routine, force)
             routine.schedule, routine.schedule_tz = when.expression, when.timezone
             routine.last_fire_at = utcnow()
             audit.record(session, actor, "schedule_set", routine.name,
@@ -56,10 +57,11 @@ class ScheduleService(Service):
         self.bus.publish(ScheduleChanged(routine.name, when))
         return routine, when
 
-    def clear(self, name: str, actor: str) -> Routine:
+    def clear(self, name: str, actor: str, force: bool = False) -> Routine:
         with self.db.session() as session:
             routine = self._require(session, name)
             self._check(actor, Action.CHANGE, routine)
+            self._check_managed(session, actor, routine, force)
             if routine.schedule is None:
                 raise NoSchedule(routine.name)
             routine.schedule = None

@@ -72,6 +72,9 @@ class Routine(SQLModel, table=True):
     # Egress (`runner.egress_policy`): trusted (the operator's list), none, custom, full.
     network: NetworkMode = NetworkMode.TRUSTED
     network_hosts: str = ""  # custom: the patterns, comma-separated
+    # The file it is kept in (`routines apply`); None: made in Slack or the CLI. A routine
+    # managed from files refuses edits elsewhere unless an admin forces them.
+    managed_by: str | None = None
 
     @property
     def paused(self) -> bool:

@@ -147,6 +147,7 @@ def test_first_schema_filled_then_upgraded_reads_back_intact(db: Database) -> No
                 routine.max_tokens_per_run, routine.retry_agent_failures) == (
             "nightly", RiskLevel.MEDIUM, BusyPolicy.SKIP, "U1", 5000, True)
         assert (routine.network, routine.network_hosts) == (NetworkMode.TRUSTED, "")
+        assert routine.managed_by is None  # made before files could manage it
         runs = {run.id: run for run in session.exec(select(Run))}
         killed, cancelled = runs[1], runs[2]
         # The "kill switch" sentinel became a kind; a name stayed who asked.
@@ -245,7 +246,8 @@ def test_the_db_command_upgrades_and_tells_where_it_stands(
     assert capsys.readouterr().out.strip() == f"{head} (head {head}, up to date)"
     assert cli.main(["db", "history"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["0001", "0002", "0003", "0004", "0005"]
+    assert [line.split()[0] for line in lines] == ["0001", "0002", "0003", "0004", "0005",
+                                                  "0006"]
     assert lines[0].startswith("0001  The first schema")
 
 

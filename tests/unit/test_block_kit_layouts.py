@@ -278,3 +278,13 @@ def test_home_tab_is_a_valid_view_within_a_hundred_blocks(mine: int, team: int) 
     assert "<!channel>" not in shown and "&lt;&amp;&gt;" in shown
     if mine + team > MAX_ROUTINES:
         assert "more: `/routine list` shows them all" in shown
+
+
+def test_the_status_of_a_routine_managed_from_files_says_so() -> None:
+    managed = messages.render("routine_status.json.j2", github=[], overview=RoutineOverview(
+        routine(managed_by="routines/nightly.yaml"), None))
+    check_blocks(managed)
+    assert "Managed from files: `routines/nightly.yaml`" in dump(managed)
+    plain = messages.render("routine_status.json.j2", github=[],
+                            overview=RoutineOverview(routine(), None))
+    assert "Managed from files" not in dump(plain)

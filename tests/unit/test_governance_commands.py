@@ -78,3 +78,14 @@ def test_diff_summary_lists_files_with_counts() -> None:
     diff = "diff --git a/x b/x\n--- a/x\n+++ b/x\n+a\n+b\n-c\ndiff --git a/y b/y\n+++ b/y\n+z"
     assert diff_summary(diff) == "2 file(s) changed\nx  +2 -1\ny  +1 -0"
     assert diff_summary("") == "no changes"
+
+
+def test_a_trailing_force_is_read_on_the_edits_of_a_routine_only() -> None:
+    forced = parse("set nightly risk=high owners=@U0ALICE01 --force")
+    assert (forced.action, forced.name, forced.arg, forced.force) == (
+        "set", "nightly", "risk=high owners=@U0ALICE01", True)
+    assert parse('schedule nightly "every 2h" Europe/Paris --force').force
+    assert parse("delete nightly --FORCE").force
+    assert parse("github nightly off --force").arg == "off"
+    assert not parse("set nightly risk=high").force
+    assert not parse("run nightly --force").force  # not an edit: nothing to force

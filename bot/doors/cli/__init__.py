@@ -2,9 +2,9 @@
 
 `serve` starts the bot; `doctor` checks what it needs; `routine`, `run` and `killswitch`
 act through the same services and rules as Slack, as the operator identity
-`ROUTINES_OPERATOR`; `logs`, `audit` and `db` read and upgrade the database. A `.env`
-file in the working directory is read first; the environment wins. This package is the
-only place that reads the environment.
+`ROUTINES_OPERATOR`; `apply` and `export` keep routines as YAML files; `logs`, `audit`
+and `db` read and upgrade the database. A `.env` file in the working directory is read
+first; the environment wins. This package is the only place that reads the environment.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from bot.doors.cli import checkup, operate, records, serving
+from bot.doors.cli import as_code, checkup, operate, records, serving
 from bot.errors import RoutinesError, SettingsError
 from bot.settings import environment
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_parser(sub)
     operate.add_parsers(sub)
     records.add_parsers(sub)
+    as_code.add_parsers(sub)
     checkup.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),

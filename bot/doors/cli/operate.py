@@ -38,6 +38,8 @@ def add_parsers(sub: Any) -> None:
             ("resume", _routine_resume, "resume it"),
             ("delete", _routine_delete, "delete it (its runs and audit entries are kept)")):
         _verb(verbs, name, action, what).add_argument("name", type=str.lower)
+    verbs.choices["delete"].add_argument(
+        "--force", action="store_true", help="an admin deleting a routine managed from files")
     run = sub.add_parser("run", help="show, cancel or print the log of one run")
     run_verbs = run.add_subparsers(dest="verb", required=True)
     _verb(run_verbs, "show", _run_show, "the run's status, provenance and usage").add_argument(
@@ -64,14 +66,15 @@ def _verb(verbs: Any, name: str, action: Action, what: str) -> Any:
 
 def _handler(action: Action) -> Callable[[argparse.Namespace, Mapping[str, str]], None]:
     def handle(args: argparse.Namespace, env: Mapping[str, str]) -> None:
-        operator = _operator(env)
+        operator = operator_of(env)
         with offline.services(env) as services:
             shown = action(services, args, operator)
         print(json.dumps(shown, indent=2) if args.json else _text(shown))
     return handle
 
 
-def _operator(env: Mapping[str, str]) -> str:
+def operator_of(env: Mapping[str, str]) -> str:
+    """The Slack user id the CLI acts as (`ROUTINES_OPERATOR`)."""
     value = env.get(OPERATOR_ENV, "").strip()
     if not value:
         raise SettingsError(f"set {OPERATOR_ENV} to the Slack user id the CLI acts as "
@@ -108,7 +111,7 @@ def _routine_resume(services: Services, args: argparse.Namespace, operator: str)
 
 
 def _routine_delete(services: Services, args: argparse.Namespace, operator: str) -> Any:
-    services.routines.delete(args.name, operator)
+    services.routines.delete(args.name, operator, force=args.force)
     return {"deleted": args.name}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.core.digest import SUGAR, is_sugar_word
 
@@ -30,6 +30,8 @@ USAGE = {
 }
 FREE_TEXT = {"github", "schedule", "set", "retries"}  # the rest of the line is one argument
 KILLSWITCH_ACTIONS = {"engage", "status", "disengage", "release", "drop"}
+FORCE = "--force"
+FORCEABLE = {"set", "schedule", "retries", "github", "delete"}  # edits of a routine's settings
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Command:
     problem: str = ""
     arg: str = ""
     option: str = ""  # the time zone of `schedule` and `digest`
+    force: bool = False  # a trailing `--force`: an admin editing a routine managed from files
 
 
 def parse(text: str) -> Command:
@@ -47,6 +50,9 @@ def parse(text: str) -> Command:
         words = shlex.split(text.strip())
     except ValueError:
         return Command("help", problem="I could not read that command (unbalanced quotes?).")
+    force = len(words) > 1 and words[-1].lower() == FORCE
+    if force:
+        words = words[:-1]
     if not words:
         return Command("help")
     action = words[0].lower()
@@ -58,7 +64,8 @@ def parse(text: str) -> Command:
     special = _parse_special(action, rest, text)
     if special is not None:
         return special if special.action != "usage" else usage
-    return _parse_named(action, rest, usage)
+    parsed = _parse_named(action, rest, usage)
+    return replace(parsed, force=True) if force and parsed.action in FORCEABLE else parsed
 
 
 def _parse_named(action: str, rest: list[str], usage: Command) -> Command:

@@ -148,12 +148,13 @@ class SlackHandlers:
         return self.messages.render("run_queued.json.j2", run=view.run, routine=view.routine)
 
     def _set(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
-        self.services.routines.change(parsed.name, parse_changes(parsed.arg.split()), user_id)
+        self.services.routines.change(parsed.name, parse_changes(parsed.arg.split()), user_id,
+                                      force=parsed.force)
         return self.messages.render("routine_status.json.j2", github=[],
                                     overview=self.services.routines.overview(parsed.name))
 
     def _delete(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
-        self.services.routines.delete(parsed.name, user_id)
+        self.services.routines.delete(parsed.name, user_id, force=parsed.force)
         return self._say(f"Routine `{parsed.name}` deleted, with its runs and tokens; the "
                          "audit log keeps the record.")
 
@@ -259,25 +260,27 @@ class SlackHandlers:
 
     def _schedule(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         if parsed.arg.lower() == "off":
-            self.services.schedules.clear(parsed.name, user_id)
+            self.services.schedules.clear(parsed.name, user_id, force=parsed.force)
             return self._say(f"`{parsed.name}` no longer runs on a schedule.")
-        self.services.schedules.set(parsed.name, parsed.arg, parsed.option, user_id)
+        self.services.schedules.set(parsed.name, parsed.arg, parsed.option, user_id,
+                                    force=parsed.force)
         return self.messages.render("routine_status.json.j2", github=[],
                                     overview=self.services.routines.overview(parsed.name))
 
     def _retries(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         policy = retry.parse_policy(parsed.arg.split())
-        self.services.routines.set_retry_policy(parsed.name, policy, user_id)
+        self.services.routines.set_retry_policy(parsed.name, policy, user_id, force=parsed.force)
         return self.messages.render("routine_status.json.j2",
                                     overview=self.services.routines.overview(parsed.name),
                                     github=self.services.github.filters(parsed.name))
 
     def _github(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         if parsed.arg.lower() == "off":
-            count = self.services.github.unsubscribe(parsed.name, user_id)
+            count = self.services.github.unsubscribe(parsed.name, user_id, force=parsed.force)
             return self._say(f"`{parsed.name}` no longer listens to GitHub "
                              f"({count} filters removed).")
-        wanted = self.services.github.subscribe(parsed.name, parsed.arg, user_id)
+        wanted = self.services.github.subscribe(parsed.name, parsed.arg, user_id,
+                                                 force=parsed.force)
         return self._say(f"`{parsed.name}` now runs on GitHub events matching "
                          f"`{wanted.describe()}`.")
 
