@@ -73,7 +73,8 @@ class Bot:
                                                 self.sandbox.config.fetch_policy),
                                       min(5.0, max(0.5, settings.approval_timeout_seconds / 4)))
         self.scheduler = Scheduler(self.services, announcer.missed, announcer.digest,
-                                   settings.schedule_grace_seconds)
+                                   settings.schedule_grace_seconds,
+                                   settings.schedule_sync_seconds)
         self.slack = build_slack_app(settings, self.services, self.messages, self.slack_client)
         self.home = HomeTab(self.services, self.messages, self.slack_client,
                             settings.home_refresh_seconds)

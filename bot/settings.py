@@ -62,6 +62,7 @@ class Settings:
     github_webhook_secret: str = ""
     min_schedule_interval_seconds: int = 60
     schedule_grace_seconds: int = 300
+    schedule_sync_seconds: float = 30.0  # how soon schedules saved by another process apply
     min_retry_backoff_seconds: int = 5  # tests lower it; not read from the environment
     github_max_body_bytes: int = 25 * 1024 * 1024  # GitHub's own cap on a delivery
     extra_secrets: tuple[str, ...] = field(default_factory=tuple)
@@ -156,6 +157,8 @@ class Settings:
                                                cls.min_schedule_interval_seconds),
             schedule_grace_seconds=_int(env, "ROUTINES_SCHEDULE_GRACE_SECONDS",
                                         cls.schedule_grace_seconds),
+            schedule_sync_seconds=_float(env, "ROUTINES_SCHEDULE_SYNC_SECONDS",
+                                         cls.schedule_sync_seconds),
             prices=PriceTable.parse(env.get("ROUTINES_PRICES", "")),
             admins=_principals(env, "ROUTINES_ADMINS"),
             incidents_channel=env.get("ROUTINES_INCIDENTS_CHANNEL", ""),

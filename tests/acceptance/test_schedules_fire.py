@@ -12,9 +12,12 @@ import pytest
 from sqlalchemy import update
 
 from bot.app import Bot
+from bot.core.redaction import Redactor
+from bot.services import ServicePolicy, Services
 from bot.store.tables import Routine, utcnow
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
+from tests.support.slack_flows import ALICE
 from tests.support.slack_requests import FakeSlack, modal_values
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
@@ -160,3 +163,23 @@ async def test_the_create_form_takes_a_schedule_and_checks_it_inline(
                if v.run.trigger_kind == "schedule"]:
         assert time.monotonic() < deadline, "the schedule from the form never fired"
         await asyncio.sleep(0.1)
+
+
+async def test_a_schedule_saved_by_another_process_applies_at_the_next_resync(
+    start_bot: BotFactory, git_repo: str,
+) -> None:
+    """`routines apply` or another bot writes the schedule to the database only: this bot
+    picks it up at its next resync, and a schedule cleared elsewhere stops firing."""
+    bot, _ = await scheduled_bot(start_bot, git_repo, min_schedule_interval_seconds=1,
+                                 schedule_sync_seconds=0.5)
+    elsewhere = Services(bot.db, ServicePolicy.from_settings(bot.settings), Redactor(()))
+
+    await asyncio.to_thread(elsewhere.schedules.set, "tick", "every 1s", "", ALICE)
+    refs = await wait_for_runs(bot, 2)
+    assert len(set(refs)) == len(refs)
+
+    await asyncio.to_thread(elsewhere.schedules.clear, "tick", ALICE)
+    await asyncio.sleep(1.5)  # the resync, and any fire already under way
+    stopped = len(schedule_runs(bot))
+    await asyncio.sleep(2.5)
+    assert len(schedule_runs(bot)) == stopped

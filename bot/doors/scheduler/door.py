@@ -2,7 +2,10 @@
 call the services, exactly like the Slack and HTTP doors.
 
 The database is the truth: at start-up the jobs are rebuilt from the saved schedules,
-after one catch-up decision per routine for the fires missed while the bot was down.
+after one catch-up decision per routine for the fires missed while the bot was down; a
+change made through this process applies at once (`ScheduleChanged`), and one made by
+another process (`routines apply`, another bot) at the next resync, every
+`sync_seconds`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ DIGEST = "digest"  # the job kind of channel digests, beside routines
 
 class Scheduler:
     def __init__(self, services: Services, announce_missed: AnnounceMissed,
-                 post_digest: PostDigest, grace_seconds: int) -> None:
+                 post_digest: PostDigest, grace_seconds: int,
+                 sync_seconds: float = 30.0) -> None:
         self.services = services
         self.digests = services.digests
         self.announce_missed = announce_missed
@@ -38,6 +42,9 @@ class Scheduler:
         self.runner = ScheduleRunner(self._fire, grace_seconds, missed=self._missed)
         self.runner.register(DIGEST, self._fire_digest)  # a late digest covers it all
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.sync_seconds = sync_seconds
+        self._known: dict[str, Schedule] = {}  # the routines' jobs as last set here
+        self._sync: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -46,9 +53,28 @@ class Scheduler:
                                               self.grace_seconds):
             await self._announce(missed)
         self.runner.start()
-        for name, when in (await asyncio.to_thread(self.services.schedules.all)).items():
+        self._known = await asyncio.to_thread(self.services.schedules.all)
+        for name, when in self._known.items():
             self.runner.set(name, when, after=now)
         await self._start_digests(now)
+        self._sync = asyncio.create_task(self._resync_forever(), name="schedule-resync")
+
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_seconds)
+            try:
+                self.resync(await asyncio.to_thread(self.services.schedules.all))
+            except Exception:
+                log.exception("could not read the schedules")
+
+    def resync(self, saved: dict[str, Schedule]) -> None:
+        """Set the jobs whose schedule changed elsewhere, remove those gone; leave the
+        others alone (setting a job again would move its next fire)."""
+        for name in self._known.keys() - saved.keys():
+            self._apply(name, None)
+        for name, when in saved.items():
+            if self._known.get(name) != when:
+                self._apply(name, when)
 
     async def _start_digests(self, now: datetime) -> None:
         """One digest now for each channel whose digest fell due while the bot was down
@@ -69,6 +95,8 @@ class Scheduler:
             log.exception("could not send the digest of %s", channel_id)
 
     def stop(self) -> None:
+        if self._sync is not None:
+            self._sync.cancel()
         self.runner.shutdown()
 
     def schedule_changed(self, event: ScheduleChanged) -> None:
@@ -79,8 +107,10 @@ class Scheduler:
     def _apply(self, name: str, when: Schedule | None) -> None:
         if when is None:
             self.runner.remove(name)
+            self._known.pop(name, None)
         else:
             self.runner.set(name, when)
+            self._known[name] = when
 
     def digest_schedule_changed(self, event: DigestScheduleChanged) -> None:
         """Thread-safe, as `schedule_changed`."""
