@@ -18,6 +18,7 @@ from bot.core.statuses import (
     StopKind,
     TriggerKind,
 )
+from runner.contract import Engine, RepoConfig
 from runner.egress_policy import EgressPolicy, NetworkMode
 
 
@@ -72,6 +73,10 @@ class Routine(SQLModel, table=True):
     # Egress (`runner.egress_policy`): trusted (the operator's list), none, custom, full.
     network: NetworkMode = NetworkMode.TRUSTED
     network_hosts: str = ""  # custom: the patterns, comma-separated
+    # Which agent runs (README "Engines"), and whether a repository's own hooks and MCP
+    # servers may run under Claude Code (`repo-config=trusted`: set by owners, audited).
+    engine: Engine = Engine.BUILTIN
+    repo_config: RepoConfig = RepoConfig.UNTRUSTED
 
     @property
     def paused(self) -> bool:
