@@ -20,7 +20,7 @@ from bot.core.statuses import FailureKind, RunStatus
 from bot.core.verdict import decide_outcome
 from runner.contract import Engine, RepoConfig
 from runner.host.sandbox import Sandbox
-from tests.standins.anthropic_api import AnthropicStandIn, Turn, text, tool
+from tests.standins.anthropic_api import AnthropicStandIn, text, tool
 from tests.standins.environment import API_KEY
 from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE
 from tests.support.run_specs import spec
@@ -135,7 +135,7 @@ async def test_subtype_success_without_a_structured_report_is_no_self_report(
     assert seen.result.report is None
     outcome = decide_outcome(seen.result, 120)
     assert (outcome.status, outcome.failure) == (RunStatus.FAILED, FailureKind.NO_SELF_REPORT)
-    assert [e["text"] for e in seen.of_type("assistant_text")][0] == (
+    assert next(e["text"] for e in seen.of_type("assistant_text")) == (
         "All done, everything is green.")
     assert seen.result.input_tokens > 0  # metered all the same
 
@@ -235,3 +235,21 @@ async def test_a_trusted_repository_config_runs_its_hooks(
 
     listing = output_of(seen, "ls -a /workspace")
     assert "hook-ran" in listing  # the PreToolUse hook ran before the first Bash call
+
+
+async def test_the_gateway_holds_the_token_budget_against_claude_code(
+    claude_sandbox: Sandbox, anthropic_api: AnthropicStandIn, git_repo: str,
+) -> None:
+    marker = anthropic_api.script(
+        "cc-budget", *([tool("Bash", command=f"echo {n} >> spent.txt")] for n in range(6)))
+
+    seen = await run_claude(claude_sandbox, 308, f"Spend. {marker}", git_repo,
+                            max_tokens=150)
+
+    assert seen.result.token_budget_exceeded
+    outcome = decide_outcome(seen.result, 120)
+    assert (outcome.status, outcome.failure) == (RunStatus.FAILED, FailureKind.TOKEN_BUDGET)
+    # Two calls went upstream (120, then 122 tokens); the third was refused at the host.
+    assert len(anthropic_api.requests_for("cc-budget")) == 2
+    refused = [c for c in seen.of_type("model_call") if c.get("refused")]
+    assert refused and refused[0]["status"] == 400
