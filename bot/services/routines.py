@@ -41,7 +41,7 @@ from bot.store.tables import (
     RunEvent,
     utcnow,
 )
-from runner.contract import RepoConfig
+from runner.contract import Engine, RepoConfig
 from runner.egress_policy import EgressPolicy, NetworkMode
 
 
@@ -91,8 +91,9 @@ class RoutineService(Service):
                     {"name": f"A routine named `{draft.name}` already exists."}) from None
             session.refresh(routine)
             audit.record(session, actor, "create", routine.name,
-                         f"repo {routine.repo_url}, network {routine.egress.describe()}, "
-                         f"engine {routine.engine.value}")
+                         f"repo {routine.repo_url}, network {routine.egress.describe()}"
+                         + ("" if routine.engine is Engine.BUILTIN
+                            else f", engine {routine.engine.value}"))
             if routine.network is NetworkMode.FULL:
                 audit.record(session, actor, "network_full", routine.name, "network=full")
         if routine.schedule:
