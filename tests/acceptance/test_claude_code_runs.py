@@ -9,6 +9,7 @@ from `bot.core.verdict` on what the host observed."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ from runner.contract import Engine, RepoConfig
 from runner.host.sandbox import Sandbox
 from tests.standins.anthropic_api import AnthropicStandIn, text, tool
 from tests.standins.environment import API_KEY
-from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE
+from tests.standins.slack_api import SlackApiStandIn
+from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE, BotFactory
 from tests.support.run_specs import spec
 from tests.support.sandbox_runs import Observed, execute, make_sandbox
+from tests.support.slack_flows import create_routine, run_and_wait, view_log
 
 pytestmark = pytest.mark.docker
 
@@ -253,3 +256,32 @@ async def test_the_gateway_holds_the_token_budget_against_claude_code(
     assert len(anthropic_api.requests_for("cc-budget")) == 2
     refused = [c for c in seen.of_type("model_call") if c.get("refused")]
     assert refused and refused[0]["status"] == 400
+
+
+async def test_a_claude_code_routine_from_slack_succeeds_and_its_log_reads_the_same(
+    start_bot: BotFactory, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
+    git_repo: str,
+) -> None:
+    marker = anthropic_api.script(
+        "cc-slack",
+        [text("Writing the proof file."),
+         tool("Bash", command="echo hello-from-claude-code > proof.txt && id -u")],
+        [structured("success", "Wrote proof.txt with Claude Code.")],
+    )
+    bot, fake = await start_bot()
+    await create_routine(fake, slack_api, "cc-hello", f"Write a proof file. {marker}", git_repo)
+    answer = (await fake.slash("set cc-hello engine=claude-code")).json()
+    assert answer["text"].startswith("Routine cc-hello")
+
+    message = await run_and_wait(fake, slack_api, "cc-hello", "succeeded", timeout=150)
+
+    blocks = json.dumps(message["blocks"])
+    assert "Wrote proof.txt with Claude Code." in blocks
+    assert "tokens 201 in / 41 out" in blocks  # the gateway's count, as for the builtin agent
+    shown = await view_log(fake, slack_api, message, last="Changes (diff)")
+    assert "→ Bash" in shown  # the log line of the tool call
+    assert "echo hello-from-claude-code &gt; proof.txt" in shown  # as Slack escapes it
+    assert "agent: Writing the proof file." in shown
+    assert "10001" in shown and "+hello-from-claude-code" in shown
+    run = bot.services.runs.get(int(message["run_id"])).run
+    assert run.failure_kind is None
