@@ -156,10 +156,9 @@ build_claude_code() {
     local cache="$BUILD_CONTEXT/build/claude-agent-sdk" ctx="$BUILD_CONTEXT/build/claude-code"
     local wheel version
     mkdir -p "$cache" "$ctx"
-    wheel="$(compgen -G "$cache/${CLAUDE_AGENT_SDK%%==*}-${CLAUDE_AGENT_SDK##*==}-*.whl" \
+    # Wheel file names spell the project with an underscore.
+    wheel="$(compgen -G "$cache/claude_agent_sdk-${CLAUDE_AGENT_SDK##*==}-*.whl" \
         | head -n 1 || true)"
-    wheel="${wheel:-$(compgen -G "$cache/claude_agent_sdk-${CLAUDE_AGENT_SDK##*==}-*.whl" \
-        | head -n 1 || true)}"
     if [ -z "$wheel" ]; then
         log "pip download $CLAUDE_AGENT_SDK (the Claude Code CLI is bundled in it)"
         "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps \
