@@ -9,6 +9,7 @@ from `bot.core.verdict` on what the host observed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,15 @@ import pytest
 
 from bot.core.statuses import FailureKind, RunStatus
 from bot.core.verdict import decide_outcome
-from runner.contract import Engine, RepoConfig
-from runner.host.sandbox import Sandbox
+from runner.contract import Engine, Event, RepoConfig
+from runner.host.sandbox import RunControl, Sandbox
 from tests.standins.anthropic_api import AnthropicStandIn, text, tool
 from tests.standins.environment import API_KEY
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE, BotFactory
 from tests.support.run_specs import spec
 from tests.support.sandbox_runs import Observed, execute, make_sandbox
-from tests.support.slack_flows import create_routine, run_and_wait, view_log
+from tests.support.slack_flows import create_routine, run_and_wait, view_log, wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -285,3 +286,27 @@ async def test_a_claude_code_routine_from_slack_succeeds_and_its_log_reads_the_s
     assert "10001" in shown and "+hello-from-claude-code" in shown
     run = bot.services.runs.get(int(message["run_id"])).run
     assert run.failure_kind is None
+
+
+async def test_the_kill_switch_cuts_claude_code_off(
+    claude_sandbox: Sandbox, anthropic_api: AnthropicStandIn, git_repo: str,
+) -> None:
+    marker = anthropic_api.script(
+        "cc-kill", [tool("Bash", command="sleep 90")], [structured("success", "never")])
+    events: list[Event] = []
+    control = RunControl()
+    running = asyncio.create_task(asyncio.to_thread(
+        claude_sandbox.execute,
+        spec(309, f"Sleep. {marker}", git_repo, engine=Engine.CLAUDE_CODE.value,
+             timeout_seconds=120),
+        lambda _seq, e: events.append(e), lambda _id: None, control))
+    await wait_until(lambda: any(e.get("type") == "tool_call" for e in events), timeout=90)
+
+    control.kill()
+    await asyncio.to_thread(claude_sandbox.kill, 309)
+    result = await running
+
+    assert result.killed and result.report is None
+    outcome = decide_outcome(result, 120)
+    assert (outcome.status, outcome.failure) == (RunStatus.KILLED, FailureKind.KILLED)
+    assert len(anthropic_api.requests_for("cc-kill")) == 1  # nothing after the kill
