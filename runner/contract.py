@@ -24,6 +24,10 @@ its summary, is read by `api_status_code`, which falls back on the summary's wor
 for an image that wrote no such key; an older host ignores the key and reads the
 summary, whose wording is kept.
 
+Both engines (`Engine`: the built-in agent, Claude Code's CLI) write these events; the
+spec's `engine` says which runs, and the host starts the image that holds it. Each has its
+own self-report tool (`REPORT_TOOLS`), the one the gateway takes as the report.
+
 The container's lines are not the run's truth. The host writes events of its own into
 the same log (`HOST_EVENT_TYPES`, each with `"source": "host"`): `model_call` for every
 Messages API call the model gateway (`runner.host.gateway`) forwarded, with its usage and,
