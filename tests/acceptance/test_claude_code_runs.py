@@ -22,7 +22,7 @@ from bot.core.statuses import FailureKind, RunStatus
 from bot.core.verdict import decide_outcome
 from runner.contract import Engine, Event, RepoConfig
 from runner.host.sandbox import RunControl, Sandbox
-from tests.standins.anthropic_api import AnthropicStandIn, text, tool
+from tests.standins.anthropic_api import AnthropicStandIn, Turn, text, tool
 from tests.standins.environment import API_KEY
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE, BotFactory
@@ -292,7 +292,8 @@ async def test_the_kill_switch_cuts_claude_code_off(
     claude_sandbox: Sandbox, anthropic_api: AnthropicStandIn, git_repo: str,
 ) -> None:
     marker = anthropic_api.script(
-        "cc-kill", [tool("Bash", command="sleep 90")], [structured("success", "never")])
+        "cc-kill", [tool("Bash", command="echo working > work.txt")],
+        Turn([structured("success", "never")], delay=30))  # the kill lands first
     events: list[Event] = []
     control = RunControl()
     running = asyncio.create_task(asyncio.to_thread(
@@ -300,7 +301,7 @@ async def test_the_kill_switch_cuts_claude_code_off(
         spec(309, f"Sleep. {marker}", git_repo, engine=Engine.CLAUDE_CODE.value,
              timeout_seconds=120),
         lambda _seq, e: events.append(e), lambda _id: None, control))
-    await wait_until(lambda: any(e.get("type") == "tool_call" for e in events), timeout=90)
+    await wait_until(lambda: len(anthropic_api.requests_for("cc-kill")) == 2, timeout=90)
 
     control.kill()
     await asyncio.to_thread(claude_sandbox.kill, 309)
@@ -309,4 +310,5 @@ async def test_the_kill_switch_cuts_claude_code_off(
     assert result.killed and result.report is None
     outcome = decide_outcome(result, 120)
     assert (outcome.status, outcome.failure) == (RunStatus.KILLED, FailureKind.KILLED)
-    assert len(anthropic_api.requests_for("cc-kill")) == 1  # nothing after the kill
+    assert len(anthropic_api.requests_for("cc-kill")) == 2  # nothing after the kill
+    assert [e["name"] for e in events if e.get("type") == "tool_call"] == ["Bash"]
