@@ -3,6 +3,8 @@
 #   1. routines-base:bookworm   Debian bookworm + python3, venv, git (debootstrap + docker import)
 #   2. build/wheels/            host-built wheels for the sandbox (anthropic and deps)
 #   3. routines-sandbox:latest  Dockerfile target `sandbox` on top of (1), from (2) + runner/
+#   4. routines-claude-code:latest  .ci/claude-code.Dockerfile on top of (3): the Claude Code CLI,
+#                               the native binary of the pinned claude-agent-sdk wheel (PyPI)
 # Optional (BUILD_SERVICE=1): wheels of the project itself + image routines:latest.
 #
 # Idempotent: the base image is made only when missing; the docker build is cached.
@@ -11,6 +13,9 @@
 #   BASE_IMAGE        base image tag            (default routines-base:bookworm)
 #   SANDBOX_IMAGE     sandbox image tag         (default routines-sandbox:latest)
 #   SERVICE_IMAGE     service image tag         (default routines:latest)
+#   CLAUDE_CODE_IMAGE claude-code image tag     (default routines-claude-code:latest)
+#   CLAUDE_AGENT_SDK  the wheel the CLI comes from (default: the pin below)
+#   BUILD_CLAUDE_CODE=0  skip the claude-code image
 #   BUILD_CONTEXT     docker build context      (default: the repo root)
 #   SANDBOX_PACKAGES  packages for the sandbox  (default: anthropic, pinned to the
 #                     version in .venv when there is one)
@@ -24,6 +29,9 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BASE_IMAGE="${BASE_IMAGE:-routines-base:bookworm}"
 SANDBOX_IMAGE="${SANDBOX_IMAGE:-routines-sandbox:latest}"
 SERVICE_IMAGE="${SERVICE_IMAGE:-routines:latest}"
+CLAUDE_CODE_IMAGE="${CLAUDE_CODE_IMAGE:-routines-claude-code:latest}"
+# The one pin of the Claude Code version: this wheel bundles CLI 2.1.332.
+CLAUDE_AGENT_SDK="${CLAUDE_AGENT_SDK:-claude-agent-sdk==0.2.189}"
 BUILD_CONTEXT="$(cd "${BUILD_CONTEXT:-$REPO_ROOT}" && pwd)"
 WHEEL_DIR="$BUILD_CONTEXT/build/wheels"
 SUITE=bookworm
@@ -141,6 +149,50 @@ docker build --target sandbox \
     --build-arg "SANDBOX_PACKAGES=$SANDBOX_PACKAGES" \
     -t "$SANDBOX_IMAGE" "$BUILD_CONTEXT" >&2
 log "sandbox image $SANDBOX_IMAGE ready in $((SECONDS - t0))s"
+
+# ---------------------------------------------------------------------------
+# 4. the claude-code image: the CLI out of the pinned wheel, cached under build/
+build_claude_code() {
+    local cache="$BUILD_CONTEXT/build/claude-agent-sdk" ctx="$BUILD_CONTEXT/build/claude-code"
+    local wheel version
+    mkdir -p "$cache" "$ctx"
+    # Wheel file names spell the project with an underscore.
+    wheel="$(compgen -G "$cache/claude_agent_sdk-${CLAUDE_AGENT_SDK##*==}-*.whl" \
+        | head -n 1 || true)"
+    if [ -z "$wheel" ]; then
+        log "pip download $CLAUDE_AGENT_SDK (the Claude Code CLI is bundled in it)"
+        "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps \
+            --only-binary :all: --platform manylinux_2_17_x86_64 -d "$cache" "$CLAUDE_AGENT_SDK"
+        wheel="$(compgen -G "$cache/claude_agent_sdk-${CLAUDE_AGENT_SDK##*==}-*.whl" | head -n 1)"
+    fi
+    [ -n "$wheel" ] || die "no wheel for $CLAUDE_AGENT_SDK in $cache"
+    if [ ! -x "$ctx/claude" ] || [ "$wheel" -nt "$ctx/claude" ]; then
+        log "extracting the CLI from $(basename "$wheel")"
+        "$PYTHON" - "$wheel" "$ctx" <<'PY'
+import shutil, sys, zipfile
+from pathlib import Path
+wheel, ctx = sys.argv[1], Path(sys.argv[2])
+with zipfile.ZipFile(wheel) as z:
+    for name, target in (("claude_agent_sdk/_bundled/claude", "claude"),
+                         ("claude_agent_sdk/_bundled/claude.version", "claude.version")):
+        with z.open(name) as src, open(ctx / target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+(ctx / "claude").chmod(0o755)
+PY
+    fi
+    version="$(awk 'NR == 1 { print $1 }' "$ctx/claude.version")"
+    t0=$SECONDS
+    log "docker build claude-code.Dockerfile -> $CLAUDE_CODE_IMAGE (Claude Code $version)"
+    docker build -f "$REPO_ROOT/.ci/claude-code.Dockerfile" \
+        --build-arg "SANDBOX_IMAGE=$SANDBOX_IMAGE" \
+        --build-arg "CLAUDE_CODE_VERSION=$version" \
+        --label "org.routines.runner=$runner_digest" \
+        -t "$CLAUDE_CODE_IMAGE" "$ctx" >&2
+    log "claude-code image $CLAUDE_CODE_IMAGE ready in $((SECONDS - t0))s"
+}
+if [ "${BUILD_CLAUDE_CODE:-1}" = 1 ]; then
+    build_claude_code
+fi
 
 if [ "${BUILD_SERVICE:-0}" = 1 ]; then
     log "pip wheel -w $WHEEL_DIR $BUILD_CONTEXT[postgres] (project + dependencies)"

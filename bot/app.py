@@ -142,6 +142,7 @@ class Bot:
 def _sandbox_config(settings: Settings) -> SandboxConfig:
     return SandboxConfig(
         image=settings.sandbox_image,
+        claude_code_image=settings.claude_code_image,
         workspace_root=settings.data_dir.resolve() / "workspaces" / settings.instance,
         instance=settings.instance,
         memory=settings.sandbox_memory,

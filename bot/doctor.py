@@ -34,6 +34,7 @@ from runner.host.gateway import GatewayRun, ModelGateway
 from runner.host.loop import BackgroundLoop
 
 TIMEOUT_SECONDS = 10
+CLAUDE_CODE_LABEL = "org.routines.claude_code"  # the CLI version in the claude-code image
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def diagnose(env: Mapping[str, str]) -> list[Finding]:
     findings = [Finding("settings", True, "read")]
     checks: list[tuple[str, Callable[[Settings], str]]] = [
         ("settings agree", _consistent), ("slack token", _slack), ("slack mode", _slack_mode),
-        ("docker engine", _docker), ("sandbox image", _image), ("sandbox runtime", _runtime),
+        ("docker engine", _docker), ("sandbox image", _image),
+        ("claude-code image", _claude_code_image), ("sandbox runtime", _runtime),
         ("database", _database), ("run disk limit", _disk_limit),
         ("gateway and proxy", _servers),
     ]
@@ -157,6 +159,26 @@ def _image(settings: Settings) -> str:
         raise Failed(f"{settings.sandbox_image} holds runner {built_from or 'unknown'}, "
                      f"this version is runner {expected}", "rebuild it: make images")
     return f"{settings.sandbox_image}, runner {expected}"
+
+
+def _claude_code_image(settings: Settings) -> str:
+    """The image `engine=claude-code` runs start from, with the Claude Code version pinned
+    into it (`org.routines.claude_code`, from .ci/build-images.sh)."""
+    name = settings.claude_code_image
+    client = _client(settings)
+    try:
+        image = client.images.get(name)
+    except docker.errors.ImageNotFound:
+        raise Failed(f"{name} is not on the engine",
+                     "build it: make images (engine=claude-code routines need it)") from None
+    finally:
+        client.close()
+    labels = image.labels or {}
+    built_from, expected = labels.get(LABEL), runner_fingerprint()
+    if built_from != expected:
+        raise Failed(f"{name} holds runner {built_from or 'unknown'}, "
+                     f"this version is runner {expected}", "rebuild it: make images")
+    return f"{name}, Claude Code {labels.get(CLAUDE_CODE_LABEL, 'unknown')}, runner {expected}"
 
 
 def _runtime(settings: Settings) -> str:

@@ -37,6 +37,8 @@ class Settings:
     port: int = 3000
     data_dir: Path = Path("data")
     sandbox_image: str = "routines-sandbox:latest"
+    # The image runs of `engine=claude-code` routines start from (README "Engines").
+    claude_code_image: str = "routines-claude-code:latest"
     # Ignored since runs have no network (`--network none`, the host reached through Unix
     # sockets); still read so that existing configurations load.
     sandbox_network: str = "routines-sandbox"
@@ -135,6 +137,7 @@ class Settings:
             port=_int(env, "PORT", cls.port),
             data_dir=Path(env.get("ROUTINES_DATA_DIR", str(cls.data_dir))),
             sandbox_image=env.get("ROUTINES_SANDBOX_IMAGE", cls.sandbox_image),
+            claude_code_image=env.get("ROUTINES_CLAUDE_CODE_IMAGE", cls.claude_code_image),
             sandbox_network=env.get("ROUTINES_SANDBOX_NETWORK", cls.sandbox_network),
             sandbox_memory=env.get("ROUTINES_SANDBOX_MEMORY", cls.sandbox_memory),
             sandbox_cpus=_float(env, "ROUTINES_SANDBOX_CPUS", cls.sandbox_cpus),

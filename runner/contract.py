@@ -24,6 +24,10 @@ its summary, is read by `api_status_code`, which falls back on the summary's wor
 for an image that wrote no such key; an older host ignores the key and reads the
 summary, whose wording is kept.
 
+Both engines (`Engine`: the built-in agent, Claude Code's CLI) write these events; the
+spec's `engine` says which runs, and the host starts the image that holds it. Each has its
+own self-report tool (`REPORT_TOOLS`), the one the gateway takes as the report.
+
 The container's lines are not the run's truth. The host writes events of its own into
 the same log (`HOST_EVENT_TYPES`, each with `"source": "host"`): `model_call` for every
 Messages API call the model gateway (`runner.host.gateway`) forwarded, with its usage and,
@@ -39,6 +43,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import MISSING, dataclass, fields, replace
+from enum import StrEnum
 from typing import Any
 
 SPEC_ENV = "ROUTINE_RUN_SPEC"
@@ -66,6 +71,35 @@ HOST_SOURCE = "host"
 Event = dict[str, Any]
 
 
+class Engine(StrEnum):
+    """Which agent a run's container runs (README "Engines"): the built-in loop
+    (`runner.inside.agent`) or Claude Code's CLI (`runner.inside.claude_code`)."""
+
+    BUILTIN = "builtin"
+    CLAUDE_CODE = "claude-code"
+
+
+class RepoConfig(StrEnum):
+    """Whether the code a repository's own configuration would run (Claude Code's hooks,
+    .mcp.json servers, apiKeyHelper) is let run: off unless a routine trusts it."""
+
+    UNTRUSTED = "untrusted"
+    TRUSTED = "trusted"
+
+
+# The tool call the gateway takes as an engine's self-report: the built-in agent's
+# `report_result`; the `StructuredOutput` call Claude Code's `--json-schema` makes.
+REPORT_TOOLS = {Engine.BUILTIN: "report_result", Engine.CLAUDE_CODE: "StructuredOutput"}
+
+
+def report_tool(engine: str) -> str:
+    """The self-report tool of `engine` (an unknown one: the built-in agent's)."""
+    try:
+        return REPORT_TOOLS[Engine(engine)]
+    except ValueError:
+        return REPORT_TOOLS[Engine.BUILTIN]
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything one run needs; the container receives it as JSON in `SPEC_ENV`."""
@@ -87,6 +121,10 @@ class RunSpec:
     # Host side only: the run's egress policy for the host's proxy, as
     # `runner.egress_policy.EgressPolicy.to_spec` writes it; the default reaches nothing.
     egress: str = "none"
+    # Which agent runs (`Engine`); the host picks the image that holds it.
+    engine: str = Engine.BUILTIN.value
+    # `RepoConfig`: whether the repository's own hooks / MCP servers may run.
+    repo_config: str = RepoConfig.UNTRUSTED.value
 
     def for_container(self) -> RunSpec:
         """The spec without its host-side fields (`HOST_ONLY_FIELDS`, at their defaults):

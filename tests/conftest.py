@@ -32,7 +32,7 @@ from tests.standins.environment import (
     make_git_repo,
 )
 from tests.standins.slack_api import SlackApiStandIn
-from tests.support.bots import SANDBOX_IMAGE, BotFactory
+from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE, BotFactory
 from tests.support.github_payloads import FIXTURES_ENV, github_fixtures_dir
 from tests.support.slack_requests import FakeSlack
 
@@ -134,7 +134,8 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 def settings(tmp_path: Path, slack_api: SlackApiStandIn, anthropic_api: AnthropicStandIn,
              database_url: str) -> Settings:
     return local_settings(tmp_path, slack_api.url, anthropic_api.url,
-                          database_url=database_url, sandbox_image=SANDBOX_IMAGE)
+                          database_url=database_url, sandbox_image=SANDBOX_IMAGE,
+                          claude_code_image=CLAUDE_CODE_IMAGE)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from bot.core.schedule import ScheduleError, parse_schedule
 from bot.core.statuses import BusyPolicy, RiskLevel
 from bot.errors import RepoHostRefused, ValidationFailed
 from runner import repo_policy
+from runner.contract import Engine, RepoConfig
 from runner.egress_policy import EgressPolicy, NetworkMode, PolicyError, parse_network
 from runner.repo_policy import DEFAULT_REPO_HOSTS, FetchPolicy, Refusal
 
@@ -42,6 +43,7 @@ class RoutineDraft:
     schedule: str = ""
     schedule_tz: str = ""
     network: str = ""  # `runner.egress_policy.parse_network`; empty: trusted
+    engine: str = ""  # `runner.contract.Engine`; empty: builtin
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def normalized(draft: RoutineDraft) -> RoutineDraft:
                    channel_id=draft.channel_id.strip(), branch=draft.branch.strip() or "main",
                    model=draft.model.strip(), timeout_seconds=str(draft.timeout_seconds).strip(),
                    schedule=draft.schedule.strip(), schedule_tz=draft.schedule_tz.strip(),
-                   network=draft.network.strip())
+                   network=draft.network.strip(), engine=draft.engine.strip().lower())
 
 
 def validate(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, str]:
@@ -83,6 +85,8 @@ def validate(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, str]:
         "timeout_seconds": _timeout_error(draft.timeout_seconds, limits),
         "payload_template": template_error(draft.payload_template),
         "network": _network_error(draft.network),
+        "engine": None if draft.engine in ENGINES or not draft.engine else (
+            f"Use one of {', '.join(ENGINES)}."),
         **_schedule_errors(draft, limits),
     }
     return {field: why for field, why in problems.items() if why}
@@ -101,6 +105,15 @@ def _schedule_errors(draft: RoutineDraft, limits: RoutineLimits) -> dict[str, st
     except ScheduleError as exc:
         return {"schedule": str(exc)}
     return {}
+
+
+ENGINES = tuple(e.value for e in Engine)
+REPO_CONFIGS = tuple(c.value for c in RepoConfig)
+
+
+def engine_of(typed: str) -> Engine:
+    """A routine's engine as typed (empty: the built-in agent)."""
+    return Engine(typed) if typed else Engine.BUILTIN
 
 
 def network_policy(typed: str) -> EgressPolicy:
@@ -178,6 +191,9 @@ SETTABLE = {
     "when-busy": "queue | skip",
     "max-tokens": "a number of tokens per run, or off",
     "network": "trusted | none | full (admins only) | hosts and *.domain patterns",
+    "engine": "builtin | claude-code",
+    "repo-config": "untrusted | trusted (Claude Code may run the repository's hooks and "
+                   "MCP servers; audited)",
 }
 _LIMITS = {"max-runs-per-day": (1, 10_000), "max-concurrent": (1, 100),
            "max-tokens": (1_000, 100_000_000)}
@@ -249,5 +265,18 @@ def _busy_change(value: str) -> dict[str, object]:
     return {"busy_policy": BusyPolicy(value.lower())}
 
 
+def _engine_change(value: str) -> dict[str, object]:
+    if value.lower() not in ENGINES:
+        raise ValueError(f"use {' or '.join(ENGINES)}")
+    return {"engine": Engine(value.lower())}
+
+
+def _repo_config_change(value: str) -> dict[str, object]:
+    if value.lower() not in REPO_CONFIGS:
+        raise ValueError(f"use {' or '.join(REPO_CONFIGS)}")
+    return {"repo_config": RepoConfig(value.lower())}
+
+
 _PARSED_ALONE: dict[str, Callable[[str], dict[str, object]]] = {
-    "when-busy": _busy_change, "network": _network_change}
+    "when-busy": _busy_change, "network": _network_change, "engine": _engine_change,
+    "repo-config": _repo_config_change}

@@ -27,7 +27,7 @@ The format (see `docs/routine.schema.json`)::
               max_tokens_per_run: 200000}
     retries: {attempts: 2, backoff_seconds: 60, agent_failures: false}
     network: pypi.org, *.github.com   # trusted (left out), none, full (admins), or hosts
-    engine: claude       # read and checked as text; no routine has an engine setting yet
+    engine: claude       # read and checked as text, not applied yet (/routine set engine=)
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "retries": ("attempts", "backoff_seconds", "agent_failures"),
 }
 REQUIRED = ("name", "repository", "channel")
-NOT_YET_APPLIED = ("engine",)  # read and checked as text; no column holds it yet
+NOT_YET_APPLIED = ("engine",)  # read and checked as text; set with `/routine set` for now
 
 # The draft's fields and `/routine set` keys, by the YAML key that carries them.
 _DRAFT_KEYS = {"name": "name", "prompt": "prompt", "repo_url": "repository", "branch": "branch",

@@ -12,6 +12,7 @@ from bot.core import retry, schedule
 from bot.core.roles import Action
 from bot.core.routine import (
     RoutineDraft,
+    engine_of,
     network_columns,
     network_policy,
     normalized,
@@ -40,6 +41,7 @@ from bot.store.tables import (
     RunEvent,
     utcnow,
 )
+from runner.contract import Engine, RepoConfig
 from runner.egress_policy import EgressPolicy, NetworkMode
 
 
@@ -69,6 +71,7 @@ class RoutineService(Service):
                 timeout_seconds=int(draft.timeout_seconds or self.policy.default_timeout_seconds),
                 max_turns=self.policy.max_turns,
                 payload_template=draft.payload_template,
+                engine=engine_of(draft.engine),
                 created_by=actor,
                 owners=actor,
             )
@@ -88,7 +91,9 @@ class RoutineService(Service):
                     {"name": f"A routine named `{draft.name}` already exists."}) from None
             session.refresh(routine)
             audit.record(session, actor, "create", routine.name,
-                         f"repo {routine.repo_url}, network {routine.egress.describe()}")
+                         f"repo {routine.repo_url}, network {routine.egress.describe()}"
+                         + ("" if routine.engine is Engine.BUILTIN
+                            else f", engine {routine.engine.value}"))
             if routine.network is NetworkMode.FULL:
                 audit.record(session, actor, "network_full", routine.name, "network=full")
         if routine.schedule:
@@ -135,6 +140,10 @@ class RoutineService(Service):
                    ", ".join(f"{k}={v}" for k, v in changes.items()))
             if full:
                 audit.record(session, actor, "network_full", routine.name, "network=full")
+            if changes.get("repo_config") is RepoConfig.TRUSTED:
+                audit.record(session, actor, "repo_config_trusted", routine.name,
+                             "repo-config=trusted: the repository's hooks and MCP servers "
+                             "may run")
             return routine
 
     def delete(self, name: str, actor: str, force: bool = False) -> None:

@@ -117,6 +117,8 @@ class RunService(Service):
             max_tokens=routine.max_tokens_per_run,
             publish=routine.risk == RiskLevel.MEDIUM,
             egress=routine.egress.with_trusted(self.policy.trusted_hosts).to_spec(),
+            engine=routine.engine.value,
+            repo_config=routine.repo_config.value,
         )
 
     def with_status(self, status: RunStatus) -> list[RunView]:

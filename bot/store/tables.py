@@ -18,6 +18,7 @@ from bot.core.statuses import (
     StopKind,
     TriggerKind,
 )
+from runner.contract import Engine, RepoConfig
 from runner.egress_policy import EgressPolicy, NetworkMode
 
 
@@ -75,6 +76,10 @@ class Routine(SQLModel, table=True):
     # The file it is kept in (`routines apply`); None: made in Slack or the CLI. A routine
     # managed from files refuses edits elsewhere unless an admin forces them.
     managed_by: str | None = None
+    # Which agent runs (README "Engines"), and whether a repository's own hooks and MCP
+    # servers may run under Claude Code (`repo-config=trusted`: set by owners, audited).
+    engine: Engine = Engine.BUILTIN
+    repo_config: RepoConfig = RepoConfig.UNTRUSTED
 
     @property
     def paused(self) -> bool:

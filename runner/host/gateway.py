@@ -6,11 +6,13 @@ and reaches this gateway through a Unix socket bind-mounted into it (`SOCKET_DIR
 
 - admits a request only with the token of a live run (its sha256 compared in constant
   time; a run's token dies when it ends, is cancelled or the kill switch engages);
-- serves only the Messages API paths the agent needs (`ALLOWED_PATHS`), nothing else;
+- serves only the Messages API paths the agent needs (`ALLOWED_PATHS`), with no query
+  but Claude Code's `?beta=true` (`ALLOWED_QUERIES`), nothing else;
 - swaps the token for the real key and forwards to the configured upstream, streaming
   the answer back as it comes (Server-Sent Events included);
 - records every call's usage as the run's authoritative usage (a `ModelCall`), and the
-  `report_result` tool call a response holds as the run's self-report;
+  self-report tool call a response holds (the run's engine's: `report_result`, or Claude
+  Code's `StructuredOutput`, see `runner.contract.REPORT_TOOLS`) as the run's self-report;
 - enforces the run's token budget: a call made once the budget is spent is refused with
   an Anthropic-shaped error, and the run is marked `budget_exceeded`.
 
@@ -35,7 +37,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from runner.contract import HOST_SOURCE, Event, Report
+from runner.contract import HOST_SOURCE, REPORT_TOOLS, Engine, Event, Report
 from runner.host.loop import BackgroundLoop
 from runner.host.unix import listen_unix
 
@@ -43,7 +45,9 @@ DEFAULT_UPSTREAM = "https://api.anthropic.com"
 MESSAGES = "/v1/messages"
 ALLOWED_PATHS = frozenset({MESSAGES, "/v1/messages/count_tokens"})
 METERED_PATHS = frozenset({MESSAGES})  # count_tokens costs nothing
-REPORT_TOOL = "report_result"
+# The query strings admitted: none (the SDK), or the one Claude Code's SDK sends.
+ALLOWED_QUERIES = frozenset({"", "beta=true"})
+REPORT_TOOL = REPORT_TOOLS[Engine.BUILTIN]
 MAX_BODY = 32 * 1024 * 1024
 # Never forwarded upstream: the run's credentials (replaced by the key), hop-by-hop
 # headers, and what aiohttp computes itself.
@@ -97,8 +101,10 @@ class GatewayRun:
 
     def __init__(self, run_id: int, token_hash: str, max_tokens: int | None,
                  on_call: Callable[[ModelCall], None], input_tokens: int = 0,
-                 output_tokens: int = 0, report: Report | None = None) -> None:
+                 output_tokens: int = 0, report: Report | None = None,
+                 report_tool: str = REPORT_TOOL) -> None:
         self.run_id = run_id
+        self.report_tool = report_tool  # the tool call taken as the self-report
         self.token_hash = token_hash
         self.max_tokens = max_tokens
         self.on_call = on_call
@@ -197,9 +203,10 @@ class ModelGateway:
         run = request.app[RUN_KEY]
         if not run.admits(_presented_token(request)):
             return anthropic_error(401, "authentication_error", "invalid run token")
-        if request.method != "POST" or request.path not in ALLOWED_PATHS:
+        if (request.method != "POST" or request.path not in ALLOWED_PATHS
+                or request.query_string not in ALLOWED_QUERIES):
             return anthropic_error(404, "not_found_error",
-                                   f"{request.method} {request.path} is not served here")
+                                   f"{request.method} {request.path_qs} is not served here")
         body = await request.read()
         model = _model_of(body)
         if model is None:
@@ -220,7 +227,8 @@ class ModelGateway:
                 if upstream.content_type == "text/event-stream":
                     return await self._stream(request, run, model, upstream)
                 data = await upstream.read()
-                run.record(json_call(request.path, model, upstream.status, data))
+                run.record(json_call(request.path, model, upstream.status, data,
+                                     run.report_tool))
                 return web.Response(status=upstream.status, body=data,
                                     headers=_relayed(upstream))
         except (TimeoutError, aiohttp.ClientError):
@@ -234,7 +242,7 @@ class ModelGateway:
         in, so the call is recorded before the client can see the end of its answer."""
         response = web.StreamResponse(status=upstream.status, headers=_relayed(upstream))
         await response.prepare(request)
-        meter = SseMeter()
+        meter = SseMeter(run.report_tool)
         held = b""
         try:
             async for chunk in upstream.content.iter_any():
@@ -257,9 +265,10 @@ class ModelGateway:
 
 class SseMeter:
     """Reads a streamed Messages answer as it passes: usage from `message_start` and
-    `message_delta`, and a `report_result` tool call's input from its `input_json_delta`s."""
+    `message_delta`, and the self-report tool call's input from its `input_json_delta`s."""
 
-    def __init__(self) -> None:
+    def __init__(self, report_tool: str = REPORT_TOOL) -> None:
+        self.report_tool = report_tool
         self.input_tokens = 0
         self.output_tokens = 0
         self.report: Report | None = None
@@ -289,7 +298,7 @@ class SseMeter:
             self._usage(_dict(data.get("usage")))
         elif kind == "content_block_start":
             block = _dict(data.get("content_block"))
-            if (block.get("type") == "tool_use" and block.get("name") == REPORT_TOOL
+            if (block.get("type") == "tool_use" and block.get("name") == self.report_tool
                     and self._report_index is None and self.report is None):
                 self._report_index = data.get("index")
         elif kind == "content_block_delta" and data.get("index") == self._report_index:
@@ -312,8 +321,9 @@ class SseMeter:
             self.output_tokens = _count(usage["output_tokens"])
 
 
-def json_call(path: str, model: str, status: int, data: bytes) -> ModelCall:
-    """A non-streamed answer's call: usage from its body, and its report_result, if any."""
+def json_call(path: str, model: str, status: int, data: bytes,
+              report_tool: str = REPORT_TOOL) -> ModelCall:
+    """A non-streamed answer's call: usage from its body, and its self-report, if any."""
     try:
         body = json.loads(data)
     except ValueError:
@@ -323,7 +333,7 @@ def json_call(path: str, model: str, status: int, data: bytes) -> ModelCall:
     report = None
     for block in body.get("content") or []:
         block = _dict(block)
-        if block.get("type") == "tool_use" and block.get("name") == REPORT_TOOL:
+        if block.get("type") == "tool_use" and block.get("name") == report_tool:
             report = Report.from_input(block.get("input"))
             break
     return ModelCall(path, model, status, _count(usage.get("input_tokens")),

@@ -40,11 +40,13 @@ from runner.contract import (
     SOCKET_DIR,
     SPEC_ENV,
     WORKSPACE,
+    Engine,
     Event,
     Resume,
     RunResult,
     RunSpec,
     parse_event_line,
+    report_tool,
 )
 from runner.disk_limit import DEFAULT_DISK_LIMIT
 from runner.egress_policy import EgressPolicy
@@ -87,6 +89,23 @@ class SandboxConfig:
     # Which repositories the host may clone from and push to (`runner.repo_policy`):
     # host-side only, never in the spec the container sees.
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
+    # The image for runs whose engine is `claude-code` (README "Engines"); "" none.
+    claude_code_image: str = ""
+
+    def image_for(self, engine: str) -> str:
+        """The image holding `engine`'s agent."""
+        if engine == Engine.CLAUDE_CODE:
+            if not self.claude_code_image:
+                raise ClaudeCodeImageMissing
+            return self.claude_code_image
+        return self.image
+
+
+class ClaudeCodeImageMissing(Exception):
+    """A claude-code run, and no claude-code image configured."""
+
+    def __str__(self) -> str:
+        return "no claude-code image configured (ROUTINES_CLAUDE_CODE_IMAGE)"
 
 
 class RunControl:
@@ -141,7 +160,7 @@ class Sandbox:
             door = self._open_gateway(spec, token_sha256(token), log, Resume())
             self._open_egress(spec, log)
             container = self._start(spec, repo, token)
-        except (workspace.WorkspaceError, GatewayUnavailable,
+        except (workspace.WorkspaceError, GatewayUnavailable, ClaudeCodeImageMissing,
                 docker.errors.DockerException) as exc:
             self.gateway.close(spec.run_id)
             self.egress.close_run(spec.run_id)
@@ -215,7 +234,8 @@ class Sandbox:
             log.emit(dict(call.to_event(), ts=round(time.time(), 3)))
 
         door = GatewayRun(spec.run_id, token_hash, spec.max_tokens, on_call,
-                          resume.input_tokens, resume.output_tokens, resume.report)
+                          resume.input_tokens, resume.output_tokens, resume.report,
+                          report_tool=report_tool(spec.engine))
         path = self.socket_dir(spec.run_id) / GATEWAY_SOCKET
         try:
             self.gateway.open(door, path)
@@ -294,7 +314,7 @@ class Sandbox:
         user = f"{SANDBOX_UID}:{SANDBOX_UID}" if os.geteuid() == 0 else f"{os.geteuid()}"
         # `create` never pulls (unlike `run`): a missing image is an error, not a download.
         container = self.client.containers.create(
-            cfg.image,
+            cfg.image_for(spec.engine),
             name=self.container_name(spec.run_id),
             labels={LABEL_INSTANCE: cfg.instance, LABEL_RUN_ID: str(spec.run_id),
                     LABEL_ROUTINE: spec.routine, LABEL_TOKEN_SHA256: token_sha256(token)},
@@ -420,7 +440,7 @@ def _started_at(container: Any) -> float:
 
 
 def _describe_infra_error(exc: Exception) -> str:
-    if isinstance(exc, workspace.WorkspaceError | GatewayUnavailable):
+    if isinstance(exc, workspace.WorkspaceError | GatewayUnavailable | ClaudeCodeImageMissing):
         return str(exc)
     if isinstance(exc, docker.errors.ImageNotFound):
         return "sandbox image not found: build it with `make images`"

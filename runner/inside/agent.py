@@ -26,8 +26,8 @@ from typing import Any
 
 import anthropic
 
-from runner.contract import SPEC_ENV, WORKSPACE, Event, RunSpec, api_error_event
-from runner.inside import forwarder
+from runner.contract import SPEC_ENV, WORKSPACE, Engine, Event, RunSpec, api_error_event
+from runner.inside import claude_code, forwarder
 
 MAX_TOOL_OUTPUT = 16_000
 SHELL_TIMEOUT = 600
@@ -325,20 +325,26 @@ def main() -> int:
     scrub_environ()
     forwarder.start()  # before the setup script: it may need the proxy
     spec = RunSpec.from_json(os.environ[SPEC_ENV])
-    emit({"type": "started", "run_id": spec.run_id, "model": spec.model})
+    emit({"type": "started", "run_id": spec.run_id, "model": spec.model,
+          "engine": spec.engine})
     if spec.setup_script.strip():
         code = run_setup(spec.setup_script)
         if code != 0:
             emit({"type": "result", "kind": "setup_failed", "exit_code": code,
                   "summary": f"setup script exited with code {code}"})
             return 3
-    client = anthropic.Anthropic(max_retries=2)
-    try:
-        final = agent_loop(spec, client)
-    except anthropic.APIError as exc:
-        final = api_error_result(exc)
+    final = claude_code.run(spec, emit) if spec.engine == Engine.CLAUDE_CODE else builtin(spec)
     emit(final)
     return 0 if final.get("kind") == "report" else 2
+
+
+def builtin(spec: RunSpec) -> Event:
+    """The built-in agent's run: its loop against the gateway; the final `result`."""
+    client = anthropic.Anthropic(max_retries=2)
+    try:
+        return agent_loop(spec, client)
+    except anthropic.APIError as exc:
+        return api_error_result(exc)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from bot.store.database import Database
 from runner.fingerprint import runner_fingerprint
 from tests.standins.environment import BOT_TOKEN, SIGNING_SECRET
 from tests.standins.slack_api import SlackApiStandIn
-from tests.support.bots import SANDBOX_IMAGE
+from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE
 
 pytestmark = pytest.mark.docker
 
@@ -33,7 +33,8 @@ def env(tmp_path: Path, slack_api: SlackApiStandIn, docker_client: Any) -> dict[
     return {"ROUTINES_DATA_DIR": str(tmp_path / "data"), "SLACK_BOT_TOKEN": BOT_TOKEN,
             "ANTHROPIC_API_KEY": "sk-ant-doctor-0123456789",
             "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_API_URL": slack_api.url,
-            "DATABASE_URL": url, "ROUTINES_SANDBOX_IMAGE": SANDBOX_IMAGE}
+            "DATABASE_URL": url, "ROUTINES_SANDBOX_IMAGE": SANDBOX_IMAGE,
+            "ROUTINES_CLAUDE_CODE_IMAGE": CLAUDE_CODE_IMAGE}
 
 
 async def findings(env: dict[str, str]) -> dict[str, Finding]:
@@ -51,11 +52,14 @@ async def test_a_healthy_setup_passes_every_check(
     found = await findings(env)
     assert failed(found) == set()
     assert list(found) == ["settings", "settings agree", "slack token", "slack mode",
-                           "docker engine", "sandbox image", "sandbox runtime", "database",
-                           "run disk limit", "gateway and proxy"]
+                           "docker engine", "sandbox image", "claude-code image",
+                           "sandbox runtime", "database", "run disk limit",
+                           "gateway and proxy"]
     assert found["run disk limit"].detail == "2 GiB per run"
     assert found["slack token"].detail == "authenticated as routines in Team, scopes granted"
     assert found["sandbox image"].detail == f"{SANDBOX_IMAGE}, runner {runner_fingerprint()}"
+    assert found["claude-code image"].detail == (
+        f"{CLAUDE_CODE_IMAGE}, Claude Code 2.1.332, runner {runner_fingerprint()}")
     assert found["database"].detail == f"at migration {schema.head()} (the newest)"
 
     for name, value in env.items():
@@ -63,7 +67,7 @@ async def test_a_healthy_setup_passes_every_check(
     code = await asyncio.to_thread(main, ["doctor"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert len(lines) == 10 and all(line.startswith("ok    ") for line in lines)
+    assert len(lines) == 11 and all(line.startswith("ok    ") for line in lines)
 
 
 async def test_a_refused_token_and_missing_scopes(
@@ -82,7 +86,7 @@ async def test_a_refused_token_and_missing_scopes(
 
 async def test_no_docker_engine(env: dict[str, str], tmp_path: Path) -> None:
     found = await findings({**env, "DOCKER_HOST": f"unix://{tmp_path / 'no-engine.sock'}"})
-    assert failed(found) == {"docker engine", "sandbox image"}
+    assert failed(found) == {"docker engine", "sandbox image", "claude-code image"}
     assert found["docker engine"].fix == "start dockerd, or set DOCKER_HOST"
 
 
@@ -97,6 +101,10 @@ async def test_a_missing_image_an_image_of_another_runner_and_an_unknown_runtime
     assert found["sandbox image"].detail == (
         f"routines-base:bookworm holds runner unknown, this version is runner "
         f"{runner_fingerprint()}")
+
+    found = await findings({**env, "ROUTINES_CLAUDE_CODE_IMAGE": "routines-claude-code:none"})
+    assert failed(found) == {"claude-code image"}
+    assert found["claude-code image"].detail == "routines-claude-code:none is not on the engine"
 
     found = await findings({**env, "ROUTINES_SANDBOX_RUNTIME": "no-such-runtime"})
     assert failed(found) == {"sandbox runtime"}

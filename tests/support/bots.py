@@ -10,6 +10,8 @@ from bot.app import Bot
 from tests.support.slack_requests import FakeSlack
 
 SANDBOX_IMAGE = os.environ.get("ROUTINES_SANDBOX_IMAGE", "routines-sandbox:latest")
+# The image of `engine=claude-code` runs (the sandbox image with Claude Code's CLI in it).
+CLAUDE_CODE_IMAGE = os.environ.get("ROUTINES_CLAUDE_CODE_IMAGE", "routines-claude-code:latest")
 RESULTS_CHANNEL = "C0RESULTS1"
 
 BotFactory = Callable[..., Awaitable[tuple[Bot, FakeSlack]]]

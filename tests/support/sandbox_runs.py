@@ -21,10 +21,11 @@ from tests.standins.environment import API_KEY, LOCAL_REPOS, SANDBOX_RUNTIME
 
 
 def make_sandbox(client: Any, anthropic_api: AnthropicStandIn, root: Path,
-                 image: str, egress_names: dict[str, str] | None = None) -> Sandbox:
+                 image: str, egress_names: dict[str, str] | None = None,
+                 claude_code_image: str = "") -> Sandbox:
     """`egress_names`: the proxy's resolver, a test host's name -> its address (a name it
     does not hold resolves to nothing)."""
-    config = SandboxConfig(image=image, workspace_root=root,
+    config = SandboxConfig(image=image, workspace_root=root, claude_code_image=claude_code_image,
                            instance=f"test-{uuid.uuid4().hex[:8]}",
                            anthropic_api_key=API_KEY, anthropic_base_url=anthropic_api.url,
                            fetch_policy=LOCAL_REPOS, runtime=SANDBOX_RUNTIME)

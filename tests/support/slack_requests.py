@@ -130,6 +130,9 @@ def modal_values(**fields: str) -> dict[str, dict[str, Any]]:
                                       "selected_conversation": value}}
         elif name == "timeout_seconds":
             values[name] = {"value": {"type": "number_input", "value": value}}
+        elif name == "engine":
+            values[name] = {"value": {"type": "static_select", "selected_option": {
+                "text": {"type": "plain_text", "text": value}, "value": value}}}
         else:
             values[name] = {"value": {"type": "plain_text_input", "value": value}}
     return values

@@ -19,7 +19,7 @@ USAGE = {
     "github": 'NAME "EVENT[.ACTION] [repo=ORG/REPO] [branch=GLOB] ..." | NAME off',
     "schedule": 'NAME "CRON or every 5m" [TIMEZONE] | NAME off',
     "set": "NAME key=value ... (risk, owners, approvers, max-runs-per-day, max-concurrent, "
-           "when-busy, max-tokens, network)",
+           "when-busy, max-tokens, network, engine, repo-config)",
     "delete": "NAME",
     "cancel": "RUN_ID",
     "killswitch": "engage REASON | status | disengage | release | drop",

@@ -337,7 +337,9 @@ def draft_from_modal(values: dict[str, Any]) -> RoutineDraft:
 
     def value(block: str) -> str:
         element = values.get(block, {}).get("value", {})
-        return str(element.get("value") or element.get("selected_conversation") or "")
+        option = element.get("selected_option") or {}
+        return str(element.get("value") or element.get("selected_conversation")
+                   or option.get("value") or "")
 
     return RoutineDraft(
         name=value("name"), prompt=value("prompt"), repo_url=value("repo_url"),
@@ -345,4 +347,5 @@ def draft_from_modal(values: dict[str, Any]) -> RoutineDraft:
         setup_script=value("setup_script"), model=value("model"),
         timeout_seconds=value("timeout_seconds"), payload_template=value("payload_template"),
         schedule=value("schedule"), schedule_tz=value("schedule_tz"), network=value("network"),
+        engine=value("engine"),
     )
