@@ -10,6 +10,8 @@ the network unless a test asks for such a fixture: tests/unit runs without eithe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +26,7 @@ import sqlalchemy
 
 from bot.app import Bot
 from bot.settings import Settings
+from runner.host import workspace
 from tests.standins.anthropic_api import AnthropicStandIn
 from tests.standins.environment import (
     API_KEY,
@@ -153,3 +156,17 @@ async def start_bot(settings: Settings, docker_client: Any) -> AsyncIterator[Bot
     for bot in started:
         if bot.port:
             await bot.stop()
+    for bot in started:  # runs a test left running: their containers and mounted workspaces
+        await asyncio.to_thread(remove_leftovers, docker_client, bot)
+
+
+def remove_leftovers(docker_client: Any, bot: Bot) -> None:
+    """A stopped bot leaves a running run's container and workspace for the next process to
+    adopt; a test has no next process, so they go (the workspace is a mount)."""
+    for container in docker_client.containers.list(
+            all=True, filters={"label": f"org.routines.instance={bot.settings.instance}"}):
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
+    root = bot.sandbox.config.workspace_root
+    for run_id in workspace.leftover_runs(root):
+        workspace.remove(root, run_id)
