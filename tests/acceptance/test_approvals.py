@@ -123,6 +123,8 @@ async def test_two_approvers_clicking_at_once_make_one_decision(
         loser = CAROL if decided.decided_by == BOB else BOB
         assert told.params["user"] == loser
         assert f"by <@{decided.decided_by}>" in told.params["text"]
+        await slack_api.wait_for("chat.update", {"ts": _ts(posted)}, contains="Approved by",
+                                 timeout=10)  # the request message, updated in place
         updates = await _updates(slack_api, _ts(posted))
         assert [u for u in updates if "Approved by" in json.dumps(u)]
         assert not [u for u in updates if "Rejected by" in json.dumps(u)]
