@@ -10,13 +10,16 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from bot.core.pricing import PriceTable
 from bot.core.roles import parse_principals
 from bot.errors import SettingsError
 from runner.disk_limit import DEFAULT_DISK_LIMIT, parse_size
-from runner.egress_policy import DEFAULT_TRUSTED_HOSTS, PolicyError, parse_trusted
+from runner.egress_policy import DEFAULT_TRUSTED_HOSTS, parse_trusted
 from runner.repo_policy import DEFAULT_REPO_HOSTS, parse_hosts
+
+T = TypeVar("T")
 
 DEFAULT_MODEL = "claude-sonnet-5-5"  # current; any model id is accepted (bot.services.models)
 
@@ -143,13 +146,14 @@ class Settings:
             sandbox_cpus=_float(env, "ROUTINES_SANDBOX_CPUS", cls.sandbox_cpus),
             sandbox_pids=_int(env, "ROUTINES_SANDBOX_PIDS", cls.sandbox_pids),
             sandbox_runtime=env.get("ROUTINES_SANDBOX_RUNTIME", "").strip(),
-            run_disk_limit=_size(env, "ROUTINES_RUN_DISK_LIMIT", cls.run_disk_limit),
+            run_disk_limit=_parsed(env, "ROUTINES_RUN_DISK_LIMIT", lambda raw: parse_size(
+                raw) if raw.strip() else cls.run_disk_limit),
             max_concurrent_runs=_int(env, "ROUTINES_MAX_CONCURRENT_RUNS", cls.max_concurrent_runs),
             default_model=env.get("ROUTINES_DEFAULT_MODEL", cls.default_model),
             max_turns=_int(env, "ROUTINES_MAX_TURNS", cls.max_turns),
-            allow_local_repos=env.get("ROUTINES_ALLOW_LOCAL_REPOS", "") in {"1", "true", "yes"},
-            repo_hosts=_repo_hosts(env, "ROUTINES_REPO_HOSTS"),
-            trusted_hosts=_trusted_hosts(env, "ROUTINES_TRUSTED_HOSTS"),
+            allow_local_repos=_flag(env, "ROUTINES_ALLOW_LOCAL_REPOS", False),
+            repo_hosts=_parsed(env, "ROUTINES_REPO_HOSTS", parse_hosts),
+            trusted_hosts=_parsed(env, "ROUTINES_TRUSTED_HOSTS", parse_trusted),
             triggers_per_minute=_int(env, "ROUTINES_TRIGGERS_PER_MINUTE", cls.triggers_per_minute),
             api_max_body_bytes=_int(env, "ROUTINES_API_MAX_BODY_BYTES", cls.api_max_body_bytes),
             github_webhook_secret=env.get("GITHUB_WEBHOOK_SECRET", ""),
@@ -163,14 +167,13 @@ class Settings:
             schedule_sync_seconds=_float(env, "ROUTINES_SCHEDULE_SYNC_SECONDS",
                                          cls.schedule_sync_seconds),
             prices=PriceTable.parse(env.get("ROUTINES_PRICES", "")),
-            admins=_principals(env, "ROUTINES_ADMINS"),
+            admins=_parsed(env, "ROUTINES_ADMINS", parse_principals),
             incidents_channel=env.get("ROUTINES_INCIDENTS_CHANNEL", ""),
             approval_timeout_seconds=_int(env, "ROUTINES_APPROVAL_TIMEOUT_SECONDS",
                                           cls.approval_timeout_seconds),
             daily_spend_cap_usd=_float(env, "ROUTINES_DAILY_SPEND_CAP_USD",
                                        cls.daily_spend_cap_usd),
-            live_progress=env.get("ROUTINES_LIVE_PROGRESS", "true").strip().lower()
-            not in {"0", "false", "no", "off"},
+            live_progress=_flag(env, "ROUTINES_LIVE_PROGRESS", True),
             progress_update_seconds=_float(env, "ROUTINES_PROGRESS_UPDATE_SECONDS",
                                            cls.progress_update_seconds),
             progress_updates_per_second=_float(env, "ROUTINES_PROGRESS_UPDATES_PER_SECOND",
@@ -183,35 +186,18 @@ class Settings:
         )
 
 
-def _principals(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+def _parsed(env: Mapping[str, str], name: str, parse: Callable[[str], T]) -> T:
+    """A setting read by its own parser (which gets "" when it is unset); the parser's
+    ValueError becomes one line naming the setting."""
     try:
-        return parse_principals(env.get(name, ""))
+        return parse(env.get(name, ""))
     except ValueError as exc:
         raise SettingsError(f"setting {name}: {exc}") from None
 
 
-def _repo_hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    try:
-        return parse_hosts(env.get(name, ""))
-    except ValueError as exc:
-        raise SettingsError(f"setting {name}: {exc}") from None
-
-
-def _trusted_hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    try:
-        return parse_trusted(env.get(name, ""))
-    except PolicyError as exc:
-        raise SettingsError(f"setting {name}: {exc}") from None
-
-
-def _size(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return parse_size(raw)
-    except ValueError as exc:
-        raise SettingsError(f"setting {name}: {exc}") from None
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    return default if not value else value in {"1", "true", "yes", "on"}
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
