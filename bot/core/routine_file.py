@@ -27,13 +27,13 @@ The format (see `docs/routine.schema.json`)::
               max_tokens_per_run: 200000}
     retries: {attempts: 2, backoff_seconds: 60, agent_failures: false}
     network: pypi.org, *.github.com   # trusted (left out), none, full (admins), or hosts
-    engine: claude       # read and checked as text, not applied yet (/routine set engine=)
+    engine: claude-code  # builtin (left out) or claude-code, as `/routine set engine=`
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -43,6 +43,7 @@ from bot.core import github, retry, roles
 from bot.core.routine import (
     RoutineDraft,
     RoutineLimits,
+    engine_of,
     network_policy,
     normalized,
     parse_changes,
@@ -51,6 +52,7 @@ from bot.core.routine import (
 from bot.core.schedule import ScheduleError, parse_schedule
 from bot.core.statuses import BusyPolicy, RiskLevel
 from bot.errors import RoutineFileInvalid, RoutineFileProblem, ValidationFailed
+from runner.contract import Engine
 
 PromptReader = Callable[[str, str], str]  # (the YAML file, a prompt file as written) -> text
 
@@ -65,7 +67,6 @@ KEYS: dict[str, tuple[str, ...]] = {
     "retries": ("attempts", "backoff_seconds", "agent_failures"),
 }
 REQUIRED = ("name", "repository", "channel")
-NOT_YET_APPLIED = ("engine",)  # read and checked as text; set with `/routine set` for now
 
 # The draft's fields and `/routine set` keys, by the YAML key that carries them.
 _DRAFT_KEYS = {"name": "name", "prompt": "prompt", "repo_url": "repository", "branch": "branch",
@@ -73,7 +74,7 @@ _DRAFT_KEYS = {"name": "name", "prompt": "prompt", "repo_url": "repository", "br
                "timeout_seconds": "timeout_seconds",
                "payload_template": "triggers.payload_template",
                "schedule": "schedule.expression", "schedule_tz": "schedule.timezone",
-               "network": "network"}
+               "network": "network", "engine": "engine"}
 _SET_KEYS = {"risk": "risk", "owners": "owners", "approvers": "approvers",
              "max-runs-per-day": "budgets.max_runs_per_day",
              "max-concurrent": "budgets.max_concurrent", "when-busy": "budgets.when_busy",
@@ -136,7 +137,7 @@ class RoutineSpec:
     retry_backoff_seconds: int = 30
     retry_agent_failures: bool = False
     network: str = "trusted"  # as typed in Slack: `EgressPolicy.describe()`
-    engine: str | None = field(default=None, compare=False)  # see NOT_YET_APPLIED
+    engine: Engine = Engine.BUILTIN
 
 
 # The YAML key of each compared field of a spec, in the order a diff lists them.
@@ -151,7 +152,8 @@ FIELD_KEYS = {"prompt": "prompt", "repository": "repository", "branch": "branch"
               "max_tokens_per_run": "budgets.max_tokens_per_run",
               "retry_attempts": "retries.attempts",
               "retry_backoff_seconds": "retries.backoff_seconds",
-              "retry_agent_failures": "retries.agent_failures", "network": "network"}
+              "retry_agent_failures": "retries.agent_failures", "network": "network",
+              "engine": "engine"}
 
 
 # Reading ------------------------------------------------------------------------------
@@ -292,7 +294,7 @@ def _draft_spec(doc: RoutineDocument, prompt: str, defaults: Defaults, limits: R
         timeout_seconds=data.get("timeout_seconds", ""),
         payload_template=triggers.get("payload_template", ""),
         schedule=when.get("expression", ""), schedule_tz=when.get("timezone", ""),
-        network=data.get("network", "")))
+        network=data.get("network", ""), engine=data.get("engine", "")))
     for draft_field, why in validate(draft, limits).items():
         errors[_DRAFT_KEYS.get(draft_field, draft_field)] = why
     if when and not draft.schedule:
@@ -313,7 +315,8 @@ def _draft_spec(doc: RoutineDocument, prompt: str, defaults: Defaults, limits: R
         owners=(defaults.owner,), branch=draft.branch, setup=draft.setup_script,
         schedule=expression, timezone=timezone, payload_template=draft.payload_template,
         network=network_policy(draft.network).describe() if "network" not in errors
-        else "trusted", engine=data.get("engine"))
+        else "trusted", engine=engine_of(draft.engine) if "engine" not in errors
+        else Engine.BUILTIN)
 
 
 def _governed(doc: RoutineDocument, spec: RoutineSpec, errors: dict[str, str]) -> RoutineSpec:
@@ -412,6 +415,8 @@ def to_document(spec: RoutineSpec) -> dict[str, Any]:
                       "backoff_seconds": spec.retry_backoff_seconds,
                       "agent_failures": spec.retry_agent_failures}
     doc["network"] = spec.network
+    if spec.engine is not Engine.BUILTIN:
+        doc["engine"] = spec.engine.value
     return doc
 
 

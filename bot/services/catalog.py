@@ -155,7 +155,8 @@ def spec_of(session: Session, routine: Routine) -> RoutineSpec:
         max_concurrent=routine.max_concurrent, when_busy=routine.busy_policy,
         max_tokens_per_run=routine.max_tokens_per_run, retry_attempts=routine.retry_attempts,
         retry_backoff_seconds=routine.retry_backoff_seconds,
-        retry_agent_failures=routine.retry_agent_failures, network=routine.egress.describe())
+        retry_agent_failures=routine.retry_agent_failures, network=routine.egress.describe(),
+        engine=routine.engine)
 
 
 def _plan(session: Session, specs: list[tuple[RoutineSpec, str]],
@@ -192,6 +193,7 @@ def _columns(routine: Routine, spec: RoutineSpec, source: str) -> None:
     routine.retry_agent_failures = spec.retry_agent_failures
     for column, value in network_columns(network_policy(spec.network)).items():
         setattr(routine, column, value)
+    routine.engine = spec.engine
     routine.managed_by = source
 
 

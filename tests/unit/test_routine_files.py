@@ -25,6 +25,7 @@ from bot.core.routine_file import (
 )
 from bot.core.statuses import BusyPolicy, RiskLevel
 from bot.errors import RoutineFileInvalid
+from runner.contract import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples" / "routines"
@@ -153,11 +154,15 @@ def test_the_network_setting_is_read_by_the_slack_forms_rule_and_written_back() 
     assert problem.startswith("r.yaml:6: network: Use trusted, none, full")
 
 
-def test_the_engine_is_read_but_not_yet_compared_or_written() -> None:
-    spec = spec_of(MINIMAL + "engine: claude\n")
-    assert spec.engine == "claude"
-    assert differences(spec_of(MINIMAL), spec) == []
-    assert "engine" not in dump([spec])
+def test_the_engine_is_read_compared_and_written_like_slack_sets_it() -> None:
+    spec = spec_of(MINIMAL + "engine: Claude-Code\n")
+    assert spec.engine is Engine.CLAUDE_CODE
+    assert differences(spec_of(MINIMAL), spec) == [
+        FieldChange("engine", "builtin", "claude-code")]
+    assert "engine: claude-code\n" in dump([spec])
+    assert "engine" not in dump([spec_of(MINIMAL)])  # the default is left out
+    [problem] = refusals(MINIMAL + "engine: claude\n")
+    assert problem == "r.yaml:5: engine: Use one of builtin, claude-code."
 
 
 def test_the_schema_names_exactly_the_keys_the_parser_reads() -> None:
