@@ -450,3 +450,43 @@ class ManagedFromFiles(RoutinesError):
         return (f"Routine {style.code(self.name)} is managed from files "
                 f"({style.code(self.source)}): change the file and run "
                 f"{style.code('routines apply')}.{forced}")
+
+
+class DatabaseProblem(StrEnum):
+    """Why the database did not answer: another writer holds its lock (SQLite), or it
+    cannot be reached at all (PostgreSQL stopped or restarting)."""
+
+    LOCKED = "locked"
+    UNREACHABLE = "unreachable"
+
+
+class DatabaseUnavailable(RoutinesError):
+    """The database is down or locked for now: nothing was changed (the unit of work was
+    rolled back), and the same request succeeds once it is back. The doors answer 503."""
+
+    retry_after = 5  # seconds a client is told to wait
+
+    def __init__(self, problem: DatabaseProblem) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+    def words(self, style: Style) -> str:
+        if self.problem is DatabaseProblem.LOCKED:
+            return ("the database is busy (another process holds its write lock): nothing "
+                    f"was changed; try again in {self.retry_after}s")
+        return ("the database cannot be reached: nothing was changed; try again in "
+                f"{self.retry_after}s")
+
+
+class SlackUnavailable(RoutinesError):
+    """Slack refused or did not answer a post (down, 5xx, 429): the message is owed and is
+    posted again later, not before `retry_after` seconds when Slack gave one."""
+
+    def __init__(self, method: str, status: int | None, retry_after: float | None) -> None:
+        super().__init__(method, status, retry_after)
+        self.method, self.status, self.retry_after = method, status, retry_after
+
+    def words(self, style: Style) -> str:
+        answer = f"answered {self.status}" if self.status else "did not answer"
+        wait = f"; retry after {self.retry_after:g}s" if self.retry_after is not None else ""
+        return f"Slack {answer} to {style.code(self.method)}{wait}"

@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import docker.errors
 
+from bot.core.backoff import Backoff
 from bot.core.budget import Spend
 from bot.core.statuses import FailureKind, RunStatus
 from bot.core.verdict import RunOutcome, decide_outcome
+from bot.errors import SlackUnavailable
 from bot.execution.wake import WakeLoop
 from bot.services import Services
 from bot.services.views import RunView
@@ -73,6 +76,15 @@ class Dispatcher:
         self._executor = ThreadPoolExecutor(max_concurrent + 1, thread_name_prefix="run")
         self._claims = WakeLoop("dispatcher", self._claim, poll_seconds)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Results owed to Slack: retried while the bot runs, not before Slack's Retry-After
+        # (or the backoff) is over. `_announcing` keeps one attempt per run at a time;
+        # `_posted` holds runs whose message is out but not yet marked (the database
+        # failed), so they are marked, never posted twice; a run Slack refused outright
+        # (not an outage) waits for the next start, as before.
+        self._slack = Backoff(base=1.0, most=60.0)
+        self._announcing: set[int] = set()
+        self._posted: set[int] = set()
+        self._refused: set[int] = set()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -132,6 +144,23 @@ class Dispatcher:
             if view is None:
                 break
             self._spawn(view, container=None)
+        await self._announce_owed()
+
+    async def _announce_owed(self) -> None:
+        """Post the results Slack could not take earlier (down, 5xx, 429), once its
+        Retry-After or the backoff is over; oldest first, stopping at the first refusal."""
+        for posted in list(self._posted):
+            await asyncio.to_thread(self.services.runs.mark_announced, posted)
+            self._posted.discard(posted)
+        if not self._slack.ready(time.monotonic()):
+            return
+        owed = await asyncio.to_thread(self.services.runs.to_announce)
+        for view in owed:
+            run_id = view.run.id
+            if run_id in self._active or run_id in self._refused:
+                continue  # its own task announces it; or it waits for the next start
+            if not await self._announce(view):
+                return
 
     async def _stop_asked_elsewhere(self) -> None:
         """A cancel or the kill switch from another process (the CLI, another bot) is
@@ -202,15 +231,36 @@ class Dispatcher:
             except Exception:
                 log.exception("could not announce the spend level")
 
-    async def _announce(self, view: RunView) -> None:
+    async def _announce(self, view: RunView) -> bool:
+        """Post the run's result once; False if Slack is down (it stays owed in the
+        database: `_announce_owed` posts it when Slack is back)."""
+        run_id = view.run.id
+        assert run_id is not None
+        if run_id in self._announcing or run_id in self._posted:
+            return True  # an attempt is under way, or it is out already
+        if not self._slack.ready(time.monotonic()):
+            log.info("run %s's result waits for Slack (backing off)", run_id)
+            return False
+        self._announcing.add(run_id)
         try:
             await self.announce(view)
+        except SlackUnavailable as exc:
+            wait = self._slack.failed(time.monotonic(), exc.retry_after)
+            log.warning("could not announce run %s (%s): trying again in %.0fs", run_id,
+                        exc, wait)
+            return False
         except Exception:
-            # Left un-announced in the database: retried at the next start.
-            log.exception("could not announce run %s", view.run.id)
-            return
-        assert view.run.id is not None
-        await asyncio.to_thread(self.services.runs.mark_announced, view.run.id)
+            # Refused for another reason (a channel gone...): retried at the next start.
+            log.exception("could not announce run %s", run_id)
+            self._refused.add(run_id)
+            return True
+        finally:
+            self._announcing.discard(run_id)
+        self._slack.succeeded()
+        self._posted.add(run_id)
+        await asyncio.to_thread(self.services.runs.mark_announced, run_id)
+        self._posted.discard(run_id)
+        return True
 
     async def _reconcile(self) -> None:
         containers = await asyncio.to_thread(self.sandbox.find_run_containers)

@@ -49,6 +49,34 @@ class SlackApiStandIn:
         self._limits: dict[str, tuple[int, int]] = {}  # method -> (times left, retry_after)
         self._limited_until: dict[str, float] = {}
         self._failures: dict[str, tuple[int, str]] = {}  # method -> (times left, error)
+        # An outage as scripted by `outage`: every call (or those to `methods`) answered
+        # with `status` until it ends; refused calls are kept in `refused`, apart from
+        # `calls`, and a call that came before the Retry-After it was given also in
+        # `too_early`.
+        self.refused: list[SlackCall] = []
+        self._outage: tuple[float, int, int, frozenset[str]] | None = None
+        self._outage_retry_until = 0.0
+
+    def outage(self, seconds: float, status: int = 500, retry_after: int = 1,
+               methods: frozenset[str] = frozenset()) -> None:
+        """Slack down (`status` 500/502/503) or rate-limiting (429 with `Retry-After:
+        retry_after`) for the next `seconds`, for every method or only `methods`."""
+        self._outage = (time.monotonic() + seconds, status, retry_after, methods)
+
+    def outage_over(self) -> None:
+        self._outage = None
+
+    def _in_outage(self, method: str) -> tuple[int, int] | None:
+        """(status, Retry-After) while the scripted outage lasts, for this method."""
+        if self._outage is None:
+            return None
+        until, status, retry_after, methods = self._outage
+        if time.monotonic() >= until:
+            self._outage = None
+            return None
+        if methods and method not in methods:
+            return None
+        return status, retry_after
 
     def rate_limit(self, method: str, times: int = 1, retry_after: int = 1) -> None:
         """Answer the next `times` calls to `method` with 429 and `Retry-After`; a call
@@ -103,6 +131,9 @@ class SlackApiStandIn:
             params = dict(await request.post())
         params = {**request.query, **params}  # the SDK sends some methods' arguments in the URL
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        down = self._in_outage(method)
+        if down is not None:
+            return self._refuse(method, params, dict(request.headers), *down)
         refused, early, retry_after = self._limited(method)
         if refused:
             answer = {"ok": False, "error": "ratelimited"}
@@ -118,6 +149,20 @@ class SlackApiStandIn:
         self.calls.append(SlackCall(method, params, dict(request.headers), response=answer))
         self._changed.set()
         return web.json_response(answer, headers={"x-oauth-scopes": ",".join(self.scopes)})
+
+    def _refuse(self, method: str, params: dict[str, Any], headers: dict[str, str],
+                status: int, retry_after: int) -> web.Response:
+        now = time.monotonic()
+        answer = {"ok": False, "error": "ratelimited" if status == 429 else "fatal_error"}
+        call = SlackCall(method, params, headers, at=now, response=answer)
+        self.refused.append(call)
+        if now < self._outage_retry_until:
+            self.too_early.append(call)
+        self._changed.set()
+        if status != 429:
+            return web.json_response(answer, status=status)
+        self._outage_retry_until = max(self._outage_retry_until, now + retry_after)
+        return web.json_response(answer, status=429, headers={"Retry-After": str(retry_after)})
 
     def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from bot.core.backoff import Backoff
 from bot.core.digest import Digest
 from bot.core.schedule import Schedule
 from bot.doors.scheduler.jobs import ScheduleRunner
-from bot.errors import RoutinesError
+from bot.errors import RoutinesError, SlackUnavailable
 from bot.services import Services
 from bot.services.events import DigestScheduleChanged, ScheduleChanged
 from bot.services.views import MissedFires
@@ -45,6 +47,13 @@ class Scheduler:
         self.sync_seconds = sync_seconds
         self._known: dict[str, Schedule] = {}  # the routines' jobs as last set here
         self._sync: asyncio.Task[None] | None = None
+        # Digests Slack could not take (down, 5xx, 429): sent again, covering their whole
+        # period, once its Retry-After or the backoff is over (`_send_owed`).
+        self._slack = Backoff()
+        self._owed: set[str] = set()
+        self._sending: set[str] = set()
+        self._owed_task: asyncio.Task[None] | None = None
+        self.owed_seconds = 1.0
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -58,6 +67,18 @@ class Scheduler:
             self.runner.set(name, when, after=now)
         await self._start_digests(now)
         self._sync = asyncio.create_task(self._resync_forever(), name="schedule-resync")
+        self._owed_task = asyncio.create_task(self._send_owed_forever(), name="digests-owed")
+
+    async def _send_owed_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.owed_seconds)
+            for channel in sorted(self._owed):
+                if not self._slack.ready(time.monotonic()):
+                    break
+                if await asyncio.to_thread(self.digests.subscription, channel) is None:
+                    self._owed.discard(channel)  # unsubscribed meanwhile: nothing owed
+                    continue
+                await self.send_digest(channel)
 
     async def _resync_forever(self) -> None:
         while True:
@@ -86,17 +107,34 @@ class Scheduler:
 
     async def send_digest(self, channel_id: str) -> None:
         """Compose the channel's digest, post it, and start the next period where it ended
-        (not before it was posted: a digest Slack refused is covered by the next one)."""
+        (not before it was posted). While Slack is down the digest is owed, and sent once
+        it is back, covering the whole period; one send per channel at a time."""
+        if channel_id in self._sending:
+            return
+        if not self._slack.ready(time.monotonic()):
+            self._owed.add(channel_id)
+            return
+        self._sending.add(channel_id)
         try:
             digest = await asyncio.to_thread(self.digests.compose, channel_id, utcnow())
             await self.post_digest(digest)
+            self._slack.succeeded()
+            self._owed.discard(channel_id)
             await asyncio.to_thread(self.digests.mark_sent, digest)
+        except SlackUnavailable as exc:
+            wait = self._slack.failed(time.monotonic(), exc.retry_after)
+            self._owed.add(channel_id)
+            log.warning("the digest of %s waits for Slack (%s): next try in %.0fs",
+                        channel_id, exc, wait)
         except Exception:
             log.exception("could not send the digest of %s", channel_id)
+        finally:
+            self._sending.discard(channel_id)
 
     def stop(self) -> None:
-        if self._sync is not None:
-            self._sync.cancel()
+        for task in (self._sync, self._owed_task):
+            if task is not None:
+                task.cancel()
         self.runner.shutdown()
 
     def schedule_changed(self, event: ScheduleChanged) -> None:

@@ -22,6 +22,7 @@ from bot.core.digest import Digest
 from bot.doors.slack import workflow_step
 from bot.doors.slack.live_progress import ProgressBoard, retry_after
 from bot.doors.slack.messages import Messages
+from bot.doors.slack.outage import outage_of
 from bot.services import Services
 from bot.services.views import MissedFires, RunView
 
@@ -44,8 +45,9 @@ class Announcer:
         if await self._replace_live(view, message):
             ts, channel = view.run.announce_ts, view.run.announce_channel
         else:
-            response = await self.client.chat_postMessage(channel=view.routine.channel_id,
-                                                          **message)
+            async with outage_of("chat.postMessage"):
+                response = await self.client.chat_postMessage(
+                    channel=view.routine.channel_id, **message)
             ts, channel = response.get("ts"), response.get("channel")
         if view.run.id is not None and ts:
             await asyncio.to_thread(self.services.runs.record_announcement, view.run.id,
@@ -98,4 +100,5 @@ class Announcer:
 
     async def digest(self, digest: Digest) -> None:
         message = self.messages.render("digest.json.j2", digest=digest)
-        await self.client.chat_postMessage(channel=digest.channel_id, **message)
+        async with outage_of("chat.postMessage"):
+            await self.client.chat_postMessage(channel=digest.channel_id, **message)

@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.core.backoff import Backoff
 from bot.core.run_log import diff_summary
 from bot.doors.slack.messages import Messages
+from bot.doors.slack.outage import outage_of
 from bot.doors.slack.words import say
-from bot.errors import RoutinesError
+from bot.errors import RoutinesError, SlackUnavailable
 from bot.execution.wake import WakeLoop
 from bot.services import Services
 from bot.services.views import ApprovalView, RunView
@@ -46,8 +49,9 @@ class ApprovalMessages:
         thread: dict[str, Any] = {}
         if run.announce_ts and run.announce_channel == view.routine.channel_id:
             thread = {"thread_ts": run.announce_ts, "reply_broadcast": True}
-        response = await client.chat_postMessage(channel=view.routine.channel_id,
-                                                 **thread, **self.render(view))
+        async with outage_of("chat.postMessage"):
+            response = await client.chat_postMessage(channel=view.routine.channel_id,
+                                                     **thread, **self.render(view))
         assert view.approval.id is not None
         await asyncio.to_thread(self.services.approvals.record_message, view.approval.id,
                                 str(response["channel"]), str(response["ts"]))
@@ -94,6 +98,7 @@ class ApprovalDesk:
         self.approval_messages = approval_messages
         self.publish = publish
         self.loop = WakeLoop("approval-desk", self.sweep, sweep_seconds)
+        self._slack = Backoff()  # requests wait out Slack's Retry-After or the backoff
 
     async def start(self) -> None:
         self.loop.start()
@@ -108,8 +113,7 @@ class ApprovalDesk:
     async def sweep(self) -> None:
         for view in await asyncio.to_thread(self.services.approvals.expire, utcnow()):
             await self.approval_messages.update(self.client, view)
-        for view in await asyncio.to_thread(self.services.approvals.to_post):
-            await self.approval_messages.post(self.client, view)
+        await self._post_requests()
         for run in await asyncio.to_thread(self.services.publishing.publish_pending):
             await self.publish(run)
             approval = await asyncio.to_thread(self.services.publishing.publish_decision,
@@ -117,6 +121,22 @@ class ApprovalDesk:
             if approval is not None and approval.id is not None:
                 view = await asyncio.to_thread(self.services.approvals.get, approval.id)
                 await self.approval_messages.update(self.client, view)
+
+    async def _post_requests(self) -> None:
+        """The requests not in Slack yet, unless Slack is down: then at the next sweep
+        after its Retry-After (or the backoff) is over. A request is recorded as posted
+        right after its post, so each reaches Slack once."""
+        if not self._slack.ready(time.monotonic()):
+            return
+        for view in await asyncio.to_thread(self.services.approvals.to_post):
+            try:
+                await self.approval_messages.post(self.client, view)
+            except SlackUnavailable as exc:
+                wait = self._slack.failed(time.monotonic(), exc.retry_after)
+                log.warning("approval requests wait for Slack (%s): next try in %.0fs",
+                            exc, wait)
+                return
+            self._slack.succeeded()
 
 
 def _id(view: RunView) -> int:
