@@ -13,6 +13,7 @@ from bot.core.statuses import (
 from bot.core.trigger import Trigger
 from bot.errors import (
     AlreadySubscribed,
+    DatabaseUnavailable,
     RoutinesError,
 )
 from bot.services.context import Service, Shared
@@ -88,6 +89,10 @@ class GitHubService(Service):
         for routine_name in github.routines_to_fire(filters, event):
             try:
                 triggered = self.triggers.trigger(routine_name, trigger)
+            except DatabaseUnavailable:
+                # The whole delivery is refused (503): GitHub redelivers it, and the routines
+                # that did fire are found by the delivery id then, not fired twice.
+                raise
             except RoutinesError as exc:
                 outcome.refused[routine_name] = str(exc)
                 continue

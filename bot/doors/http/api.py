@@ -23,6 +23,7 @@ from bot.core.payload import PayloadRejected
 from bot.doors.http.edges import Refused, read_body, refusal_body
 from bot.errors import (
     BudgetExceeded,
+    DatabaseUnavailable,
     Forbidden,
     InvalidToken,
     KillSwitchEngaged,
@@ -123,6 +124,7 @@ _STATUSES: list[tuple[type[RoutinesError], int, str]] = [
     (RateLimited, 429, "rate_limited"),
     (BudgetExceeded, 429, "budget_exhausted"),
     (KillSwitchEngaged, 503, "kill_switch"),
+    (DatabaseUnavailable, 503, "database_unavailable"),
 ]
 
 
@@ -130,7 +132,7 @@ def _refusal(exc: RoutinesError) -> web.Response:
     for kind, status, code in _STATUSES:
         if isinstance(exc, kind):
             headers = ({"Retry-After": str(exc.retry_after)}
-                       if isinstance(exc, RateLimited) else None)
+                       if isinstance(exc, RateLimited | DatabaseUnavailable) else None)
             return refusal_body(status, code, str(exc), headers)
     return refusal_body(400, "refused", str(exc))
 

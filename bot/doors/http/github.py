@@ -9,7 +9,7 @@ from aiohttp import web
 from bot.core.github import verify_signature
 from bot.doors.http.api import parse_json
 from bot.doors.http.edges import read_body, refusal_body
-from bot.errors import KillSwitchEngaged
+from bot.errors import DatabaseUnavailable, KillSwitchEngaged
 from bot.services import Services
 from bot.settings import Settings
 
@@ -36,6 +36,9 @@ def add_webhook_route(app: web.Application, services: Services,
                                               payload)
         except KillSwitchEngaged as exc:
             return refusal_body(503, "kill_switch", str(exc))
+        except DatabaseUnavailable as exc:  # GitHub redelivers on request; nothing stored
+            return refusal_body(503, "database_unavailable", str(exc),
+                                {"Retry-After": str(exc.retry_after)})
         document = {
             "event": outcome.event,
             "fired": [{"routine": v.routine.name, "run_id": v.run.id} for v in outcome.fired],

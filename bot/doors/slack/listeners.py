@@ -7,6 +7,7 @@ database call never delays another user's acknowledgement.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -23,7 +24,7 @@ from bot.doors.slack.messages import Messages
 from bot.doors.slack.run_buttons import RunButtons
 from bot.doors.slack.words import say
 from bot.doors.slack.workflow_step import WorkflowStep
-from bot.errors import RoutinesError, ValidationFailed
+from bot.errors import DatabaseUnavailable, RoutinesError, ValidationFailed
 from bot.services import Services
 from bot.services.models import current_models, is_known
 from bot.settings import Settings
@@ -68,6 +69,12 @@ async def answer_error(error: Exception, response: BoltResponse | None) -> BoltR
     if response is None:  # already acknowledged: nothing left to answer
         log.warning("a Slack listener failed after its ack: %r", error)
         return None
+    if isinstance(error, DatabaseUnavailable):  # nothing was changed: try again shortly
+        log.warning("a Slack request answered 503: %s", error)
+        return BoltResponse(status=503, body=json.dumps(
+            {"error": "database_unavailable", "message": str(error)}),
+            headers={"content-type": "application/json",
+                     "retry-after": str(error.retry_after)})
     if isinstance(error, MALFORMED):
         log.info("malformed Slack request answered 400: %s", type(error).__name__)
         return BoltResponse(status=400, body='{"error": "malformed", "message": '
@@ -98,6 +105,8 @@ class SlackHandlers:
         try:
             reply = await asyncio.to_thread(self.answer, parsed, command["user_id"],
                                             command.get("channel_id", ""))
+        except DatabaseUnavailable:
+            raise  # unacknowledged: `answer_error` says 503, the database's reason
         except RoutinesError as exc:
             reply = self.messages.render("error.json.j2", message=say(exc))
             await ack(response_type="ephemeral", **reply)
