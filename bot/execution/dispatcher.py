@@ -22,7 +22,8 @@ from bot.core.backoff import Backoff
 from bot.core.budget import Spend
 from bot.core.statuses import FailureKind, RunStatus
 from bot.core.verdict import RunOutcome, decide_outcome
-from bot.errors import SlackUnavailable
+from bot.errors import DatabaseUnavailable, SlackUnavailable
+from bot.execution.recording import RunRecorder, record_until_done
 from bot.execution.wake import WakeLoop
 from bot.services import Services
 from bot.services.views import RunView
@@ -85,6 +86,7 @@ class Dispatcher:
         self._announcing: set[int] = set()
         self._posted: set[int] = set()
         self._refused: set[int] = set()
+        self._stopping = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -124,6 +126,7 @@ class Dispatcher:
 
     async def stop(self) -> None:
         """Stop waiting on runs without killing them: the next start adopts them."""
+        self._stopping = True
         await self._claims.stop()
         for _, control in self._active.values():
             control.detach()
@@ -191,13 +194,14 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
 
         watcher = self.watcher
+        recorder = RunRecorder(self.services.runs, spec.run_id)  # holds writes in an outage
 
         def on_event(seq: int, event: Event) -> None:
-            self.services.runs.record_event(spec.run_id, seq, event)
+            recorder.event(seq, event)
             watcher.run_event(spec.run_id, event)
 
         def on_started(container_id: str) -> None:
-            self.services.runs.record_container(spec.run_id, container_id)
+            recorder.started(container_id)
 
         watcher.run_started(view)
         try:
@@ -217,14 +221,26 @@ class Dispatcher:
         if result.detached:
             return
         outcome = decide_outcome(result, spec.timeout_seconds)
-        finished = await asyncio.to_thread(
-            self.services.runs.finish, spec.run_id, outcome, result.input_tokens,
-            result.output_tokens, result.diff, result.commit)
+
+        def record() -> RunView:  # the held events first, then the verdict, once
+            recorder.flush()
+            return self.services.runs.finish(spec.run_id, outcome, result.input_tokens,
+                                             result.output_tokens, result.diff, result.commit)
+
+        finished = await record_until_done(record, f"the result of run {spec.run_id}",
+                                           lambda: self._stopping)
+        await self._announce_finished(finished, result)
+
+    async def _announce_finished(self, finished: RunView, result: RunResult) -> None:
+        """Drop a commit nobody will publish, announce the result, then the spend level."""
         if result.commit and finished.run.commit_sha is None:  # nothing to publish
             await asyncio.to_thread(publish.discard, self.sandbox.config.workspace_root,
-                                    spec.run_id)
+                                    result.run_id)
         await self._announce(finished)
-        spend = await asyncio.to_thread(self.services.spend.alert_due)
+        try:
+            spend = await asyncio.to_thread(self.services.spend.alert_due)
+        except DatabaseUnavailable:
+            return  # said at the next run's end
         if spend is not None and self.announce_spend is not None:
             try:
                 await self.announce_spend(spend, finished.routine.channel_id)
@@ -249,6 +265,11 @@ class Dispatcher:
             log.warning("could not announce run %s (%s): trying again in %.0fs", run_id,
                         exc, wait)
             return False
+        except DatabaseUnavailable:
+            # Posted, then the database failed as its place was recorded: marked later by
+            # `_announce_owed`, never posted again.
+            self._posted.add(run_id)
+            return True
         except Exception:
             # Refused for another reason (a channel gone...): retried at the next start.
             log.exception("could not announce run %s", run_id)
@@ -258,7 +279,10 @@ class Dispatcher:
             self._announcing.discard(run_id)
         self._slack.succeeded()
         self._posted.add(run_id)
-        await asyncio.to_thread(self.services.runs.mark_announced, run_id)
+        try:
+            await asyncio.to_thread(self.services.runs.mark_announced, run_id)
+        except DatabaseUnavailable:
+            return True  # posted: `_announce_owed` marks it once the database is back
         self._posted.discard(run_id)
         return True
 
