@@ -95,3 +95,34 @@ async def test_an_approval_request_is_posted_once_slack_is_back(
     await asyncio.sleep(4)  # a few sweeps later, still one request
     assert requests(list(slack_api.calls_to("chat.postMessage"))) == 1
     assert slack_api.too_early == []
+
+
+async def test_a_scheduled_digest_slack_refused_is_sent_when_it_is_back(
+    start_bot: BotFactory, slack_api: SlackApiStandIn,
+) -> None:
+    channel = "C0DIGEST9"
+    bot, fake = await start_bot(min_schedule_interval_seconds=1, max_concurrent_runs=0)
+    slack_api.outage(seconds=120, status=429, retry_after=2, methods=POST)
+    await fake.slash('digest here "every 1s"', channel=channel)
+    subscribed = bot.services.digests.subscription(channel)
+    assert subscribed is not None
+
+    def digests(calls: list[object]) -> int:
+        return sum(1 for c in calls if str(getattr(c, "params", {}).get("channel")) == channel
+                   and str(getattr(c, "params", {}).get("text", "")).startswith("Digest"))
+
+    await wait_until(lambda: digests(list(slack_api.refused)) >= 2, timeout=30)
+    during = bot.services.digests.subscription(channel)
+    assert during is not None and during.last_sent_at == subscribed.last_sent_at  # owed
+    slack_api.outage_over()
+    await wait_until(lambda: digests(list(slack_api.calls_to("chat.postMessage"))) >= 1,
+                     timeout=30)
+    after = bot.services.digests.subscription(channel)
+    assert after is not None and after.last_sent_at > subscribed.last_sent_at
+    assert slack_api.too_early == []  # no digest came before its Retry-After was over
+
+    await fake.slash("digest here off", channel=channel)
+    await asyncio.sleep(0.3)
+    stopped_at = digests(list(slack_api.calls_to("chat.postMessage")))
+    await asyncio.sleep(2.5)
+    assert digests(list(slack_api.calls_to("chat.postMessage"))) == stopped_at
