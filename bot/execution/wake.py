@@ -9,6 +9,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from bot.errors import DatabaseUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +47,8 @@ class WakeLoop:
         while True:
             try:
                 await self.step()
+            except DatabaseUnavailable as exc:  # an outage, not a bug: no traceback each round
+                log.warning("%s: %s", self.name, exc)
             except Exception:  # the database or Slack hiccuped: the next round retries
                 log.exception("%s: one round failed", self.name)
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
