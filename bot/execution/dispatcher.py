@@ -85,7 +85,7 @@ class Dispatcher:
         self._slack = Backoff(base=1.0, most=60.0)
         self._announcing: set[int] = set()
         self._posted: set[int] = set()
-        self._refused: set[int] = set()
+        self._owed: set[int] = set()
         self._stopping = False
 
     async def start(self) -> None:
@@ -151,17 +151,18 @@ class Dispatcher:
 
     async def _announce_owed(self) -> None:
         """Post the results Slack could not take earlier (down, 5xx, 429), once its
-        Retry-After or the backoff is over; oldest first, stopping at the first refusal."""
+        Retry-After or the backoff is over; oldest first, stopping at the first refusal.
+        (A result owed when the bot stopped is posted at the next start.)"""
         for posted in list(self._posted):
             await asyncio.to_thread(self.services.runs.mark_announced, posted)
             self._posted.discard(posted)
-        if not self._slack.ready(time.monotonic()):
-            return
-        owed = await asyncio.to_thread(self.services.runs.to_announce)
-        for view in owed:
-            run_id = view.run.id
-            if run_id in self._active or run_id in self._refused:
-                continue  # its own task announces it; or it waits for the next start
+        for run_id in sorted(self._owed):
+            if not self._slack.ready(time.monotonic()):
+                return
+            view = await asyncio.to_thread(self.services.runs.get, run_id)
+            if view.run.notified_at is not None:  # announced meanwhile (another process)
+                self._owed.discard(run_id)
+                continue
             if not await self._announce(view):
                 return
 
@@ -248,14 +249,15 @@ class Dispatcher:
                 log.exception("could not announce the spend level")
 
     async def _announce(self, view: RunView) -> bool:
-        """Post the run's result once; False if Slack is down (it stays owed in the
-        database: `_announce_owed` posts it when Slack is back)."""
+        """Post the run's result once; False if Slack is down (then it is owed:
+        `_announce_owed` posts it when Slack is back)."""
         run_id = view.run.id
         assert run_id is not None
         if run_id in self._announcing or run_id in self._posted:
             return True  # an attempt is under way, or it is out already
         if not self._slack.ready(time.monotonic()):
             log.info("run %s's result waits for Slack (backing off)", run_id)
+            self._owed.add(run_id)
             return False
         self._announcing.add(run_id)
         try:
@@ -264,20 +266,23 @@ class Dispatcher:
             wait = self._slack.failed(time.monotonic(), exc.retry_after)
             log.warning("could not announce run %s (%s): trying again in %.0fs", run_id,
                         exc, wait)
+            self._owed.add(run_id)
             return False
         except DatabaseUnavailable:
             # Posted, then the database failed as its place was recorded: marked later by
             # `_announce_owed`, never posted again.
             self._posted.add(run_id)
+            self._owed.discard(run_id)
             return True
         except Exception:
             # Refused for another reason (a channel gone...): retried at the next start.
             log.exception("could not announce run %s", run_id)
-            self._refused.add(run_id)
+            self._owed.discard(run_id)
             return True
         finally:
             self._announcing.discard(run_id)
         self._slack.succeeded()
+        self._owed.discard(run_id)
         self._posted.add(run_id)
         try:
             await asyncio.to_thread(self.services.runs.mark_announced, run_id)
