@@ -42,9 +42,10 @@ class ApprovalMessages:
         return self.messages.render("approval_request.json.j2", view=view,
                                     diff_summary=diff_summary(view.run.diff))
 
-    async def post(self, client: AsyncWebClient, view: ApprovalView) -> None:
+    async def post(self, client: AsyncWebClient, view: ApprovalView) -> tuple[str, str]:
         """In the channel; a request about a run that has its message (its live message or
-        result) goes in that message's thread, broadcast so the channel still sees it."""
+        result) goes in that message's thread, broadcast so the channel still sees it.
+        Returns where it landed (channel, ts), for `record`."""
         run = view.run
         thread: dict[str, Any] = {}
         if run.announce_ts and run.announce_channel == view.routine.channel_id:
@@ -52,9 +53,10 @@ class ApprovalMessages:
         async with outage_of("chat.postMessage"):
             response = await client.chat_postMessage(channel=view.routine.channel_id,
                                                      **thread, **self.render(view))
-        assert view.approval.id is not None
-        await asyncio.to_thread(self.services.approvals.record_message, view.approval.id,
-                                str(response["channel"]), str(response["ts"]))
+        return str(response["channel"]), str(response["ts"])
+
+    async def record(self, approval_id: int, where: tuple[str, str]) -> None:
+        await asyncio.to_thread(self.services.approvals.record_message, approval_id, *where)
 
     async def update(self, client: AsyncWebClient, view: ApprovalView) -> None:
         """Rewrite the request message with its current state (decided, expired...)."""
@@ -99,6 +101,7 @@ class ApprovalDesk:
         self.publish = publish
         self.loop = WakeLoop("approval-desk", self.sweep, sweep_seconds)
         self._slack = Backoff()  # requests wait out Slack's Retry-After or the backoff
+        self._unrecorded: dict[int, tuple[str, str]] = {}  # posted, place not yet recorded
 
     async def start(self) -> None:
         self.loop.start()
@@ -126,17 +129,26 @@ class ApprovalDesk:
         """The requests not in Slack yet, unless Slack is down: then at the next sweep
         after its Retry-After (or the backoff) is over. A request is recorded as posted
         right after its post, so each reaches Slack once."""
+        for approval_id, where in list(self._unrecorded.items()):  # posted earlier
+            await self.approval_messages.record(approval_id, where)
+            del self._unrecorded[approval_id]
         if not self._slack.ready(time.monotonic()):
             return
         for view in await asyncio.to_thread(self.services.approvals.to_post):
+            request_id = view.approval.id
+            assert request_id is not None
             try:
-                await self.approval_messages.post(self.client, view)
+                where = await self.approval_messages.post(self.client, view)
             except SlackUnavailable as exc:
                 wait = self._slack.failed(time.monotonic(), exc.retry_after)
                 log.warning("approval requests wait for Slack (%s): next try in %.0fs",
                             exc, wait)
                 return
             self._slack.succeeded()
+            # Kept until recorded: a database outage now must not post it a second time.
+            self._unrecorded[request_id] = where
+            await self.approval_messages.record(request_id, where)
+            del self._unrecorded[request_id]
 
 
 def _id(view: RunView) -> int:
