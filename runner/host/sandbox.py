@@ -60,8 +60,6 @@ from runner.host.loop import BackgroundLoop
 from runner.repo_policy import FetchPolicy
 
 SANDBOX_UID = 10001
-ENGINE_LOST = ("the Docker engine went away while the run was running (restarted or "
-               "stopped), and its container with it")
 EventSink = Callable[[int, Event], None]
 
 
@@ -260,7 +258,6 @@ class Sandbox:
                                   args=(stream, result, log, skip_events), daemon=True)
         reader.start()
         deadline = started + spec.timeout_seconds
-        engine_lost = False
         while True:
             if control.detached.is_set():
                 stream.close()  # the next bot process replays the log from the start
@@ -278,11 +275,11 @@ class Sandbox:
             if remaining <= 0:
                 result.timed_out = True
                 break
-            exit_code, lost = _wait_once(container, min(1.0, remaining))
-            engine_lost = engine_lost or lost
-            if exit_code is None:
+            try:
+                status = container.wait(timeout=min(1.0, remaining))
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
                 continue
-            result.exit_code = exit_code
+            result.exit_code = int(status.get("StatusCode", -1))
             # Killed from outside while we waited (the bot kills containers directly).
             result.killed = control.kill_requested.is_set()
             break
@@ -295,7 +292,6 @@ class Sandbox:
         result.input_tokens, result.output_tokens = door.input_tokens, door.output_tokens
         result.report = door.report
         result.token_budget_exceeded = door.budget_exceeded
-        _blame_engine(result, engine_lost)
         if result.final is None:  # why it died matters most when it never reported
             tail = _stderr_tail(container)
             if tail:
@@ -426,27 +422,6 @@ class _RunLog:
         with self._lock:
             seq, self._next = self._next, self._next + 1
             self._sink(seq, event)
-
-
-def _wait_once(container: Any, seconds: float) -> tuple[int | None, bool]:
-    """(the exit code, or None while it runs; whether the engine could not be reached)."""
-    try:
-        status = container.wait(timeout=seconds)
-    except requests.exceptions.ReadTimeout:
-        return None, False
-    except requests.exceptions.ConnectionError:
-        # The engine went away (restarted, stopped): without live-restore it takes the
-        # container with it. Waited out; the container's end is then the engine's doing.
-        time.sleep(seconds)
-        return None, True
-    return int(status.get("StatusCode", -1)), False
-
-
-def _blame_engine(result: RunResult, engine_lost: bool) -> None:
-    """A run that never reported and ended while the engine was away ended by the engine:
-    an infrastructure fault (`error`, retried by its policy), not the agent's failure."""
-    if engine_lost and result.report is None and not (result.killed or result.timed_out):
-        result.infra_error = ENGINE_LOST
 
 
 def _kill(container: Any) -> None:
