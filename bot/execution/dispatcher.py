@@ -18,8 +18,10 @@ from typing import Any, Protocol
 import docker.errors
 
 from bot.core.budget import Spend
+from bot.core.crash_stage import CrashStage
 from bot.core.statuses import FailureKind, RunStatus
 from bot.core.verdict import RunOutcome, decide_outcome
+from bot.execution.crash import CrashPoints
 from bot.execution.wake import WakeLoop
 from bot.services import Services
 from bot.services.views import RunView
@@ -61,8 +63,9 @@ class Dispatcher:
     def __init__(self, services: Services, sandbox: Sandbox, announce: Announce,
                  max_concurrent: int, poll_seconds: float = 2.0,
                  announce_spend: AnnounceSpend | None = None,
-                 watcher: RunWatcher | None = None) -> None:
+                 watcher: RunWatcher | None = None, crash: CrashPoints | None = None) -> None:
         self.services = services
+        self.crash = crash or CrashPoints(None)  # test-only: ROUTINES_TEST_CRASH_AT
         self.watcher: RunWatcher = watcher or Unwatched()
         self.sandbox = sandbox
         self.announce = announce
@@ -165,6 +168,7 @@ class Dispatcher:
 
         def on_event(seq: int, event: Event) -> None:
             self.services.runs.record_event(spec.run_id, seq, event)
+            self.crash(CrashStage.RUNNING)
             watcher.run_event(spec.run_id, event)
 
         def on_started(container_id: str) -> None:
@@ -194,6 +198,7 @@ class Dispatcher:
         if result.commit and finished.run.commit_sha is None:  # nothing to publish
             await asyncio.to_thread(publish.discard, self.sandbox.config.workspace_root,
                                     spec.run_id)
+        self.crash(CrashStage.ANNOUNCING)
         await self._announce(finished)
         spend = await asyncio.to_thread(self.services.spend.alert_due)
         if spend is not None and self.announce_spend is not None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,15 @@ class ClaudeCodeImageMissing(Exception):
         return "no claude-code image configured (ROUTINES_CLAUDE_CODE_IMAGE)"
 
 
+class SandboxStage(StrEnum):
+    """The points of `execute` a `Sandbox.reached` hook hears of (the bot's crash tests
+    die there: bot.execution.crash)."""
+
+    CLONED = "cloning"  # the workspace is cloned, no container yet
+    CONTAINER_CREATED = "container_created"  # the container exists, not started
+    FINISHING = "finishing"  # the container ended; its work not read back nor removed
+
+
 class RunControl:
     """Lets the bot stop waiting for a run (`detach`) or end it (`kill`) from another thread."""
 
@@ -134,6 +144,8 @@ class Sandbox:
                                     config.anthropic_api_key)
         # The proxy's resolver: tests map their own test hosts' names to addresses.
         self.egress = EgressProxy(self._servers, resolve=egress_resolve)
+        # Called at each `SandboxStage` of a run, from the run's thread; nothing by default.
+        self.reached: Callable[[SandboxStage], None] = lambda _: None
 
     def close(self) -> None:
         """Stop serving every run (their containers run on, to be adopted) and the loop."""
@@ -157,6 +169,7 @@ class Sandbox:
                                      SANDBOX_UID if os.geteuid() == 0 else None,
                                      policy=self.config.fetch_policy, resolve=self.resolve,
                                      disk_limit=self.config.disk_limit)
+            self.reached(SandboxStage.CLONED)
             door = self._open_gateway(spec, token_sha256(token), log, Resume())
             self._open_egress(spec, log)
             container = self._start(spec, repo, token)
@@ -338,6 +351,7 @@ class Sandbox:
                 type=docker.types.LogConfig.types.JSON,
                 config={"max-size": cfg.log_file_size, "max-file": str(cfg.log_files)}),
         )
+        self.reached(SandboxStage.CONTAINER_CREATED)
         try:
             container.start()
         except docker.errors.APIError:
@@ -364,6 +378,7 @@ class Sandbox:
     def _finish(self, spec: RunSpec, container: Any, result: RunResult) -> None:
         """Read the work back (the diff; for a publishing run, the kept commit), then
         remove the container and the workspace. The container has ended by now."""
+        self.reached(SandboxStage.FINISHING)
         root = self.config.workspace_root
         try:
             # Before the host's own git work takes any of the run's space.
