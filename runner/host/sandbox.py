@@ -226,6 +226,14 @@ class Sandbox:
             _kill(container)
             self._finish(spec, container, RunResult(run_id=spec.run_id))
             return RunResult(run_id=spec.run_id, infra_error=str(exc))
+        if container.status == "created":  # the last process died before it started it
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                self.gateway.close(spec.run_id)
+                self.egress.close_run(spec.run_id)
+                self._finish(spec, container, RunResult(run_id=spec.run_id))
+                return RunResult(run_id=spec.run_id, infra_error=_describe_infra_error(exc))
         return self._follow(spec, container, control, log, door, resume.skip_events)
 
     def _open_egress(self, spec: RunSpec, log: _RunLog) -> None:
