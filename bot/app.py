@@ -36,6 +36,7 @@ from bot.services.events import (
     StopRequested,
 )
 from bot.services.metrics import build_registry, running_containers
+from bot.services.views import RunView
 from bot.settings import Settings
 from bot.store import schema
 from bot.store.database import Database
@@ -67,7 +68,11 @@ class Bot:
                          settings.progress_updates_per_second, settings.progress_idle_seconds))
         self.announcer = announcer = Announcer(self.slack_client, self.messages, self.services,
                               settings.incidents_channel, self.progress)
-        self.dispatcher = Dispatcher(self.services, self.sandbox, announcer,
+        async def announce(view: RunView) -> None:
+            await announcer(view)
+            crash(CrashStage.ANNOUNCED)  # test-only: posted, not yet marked announced
+
+        self.dispatcher = Dispatcher(self.services, self.sandbox, announce,
                                      settings.max_concurrent_runs,
                                      announce_spend=announcer.spend,
                                      watcher=self.progress if settings.live_progress else None,

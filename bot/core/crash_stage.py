@@ -15,6 +15,7 @@ class CrashStage(StrEnum):
     RUNNING = "running"  # its container started and its first event stored
     FINISHING = "finishing"  # its container exited; the work not read back nor removed
     ANNOUNCING = "announcing"  # its outcome stored, the announcement not posted yet
+    ANNOUNCED = "announced"  # its announcement posted and placed, not yet marked done
     AWAITING_APPROVAL = "awaiting_approval"  # its publish request stored, not posted yet
     PUBLISHING = "publishing"  # its commit approved, not pushed yet
 

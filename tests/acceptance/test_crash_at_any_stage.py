@@ -26,7 +26,7 @@ from bot.store.tables import Run
 from runner.host import publish, workspace
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.environment import make_git_repo
-from tests.standins.slack_api import SlackApiStandIn
+from tests.standins.slack_api import SlackApiStandIn, SlackCall
 from tests.support.bots import RESULTS_CHANNEL
 from tests.support.served_bot import ServedBot
 from tests.support.slack_flows import DAVE, routine, wait_until
@@ -53,30 +53,39 @@ EXPECTED = {
     CrashStage.RUNNING: Expected(RunStatus.SUCCEEDED),  # adopted
     CrashStage.FINISHING: Expected(RunStatus.SUCCEEDED),  # adopted, read back at once
     CrashStage.ANNOUNCING: Expected(RunStatus.SUCCEEDED),  # announced at the next start
+    # Posted but not marked: the next start updates that same message, posts no other.
+    CrashStage.ANNOUNCED: Expected(RunStatus.SUCCEEDED),
     CrashStage.AWAITING_APPROVAL: Expected(RunStatus.SUCCEEDED, published=True),
     CrashStage.PUBLISHING: Expected(RunStatus.SUCCEEDED, published=True),
 }
 PUBLISHING = {CrashStage.AWAITING_APPROVAL, CrashStage.PUBLISHING}
-ON_POSTGRES = {CrashStage.QUEUED, CrashStage.RUNNING, CrashStage.ANNOUNCING,
+ON_POSTGRES = {CrashStage.QUEUED, CrashStage.RUNNING, CrashStage.ANNOUNCED,
                CrashStage.PUBLISHING}
+# With live progress (the product's default) the run's one message is posted when it starts
+# and updated into the result: killed while it runs or once it is announced.
+LIVE = {CrashStage.RUNNING, CrashStage.ANNOUNCED}
+
+
+def cases() -> list[Any]:
+    every = [pytest.param(stage, False, id=stage.value,
+                          marks=[pytest.mark.postgres] if stage in ON_POSTGRES else [])
+             for stage in CrashStage]
+    return every + [pytest.param(stage, True, id=f"{stage.value}-live") for stage in LIVE]
 
 
 @pytest.fixture
-async def served(settings: Settings, tmp_path: Path, docker_client: Any,
+async def served(settings: Settings, tmp_path: Path, docker_client: Any, live: bool,
                  ) -> AsyncIterator[ServedBot]:
     """The bot's deployment, served by `routines serve` processes the test starts."""
-    bot = ServedBot(replace(settings, admins=(DAVE,)), tmp_path)
+    bot = ServedBot(replace(settings, admins=(DAVE,), live_progress=live), tmp_path)
     yield bot
     bot.stop()
     await asyncio.to_thread(bot.remove_leftovers, docker_client)
 
 
-@pytest.mark.parametrize("stage", [
-    pytest.param(stage, id=stage.value,
-                 marks=[pytest.mark.postgres] if stage in ON_POSTGRES else [])
-    for stage in CrashStage])
+@pytest.mark.parametrize(("stage", "live"), cases())
 async def test_a_bot_killed_at_any_stage_loses_nothing(
-    stage: CrashStage, served: ServedBot, slack_api: SlackApiStandIn,
+    stage: CrashStage, live: bool, served: ServedBot, slack_api: SlackApiStandIn,
     anthropic_api: AnthropicStandIn, database_url: str, docker_client: Any, tmp_path: Path,
 ) -> None:
     expected = EXPECTED[stage]
@@ -100,21 +109,20 @@ async def test_a_bot_killed_at_any_stage_loses_nothing(
 
     run_id = only_run(database_url)
     result = f"{NAME} run #{run_id}: {expected.status}"
-    announced = await slack_api.wait_for("chat.postMessage", {"channel": RESULTS_CHANNEL},
-                                         contains=f"{NAME} run #{run_id}: ", timeout=90)
-    assert announced.params["text"] == result, stored_run(database_url, run_id).reason
+    await wait_until(lambda: the_result(slack_api, run_id) is not None, timeout=90)
+    assert the_result(slack_api, run_id) == result, stored_run(database_url, run_id).reason
     if stage == CrashStage.AWAITING_APPROVAL:
         await approve_publishing(served, slack_api)
     if expected.published:
         await slack_api.wait_for("chat.update", contains="pushed to branch", timeout=60)
     await wait_until(lambda: served.containers(docker_client) == [], timeout=30)
-    await asyncio.sleep(2.5)  # a dispatcher poll: a second announcement would come by now
+    await asyncio.sleep(1.0)  # a second announcement, sent at start, would be here by now
 
-    announcements = [c for c in slack_api.calls
-                     if c.method in {"chat.postMessage", "chat.update"}
-                     and str(c.params.get("text", "")).startswith(f"{NAME} run #{run_id}: ")]
-    assert [(c.method, c.params["text"]) for c in announcements] == [
-        ("chat.postMessage", result)]
+    posted = [c for c in slack_api.calls_to("chat.postMessage") if of_run(c, run_id)]
+    assert len(posted) == 1, [c.params["text"] for c in posted]  # the run's one message
+    updated = [c for c in slack_api.calls_to("chat.update") if of_run(c, run_id)]
+    assert {c.params["ts"] for c in updated} <= {posted[0].response["ts"]}
+    assert the_result(slack_api, run_id) == result
     stored = stored_run(database_url, run_id)
     assert (stored.status, stored.failure_kind) == (expected.status, expected.failure)
     assert stored.notified_at is not None and stored.finished_at is not None
@@ -127,6 +135,20 @@ async def test_a_bot_killed_at_any_stage_loses_nothing(
         assert stored.published_ref == f"refs/heads/{branch}"
         pushed = git.Repo(repo.removeprefix("file://")).commit(branch)
         assert pushed.tree["KEPT.md"].data_stream.read() == b"kept\n"
+
+
+def of_run(call: SlackCall, run_id: int) -> bool:
+    """A message of the run itself (its live message or its result), not a request."""
+    text = str(call.params.get("text", ""))
+    return text.startswith((f"{NAME} run #{run_id}: ", f"{NAME} run #{run_id} is running"))
+
+
+def the_result(slack_api: SlackApiStandIn, run_id: int) -> str | None:
+    """What the run's message says now (its last post or update), once it is a result."""
+    said = [c for c in slack_api.calls if c.method in {"chat.postMessage", "chat.update"}
+            and of_run(c, run_id)]
+    text = str(said[-1].params["text"]) if said else ""
+    return text if text.startswith(f"{NAME} run #{run_id}: ") else None
 
 
 def origin(tmp_path: Path) -> str:
