@@ -62,6 +62,7 @@ class Bot:
         # Test-only (ROUTINES_TEST_CRASH_AT): inert unless a crash test set a stage.
         self.crash = crash = CrashPoints(settings.test_crash_at)
         self.sandbox.reached = lambda stage: crash(CrashStage(stage.value))
+        self.sandbox.release_when_recorded = True  # the dispatcher releases each run
         self.progress = ProgressBoard(
             self.slack_client, self.messages, self.services, settings.prices,
             BoardTimings(settings.progress_update_seconds,

@@ -14,6 +14,7 @@ class CrashStage(StrEnum):
     CONTAINER_CREATED = "container_created"  # its container created, not started
     RUNNING = "running"  # its container started and its first event stored
     FINISHING = "finishing"  # its container exited; the work not read back nor removed
+    RECORDING = "recording"  # its work read back, its verdict not stored yet
     ANNOUNCING = "announcing"  # its outcome stored, the announcement not posted yet
     ANNOUNCED = "announced"  # its announcement posted and placed, not yet marked done
     AWAITING_APPROVAL = "awaiting_approval"  # its publish request stored, not posted yet

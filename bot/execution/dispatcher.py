@@ -191,10 +191,13 @@ class Dispatcher:
         await watcher.run_finished(spec.run_id)  # its live message's ts is recorded by now
         if result.detached:
             return
+        self.crash(CrashStage.RECORDING)
         outcome = decide_outcome(result, spec.timeout_seconds)
         finished = await asyncio.to_thread(
             self.services.runs.finish, spec.run_id, outcome, result.input_tokens,
             result.output_tokens, result.diff, result.commit)
+        # Only now: a crash before this adopts the ended container again (its verdict).
+        await asyncio.to_thread(self.sandbox.release, spec.run_id)
         if result.commit and finished.run.commit_sha is None:  # nothing to publish
             await asyncio.to_thread(publish.discard, self.sandbox.config.workspace_root,
                                     spec.run_id)

@@ -86,7 +86,11 @@ def keep(workspace_root: Path, run_id: int, message: str,
 
     Changes holding any of `secrets` are not kept (`PublishError`): whoever approves
     sees them redacted, and would otherwise publish them unknowingly.
-    Call it before the workspace is removed, once the container has ended."""
+    Call it before the workspace is removed, once the container has ended. Called again
+    for the same run (adopted again after a crash), it returns the commit it kept."""
+    held = holding_dir(workspace_root, run_id)
+    if held.is_dir() and not workspace.host_git_dir(workspace_root, run_id).exists():
+        return _git(held, "rev-parse", "--verify", f"{workspace.KEPT_REF}^{{commit}}").strip()
     try:
         sha = workspace.commit(workspace_root, run_id, message)
         leaked = sha is not None and workspace.contains_any(workspace_root, run_id,
@@ -97,7 +101,6 @@ def keep(workspace_root: Path, run_id: int, message: str,
         raise PublishError(f"run {run_id}'s changes contain a secret value: nothing kept")
     if sha is None:
         return None
-    held = holding_dir(workspace_root, run_id)
     held.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(held, ignore_errors=True)
     # A move, not a rename: with a disk limit the run's directory is a filesystem of its

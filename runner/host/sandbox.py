@@ -146,6 +146,10 @@ class Sandbox:
         self.egress = EgressProxy(self._servers, resolve=egress_resolve)
         # Called at each `SandboxStage` of a run, from the run's thread; nothing by default.
         self.reached: Callable[[SandboxStage], None] = lambda _: None
+        # True (the bot): an ended run's container and workspace stay until `release`, once
+        # its verdict is stored, so that a crash before that adopts the ended run again
+        # instead of finding it gone. False: removed as soon as the work is read back.
+        self.release_when_recorded = False
 
     def close(self) -> None:
         """Stop serving every run (their containers run on, to be adopted) and the loop."""
@@ -400,10 +404,21 @@ class Sandbox:
                 except publish.PublishError as exc:
                     result.publish_error = str(exc)
         finally:
+            if not self.release_when_recorded:
+                self.release(spec.run_id, container)
+
+    def release(self, run_id: int, container: Any = None) -> None:
+        """Remove an ended run's container, workspace and sockets (nothing there is fine)."""
+        if container is None:
+            try:
+                container = self.client.containers.get(self.container_name(run_id))
+            except docker.errors.NotFound:
+                container = None
+        if container is not None:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
-            workspace.remove(root, spec.run_id)
-            shutil.rmtree(self.socket_dir(spec.run_id), ignore_errors=True)
+        workspace.remove(self.config.workspace_root, run_id)
+        shutil.rmtree(self.socket_dir(run_id), ignore_errors=True)
 
     def _commit_message(self, spec: RunSpec, result: RunResult) -> str:
         title = f"routine {spec.routine} run {spec.run_id}"

@@ -42,7 +42,6 @@ class Expected:
 
     status: RunStatus
     failure: FailureKind | None = None
-    published: bool = False
 
 
 EXPECTED = {
@@ -52,13 +51,16 @@ EXPECTED = {
     CrashStage.CONTAINER_CREATED: Expected(RunStatus.SUCCEEDED),  # started and adopted
     CrashStage.RUNNING: Expected(RunStatus.SUCCEEDED),  # adopted
     CrashStage.FINISHING: Expected(RunStatus.SUCCEEDED),  # adopted, read back at once
+    CrashStage.RECORDING: Expected(RunStatus.SUCCEEDED),  # the ended container adopted
     CrashStage.ANNOUNCING: Expected(RunStatus.SUCCEEDED),  # announced at the next start
     # Posted but not marked: the next start updates that same message, posts no other.
     CrashStage.ANNOUNCED: Expected(RunStatus.SUCCEEDED),
-    CrashStage.AWAITING_APPROVAL: Expected(RunStatus.SUCCEEDED, published=True),
-    CrashStage.PUBLISHING: Expected(RunStatus.SUCCEEDED, published=True),
+    CrashStage.AWAITING_APPROVAL: Expected(RunStatus.SUCCEEDED),  # then pushed
+    CrashStage.PUBLISHING: Expected(RunStatus.SUCCEEDED),  # then pushed
 }
 PUBLISHING = {CrashStage.AWAITING_APPROVAL, CrashStage.PUBLISHING}
+# Killed before its verdict is stored, a publishing run keeps its commit all the same.
+PUBLISHING_TOO = {CrashStage.RECORDING}
 ON_POSTGRES = {CrashStage.QUEUED, CrashStage.RUNNING, CrashStage.ANNOUNCED,
                CrashStage.PUBLISHING}
 # With live progress (the product's default) the run's one message is posted when it starts
@@ -67,10 +69,14 @@ LIVE = {CrashStage.RUNNING, CrashStage.ANNOUNCED}
 
 
 def cases() -> list[Any]:
-    every = [pytest.param(stage, False, id=stage.value,
+    """(stage, live progress, a publishing routine) for every stage, and the variants."""
+    every = [pytest.param(stage, False, stage in PUBLISHING, id=stage.value,
                           marks=[pytest.mark.postgres] if stage in ON_POSTGRES else [])
              for stage in CrashStage]
-    return every + [pytest.param(stage, True, id=f"{stage.value}-live") for stage in LIVE]
+    return (every + [pytest.param(stage, True, False, id=f"{stage.value}-live")
+                     for stage in LIVE]
+            + [pytest.param(stage, False, True, id=f"{stage.value}-publishing")
+               for stage in PUBLISHING_TOO])
 
 
 @pytest.fixture
@@ -83,20 +89,20 @@ async def served(settings: Settings, tmp_path: Path, docker_client: Any, live: b
     await asyncio.to_thread(bot.remove_leftovers, docker_client)
 
 
-@pytest.mark.parametrize(("stage", "live"), cases())
+@pytest.mark.parametrize(("stage", "live", "publishing"), cases())
 async def test_a_bot_killed_at_any_stage_loses_nothing(
-    stage: CrashStage, live: bool, served: ServedBot, slack_api: SlackApiStandIn,
+    stage: CrashStage, live: bool, publishing: bool, served: ServedBot, slack_api: SlackApiStandIn,
     anthropic_api: AnthropicStandIn, database_url: str, docker_client: Any, tmp_path: Path,
 ) -> None:
     expected = EXPECTED[stage]
     marker = anthropic_api.script(
         "crash", [tool("run_shell", command="echo kept > KEPT.md")],
         [report("success", "Kept the file.")])
-    repo = origin(tmp_path) if stage in PUBLISHING else make_git_repo(tmp_path / "upstream")
+    repo = origin(tmp_path) if publishing else make_git_repo(tmp_path / "upstream")
     await served.start(crash_at=stage.value)
     fake = served.slack
     await routine(fake, NAME, f"Keep it. {marker}", repo,
-                  *(["risk=medium"] if stage in PUBLISHING else []))
+                  *(["risk=medium"] if publishing else []))
 
     with contextlib.suppress(aiohttp.ClientError):  # `queued` dies before it answers
         await fake.slash(f"run {NAME}")
@@ -111,9 +117,9 @@ async def test_a_bot_killed_at_any_stage_loses_nothing(
     result = f"{NAME} run #{run_id}: {expected.status}"
     await wait_until(lambda: the_result(slack_api, run_id) is not None, timeout=90)
     assert the_result(slack_api, run_id) == result, stored_run(database_url, run_id).reason
-    if stage == CrashStage.AWAITING_APPROVAL:
+    if publishing and stage != CrashStage.PUBLISHING:  # requested by the restarted bot
         await approve_publishing(served, slack_api)
-    if expected.published:
+    if publishing:
         await slack_api.wait_for("chat.update", contains="pushed to branch", timeout=60)
     await wait_until(lambda: served.containers(docker_client) == [], timeout=30)
     await asyncio.sleep(1.0)  # a second announcement, sent at start, would be here by now
@@ -130,7 +136,7 @@ async def test_a_bot_killed_at_any_stage_loses_nothing(
     root = served.workspace_root
     assert workspace.leftover_runs(root) == []
     assert publish.held_runs(root) == []
-    if expected.published:
+    if publishing:
         branch = f"routines/{NAME}/{run_id}"
         assert stored.published_ref == f"refs/heads/{branch}"
         pushed = git.Repo(repo.removeprefix("file://")).commit(branch)
