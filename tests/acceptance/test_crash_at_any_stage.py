@@ -64,8 +64,8 @@ PUBLISHING_TOO = {CrashStage.RECORDING}
 ON_POSTGRES = {CrashStage.QUEUED, CrashStage.RUNNING, CrashStage.ANNOUNCED,
                CrashStage.PUBLISHING}
 # With live progress (the product's default) the run's one message is posted when it starts
-# and updated into the result: killed while it runs or once it is announced.
-LIVE = {CrashStage.RUNNING, CrashStage.ANNOUNCED}
+# and updated into the result: killed while it runs, the restarted bot reuses it.
+LIVE = {CrashStage.RUNNING}
 
 
 def cases() -> list[Any]:
