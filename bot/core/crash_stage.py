@@ -19,6 +19,7 @@ class CrashStage(StrEnum):
     ANNOUNCED = "announced"  # its announcement posted and placed, not yet marked done
     AWAITING_APPROVAL = "awaiting_approval"  # its publish request stored, not posted yet
     PUBLISHING = "publishing"  # its commit approved, not pushed yet
+    PUSHED = "pushed"  # its commit pushed, the push not recorded yet
 
 
 def parse_stage(raw: str) -> CrashStage | None:

@@ -48,4 +48,6 @@ class Publisher:
             await asyncio.to_thread(self.publishing.record_published, run.id, None,
                                     f"push failed: {exc}")
             return
+        self.crash(CrashStage.PUSHED)
         await asyncio.to_thread(self.publishing.record_published, run.id, ref, f"pushed {sha}")
+        await asyncio.to_thread(publish.discard, self.workspace_root, run.id)  # recorded

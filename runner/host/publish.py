@@ -121,6 +121,9 @@ def push(workspace_root: Path, run_id: int, repo_url: str, ref: str, *,
     git commands that reach the remote connect only to the addresses checked.
     """
     held = holding_dir(workspace_root, run_id)
+    done = _pushed_note(workspace_root, run_id)
+    if not held.is_dir() and done.is_file():  # pushed before a crash, not yet recorded
+        return done.read_text().strip()
     if not held.is_dir():
         raise PublishError(f"run {run_id} has no commit kept for publishing")
     fetch = fetch_policy.checked(repo_url, policy, resolve)
@@ -131,13 +134,22 @@ def push(workspace_root: Path, run_id: int, repo_url: str, ref: str, *,
     check_refspec(refspec, _default_branch(held, fetch))
     _git(held, "push", "--no-verify", "--porcelain", "--", fetch.url, refspec,
          pins=fetch.config)
+    done.write_text(sha + "\n")  # `discard` forgets it, once the push is recorded
     shutil.rmtree(held, ignore_errors=True)
     return sha
 
 
 def discard(workspace_root: Path, run_id: int) -> None:
-    """Forget run `run_id`'s kept commit (rejected, expired); nothing kept is fine."""
+    """Forget run `run_id`'s kept commit (rejected, expired) or that it was pushed (the
+    push recorded); nothing kept is fine."""
     shutil.rmtree(holding_dir(workspace_root, run_id), ignore_errors=True)
+    _pushed_note(workspace_root, run_id).unlink(missing_ok=True)
+
+
+def _pushed_note(workspace_root: Path, run_id: int) -> Path:
+    """The commit a push sent, kept until the push is recorded: pushing again after a
+    crash in between answers it instead of failing for want of a kept commit."""
+    return workspace_root / "publish" / f"run-{run_id}.pushed"
 
 
 def _default_branch(held: Path, fetch: Fetch) -> str | None:
