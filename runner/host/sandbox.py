@@ -408,15 +408,14 @@ class Sandbox:
                 self.release(spec.run_id, container)
 
     def release(self, run_id: int, container: Any = None) -> None:
-        """Remove an ended run's container, workspace and sockets (nothing there is fine)."""
-        if container is None:
-            try:
+        """Remove an ended run's container, workspace and sockets (nothing there is fine).
+        An engine that cannot be reached leaves the container to the next start's
+        reconciliation, which removes the containers of ended runs."""
+        with contextlib.suppress(docker.errors.DockerException,
+                                 requests.exceptions.RequestException):
+            if container is None:
                 container = self.client.containers.get(self.container_name(run_id))
-            except docker.errors.NotFound:
-                container = None
-        if container is not None:
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True)
+            container.remove(force=True)
         workspace.remove(self.config.workspace_root, run_id)
         shutil.rmtree(self.socket_dir(run_id), ignore_errors=True)
 
