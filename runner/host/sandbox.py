@@ -282,32 +282,13 @@ class Sandbox:
         reader = threading.Thread(target=self._read_events,
                                   args=(stream, result, log, skip_events), daemon=True)
         reader.start()
-        deadline = started + spec.timeout_seconds
-        while True:
-            if control.detached.is_set():
-                stream.close()  # the next bot process replays the log from the start
-                reader.join(timeout=10)
-                self.gateway.close(spec.run_id, revoke=False)  # the next one reopens it
-                self.egress.close_run(spec.run_id)
-                result.detached = True
-                return result
-            if control.kill_requested.is_set():
-                result.killed = True
-                break
-            if door.budget_exceeded:  # the gateway refused a call: the agent went on
-                break
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                result.timed_out = True
-                break
-            try:
-                status = container.wait(timeout=min(1.0, remaining))
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                continue
-            result.exit_code = int(status.get("StatusCode", -1))
-            # Killed from outside while we waited (the bot kills containers directly).
-            result.killed = control.kill_requested.is_set()
-            break
+        if self._wait(spec, container, control, door, started, result):
+            stream.close()  # the next bot process replays the log from the start
+            reader.join(timeout=10)
+            self.gateway.close(spec.run_id, revoke=False)  # the next one reopens it
+            self.egress.close_run(spec.run_id)
+            result.detached = True
+            return result
         if result.exit_code is None:
             _kill(container)
         reader.join(timeout=10)
@@ -323,6 +304,46 @@ class Sandbox:
                 log.emit({"type": "stderr", "text": tail})
         self._finish(spec, container, result)
         return result
+
+    @staticmethod
+    def _wait(spec: RunSpec, container: Any, control: RunControl, door: GatewayRun,
+              started: float, result: RunResult) -> bool:
+        """Until the container exits, times out, is killed or over budget; True when the bot
+        detached from it instead (it runs on, to be adopted). An engine that stops
+        answering meanwhile (restarted) is waited for, and noted as an infrastructure
+        fault when the agent never reported."""
+        deadline = started + spec.timeout_seconds
+        engine_lost = False
+        while True:
+            if control.detached.is_set():
+                return True
+            if control.kill_requested.is_set():
+                result.killed = True
+                break
+            if door.budget_exceeded:  # the gateway refused a call: the agent went on
+                break
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                result.timed_out = True
+                break
+            try:
+                status = container.wait(timeout=min(1.0, remaining))
+            except requests.exceptions.ReadTimeout:
+                continue
+            except requests.exceptions.ConnectionError:  # also how a read timeout may show
+                if not _engine_answers(container):  # restarted or stopped: wait for it
+                    engine_lost = True
+                    time.sleep(0.5)
+                continue
+            result.exit_code = int(status.get("StatusCode", -1))
+            # Killed from outside while we waited (the bot kills containers directly).
+            result.killed = control.kill_requested.is_set()
+            break
+        if engine_lost and door.report is None and not (result.killed or result.timed_out):
+            # Not the agent's doing: the engine took the container down with it.
+            result.infra_error = ("the Docker engine stopped during the run and the "
+                                  f"container with it (exit code {result.exit_code})")
+        return False
 
     def _start(self, spec: RunSpec, repo: Path, token: str) -> Any:
         cfg = self.config
@@ -464,6 +485,13 @@ class _RunLog:
 def _kill(container: Any) -> None:
     with contextlib.suppress(docker.errors.APIError):
         container.kill()
+
+
+def _engine_answers(container: Any) -> bool:
+    try:
+        return bool(container.client.ping())
+    except (requests.exceptions.RequestException, docker.errors.DockerException):
+        return False
 
 
 def _started_at(container: Any) -> float:
