@@ -1,9 +1,12 @@
 """A Docker engine of the test's own, to restart mid-run without touching the shared one.
 
-It is a second `dockerd` on this host with its own socket, data root, exec root and pid
-file, no bridge and no iptables rules (runs have no network), and the same runtimes as
-the shared engine (runsc registered under its usual name). The sandbox image is copied in
-from the shared engine with `docker save | docker load`.
+It is a second `dockerd` on this host with its own socket, data root, exec root, pid file
+and bridge, and no iptables rules (runs have no network), with the same runtimes as the
+shared engine (runsc registered under its usual name). The sandbox image is copied in from
+the shared engine with `docker save | docker load`.
+
+Its own bridge, not `--bridge=none`: an engine started with no bridge deletes the host's
+`docker0`, which the shared engine's containers and builds need.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ from pathlib import Path
 import docker
 
 START_PATIENCE = 60.0
+# The private bridge's address: a private range of its own, no route beyond the host.
+BRIDGE_ADDRESS = "10.213.77.1/24"
 
 
 class PrivateEngine:
     """One `dockerd` that can be stopped and started again on the same state."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, bridge: str) -> None:
+        self.root, self.bridge = root, bridge
         self.socket = root / "docker.sock"
         self.url = f"unix://{self.socket}"
         self._log = root / "dockerd.log"
@@ -37,7 +42,7 @@ class PrivateEngine:
         assert dockerd is not None, "dockerd is not installed (.ci/docker-up.sh installs it)"
         command = [dockerd, "--host", self.url, "--data-root", str(self.root / "data"),
                    "--exec-root", str(self.root / "exec"), "--pidfile",
-                   str(self.root / "docker.pid"), "--bridge=none", "--iptables=false",
+                   str(self.root / "docker.pid"), f"--bridge={self.bridge}", "--iptables=false",
                    "--ip-masq=false", "--shutdown-timeout=2"]
         runsc = shutil.which("runsc")
         if runsc is not None:
@@ -97,8 +102,12 @@ class PrivateEngine:
 def private_engine(image: str) -> Iterator[PrivateEngine]:
     """A started private engine holding `image`; stopped, its state removed, at the end."""
     root = Path(tempfile.mkdtemp(prefix="routines-engine-"))
-    engine = PrivateEngine(root)
+    bridge = f"rt{root.name[-8:]}"  # an interface name has 15 characters at most
+    _ip("link", "add", bridge, "type", "bridge")
+    engine = PrivateEngine(root, bridge)
     try:
+        _ip("addr", "add", BRIDGE_ADDRESS, "dev", bridge)
+        _ip("link", "set", bridge, "up")
         engine.start()
         engine.load(image)
         yield engine
@@ -110,3 +119,9 @@ def private_engine(image: str) -> Iterator[PrivateEngine]:
         subprocess.run(["umount", "-R", str(root / "data")],
                        capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
+        _ip("link", "delete", bridge)
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"ip {' '.join(args)}: {done.stderr.strip()}"
