@@ -21,7 +21,8 @@ What it does:
 
 Errors are any answer other than the one expected (every 5xx, every transport error, a
 forged request not refused), every run that did not succeed, and every ERROR line or
-traceback in the bot's log. The baseline is the bot's own RSS once warmed up (after
+traceback in the bot's log. A trigger refused by the routine's rate limit is the rule
+working, counted apart (`refused_by_rules`). The baseline is the bot's own RSS once warmed up (after
 `--warmup-minutes`); the ratio is its RSS at the end over that, so 1.0 means flat.
 
 Run from the repository root, after `make images`:
@@ -103,6 +104,7 @@ class Traffic:
 
     sent: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)  # a rule said no, as it should
     run_ids: set[int] = field(default_factory=set)
     api_run_ids: list[int] = field(default_factory=list)  # the token may read these
     results: list[dict[str, Any]] = field(default_factory=list)  # posted result messages
@@ -218,8 +220,10 @@ class Mix:
         text = str(reply.json().get("text", "")) if reply.status == 200 else ""
         if "queued" in text:
             self.traffic.run_ids.add(int(text.split("#")[1].split(" ")[0]))
+        elif "triggered too often" in text:  # the trigger rate limit, shared with the API
+            self.traffic.refused["slash run: rate limited"] += 1
         else:
-            self.traffic.errors["slash run: not queued"] += 1
+            self.traffic.errors[f"slash run: {text[:80]}"] += 1
 
     async def api_trigger(self) -> None:
         async with self.http.post(
@@ -227,6 +231,9 @@ class Mix:
                 headers={"Authorization": f"Bearer {self.token}",
                          "Idempotency-Key": uuid.uuid4().hex}) as reply:
             body = await reply.json()
+            if reply.status == 429:  # the routine's trigger rate limit
+                self.traffic.refused["api trigger: 429 rate limited"] += 1
+                return
             self.traffic.wrong("api trigger", reply.status, {202})
             if reply.status == 202:
                 self.traffic.run_ids.add(int(body["run_id"]))
@@ -399,6 +406,7 @@ def tally(args: argparse.Namespace, tmp: Path, bot: BotProcess, exit_code: int,
         "minutes": args.minutes, "requests": dict(traffic.sent),
         "requests_total": sum(traffic.sent.values()),
         "errors": dict(traffic.errors), "errors_total": sum(traffic.errors.values()),
+        "refused_by_rules": dict(traffic.refused),
         "runs_asked": len(traffic.run_ids), "runs_announced": len(announced),
         "runs_announced_twice": sum(n > 1 for n in announced.values()),
         "runs_not_succeeded": not_succeeded, "run_statuses": statuses,
@@ -411,6 +419,9 @@ def tally(args: argparse.Namespace, tmp: Path, bot: BotProcess, exit_code: int,
             "runs_unannounced": int(unannounced)},
         "rss_warm_mib": warm[0].rss_mib, "rss_end_mib": samples[-1].rss_mib,
         "rss_max_mib": max(s.rss_mib for s in samples),
+        "rss_growth_mib_per_minute_after_warmup": round(
+            (samples[-1].rss_mib - warm[0].rss_mib)
+            / max((samples[-1].at_s - warm[0].at_s) / 60, 1e-9), 3),
         "fds_warm": warm[0].open_fds, "fds_end": samples[-1].open_fds,
         "samples": [s.__dict__ for s in samples],
     }
@@ -441,9 +452,12 @@ def report_lines(figures: dict[str, Any]) -> None:
     print(f"errors: {figures['errors_total']} {figures['errors']}; bot log errors: "
           f"{figures['bot_log_errors']}; runs not succeeded: {figures['runs_not_succeeded']}; "
           f"announced twice: {figures['runs_announced_twice']}")
+    print(f"refused by the rules (expected): {figures['refused_by_rules']}")
     print(f"leftovers: {figures['leftovers']}")
     print(f"RSS MiB: warm {figures['rss_warm_mib']}, end {figures['rss_end_mib']}, "
-          f"max {figures['rss_max_mib']}; open fds: warm {figures['fds_warm']}, "
+          f"max {figures['rss_max_mib']}, growth after warm-up "
+          f"{figures['rss_growth_mib_per_minute_after_warmup']} MiB/min; "
+          f"open fds: warm {figures['fds_warm']}, "
           f"end {figures['fds_end']}")
     print("  t(s)   RSS MiB  fds  requests  errors")
     for s in figures["samples"]:

@@ -10,6 +10,7 @@ import docker
 from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.core.crash_stage import CrashStage
 from bot.core.redaction import Redactor
 from bot.doors.http.ops import Readiness, add_ops_routes
 from bot.doors.http.server import build_web_app
@@ -22,6 +23,7 @@ from bot.doors.slack.listeners import build_slack_app
 from bot.doors.slack.live_progress import BoardTimings, ProgressBoard
 from bot.doors.slack.messages import Messages
 from bot.doors.slack.socket import GuardedSocketModeHandler
+from bot.execution.crash import CrashPoints
 from bot.execution.dispatcher import Dispatcher
 from bot.execution.publisher import Publisher
 from bot.services import ServicePolicy, Services
@@ -34,6 +36,7 @@ from bot.services.events import (
     StopRequested,
 )
 from bot.services.metrics import build_registry, running_containers
+from bot.services.views import RunView
 from bot.settings import Settings
 from bot.store import schema
 from bot.store.database import Database
@@ -56,21 +59,30 @@ class Bot:
                                            base_url=settings.slack_api_url)
         self.docker = docker.DockerClient(base_url=settings.docker_host or None)
         self.sandbox = Sandbox(self.docker, _sandbox_config(settings))
+        # Test-only (ROUTINES_TEST_CRASH_AT): inert unless a crash test set a stage.
+        self.crash = crash = CrashPoints(settings.test_crash_at)
+        self.sandbox.reached = lambda stage: crash(CrashStage(stage.value))
+        self.sandbox.release_when_recorded = True  # the dispatcher releases each run
         self.progress = ProgressBoard(
             self.slack_client, self.messages, self.services, settings.prices,
             BoardTimings(settings.progress_update_seconds,
                          settings.progress_updates_per_second, settings.progress_idle_seconds))
         self.announcer = announcer = Announcer(self.slack_client, self.messages, self.services,
                               settings.incidents_channel, self.progress)
-        self.dispatcher = Dispatcher(self.services, self.sandbox, announcer,
+        async def announce(view: RunView) -> None:
+            await announcer(view)
+            crash(CrashStage.ANNOUNCED)  # test-only: posted, not yet marked announced
+
+        self.dispatcher = Dispatcher(self.services, self.sandbox, announce,
                                      settings.max_concurrent_runs,
                                      announce_spend=announcer.spend,
-                                     watcher=self.progress if settings.live_progress else None)
+                                     watcher=self.progress if settings.live_progress else None,
+                                     crash=crash)
         self.approvals = ApprovalDesk(self.services, self.slack_client,
                                       ApprovalMessages(self.services, self.messages),
                                       Publisher(self.services.publishing,
                                                 self.sandbox.config.workspace_root,
-                                                self.sandbox.config.fetch_policy),
+                                                self.sandbox.config.fetch_policy, crash),
                                       min(5.0, max(0.5, settings.approval_timeout_seconds / 4)))
         self.scheduler = Scheduler(self.services, announcer.missed, announcer.digest,
                                    settings.schedule_grace_seconds,
@@ -87,6 +99,9 @@ class Bot:
     def _wire(self) -> None:
         """Who hears what happened: every event's handlers, in one place."""
         bus = self.services.bus
+        # First, so that a crash test dies with the run stored and nobody told of it yet.
+        bus.subscribe(RunQueued, lambda _: self.crash(CrashStage.QUEUED))
+        bus.subscribe(ApprovalRequested, lambda _: self.crash(CrashStage.AWAITING_APPROVAL))
         bus.subscribe(RunQueued, lambda _: self.dispatcher.wake())
         bus.subscribe(RunQueued, lambda _: self.home.changed())
         bus.subscribe(StopRequested, lambda event: self.dispatcher.stop_run(event.run_id))

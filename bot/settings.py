@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from bot.core.crash_stage import CrashStage, parse_stage
 from bot.core.pricing import PriceTable
 from bot.core.roles import parse_principals
 from bot.errors import SettingsError
@@ -89,6 +90,9 @@ class Settings:
     # Every run's updates together: chat.update is in Slack's Tier 3 (about 50 a minute).
     progress_updates_per_second: float = 0.8
     progress_idle_seconds: float = 300.0  # silent this long: "no activity for N min"
+    # Test-only (the crash tests): the process SIGKILLs itself when a run reaches this
+    # stage (bot.execution.crash). Never set in production.
+    test_crash_at: CrashStage | None = None
 
     @property
     def socket_mode(self) -> bool:
@@ -180,6 +184,7 @@ class Settings:
                                                cls.progress_updates_per_second),
             progress_idle_seconds=_float(env, "ROUTINES_PROGRESS_IDLE_SECONDS",
                                          cls.progress_idle_seconds),
+            test_crash_at=_parsed(env, "ROUTINES_TEST_CRASH_AT", parse_stage),
             extra_secrets=tuple(
                 v for v in env.get("ROUTINES_REDACT", "").split(",") if v.strip()
             ),

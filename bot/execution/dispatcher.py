@@ -20,9 +20,11 @@ import docker.errors
 
 from bot.core.backoff import Backoff
 from bot.core.budget import Spend
+from bot.core.crash_stage import CrashStage
 from bot.core.statuses import FailureKind, RunStatus
 from bot.core.verdict import RunOutcome, decide_outcome
 from bot.errors import DatabaseUnavailable, SlackUnavailable
+from bot.execution.crash import CrashPoints
 from bot.execution.recording import RunRecorder, record_until_done
 from bot.execution.wake import WakeLoop
 from bot.services import Services
@@ -65,8 +67,9 @@ class Dispatcher:
     def __init__(self, services: Services, sandbox: Sandbox, announce: Announce,
                  max_concurrent: int, poll_seconds: float = 2.0,
                  announce_spend: AnnounceSpend | None = None,
-                 watcher: RunWatcher | None = None) -> None:
+                 watcher: RunWatcher | None = None, crash: CrashPoints | None = None) -> None:
         self.services = services
+        self.crash = crash or CrashPoints(None)  # test-only: ROUTINES_TEST_CRASH_AT
         self.watcher: RunWatcher = watcher or Unwatched()
         self.sandbox = sandbox
         self.announce = announce
@@ -199,6 +202,7 @@ class Dispatcher:
 
         def on_event(seq: int, event: Event) -> None:
             recorder.event(seq, event)
+            self.crash(CrashStage.RUNNING)
             watcher.run_event(spec.run_id, event)
 
         def on_started(container_id: str) -> None:
@@ -221,6 +225,7 @@ class Dispatcher:
         await watcher.run_finished(spec.run_id)  # its live message's ts is recorded by now
         if result.detached:
             return
+        self.crash(CrashStage.RECORDING)
         outcome = decide_outcome(result, spec.timeout_seconds)
 
         def record() -> RunView:  # the held events first, then the verdict, once
@@ -230,6 +235,8 @@ class Dispatcher:
 
         finished = await record_until_done(record, f"the result of run {spec.run_id}",
                                            lambda: self._stopping)
+        # Only now: a crash before this adopts the ended container again (its verdict).
+        await asyncio.to_thread(self.sandbox.release, spec.run_id)
         await self._announce_finished(finished, result)
 
     async def _announce_finished(self, finished: RunView, result: RunResult) -> None:
@@ -237,6 +244,7 @@ class Dispatcher:
         if result.commit and finished.run.commit_sha is None:  # nothing to publish
             await asyncio.to_thread(publish.discard, self.sandbox.config.workspace_root,
                                     result.run_id)
+        self.crash(CrashStage.ANNOUNCING)
         await self._announce(finished)
         try:
             spend = await asyncio.to_thread(self.services.spend.alert_due)

@@ -8,7 +8,9 @@ import functools
 import logging
 from pathlib import Path
 
+from bot.core.crash_stage import CrashStage
 from bot.core.statuses import ApprovalStatus
+from bot.execution.crash import CrashPoints
 from bot.services.publishing import PublishService
 from bot.services.views import RunView
 from runner.host import publish
@@ -19,8 +21,9 @@ log = logging.getLogger(__name__)
 
 class Publisher:
     def __init__(self, publishing: PublishService, workspace_root: Path,
-                 policy: FetchPolicy) -> None:
+                 policy: FetchPolicy, crash: CrashPoints | None = None) -> None:
         self.publishing = publishing
+        self.crash = crash or CrashPoints(None)  # test-only: ROUTINES_TEST_CRASH_AT
         self.workspace_root = workspace_root
         self.policy = policy  # the clone's: the push reaches the same repository
 
@@ -35,6 +38,7 @@ class Publisher:
                                     f"commit {run.commit_sha} discarded ({why})")
             return
         ref = publish.branch_ref(routine.name, run.id)
+        self.crash(CrashStage.PUBLISHING)
         try:
             sha = await asyncio.to_thread(functools.partial(
                 publish.push, self.workspace_root, run.id, routine.repo_url, ref,
@@ -44,4 +48,6 @@ class Publisher:
             await asyncio.to_thread(self.publishing.record_published, run.id, None,
                                     f"push failed: {exc}")
             return
+        self.crash(CrashStage.PUSHED)
         await asyncio.to_thread(self.publishing.record_published, run.id, ref, f"pushed {sha}")
+        await asyncio.to_thread(publish.discard, self.workspace_root, run.id)  # recorded

@@ -86,7 +86,11 @@ def keep(workspace_root: Path, run_id: int, message: str,
 
     Changes holding any of `secrets` are not kept (`PublishError`): whoever approves
     sees them redacted, and would otherwise publish them unknowingly.
-    Call it before the workspace is removed, once the container has ended."""
+    Call it before the workspace is removed, once the container has ended. Called again
+    for the same run (adopted again after a crash), it returns the commit it kept."""
+    held = holding_dir(workspace_root, run_id)
+    if held.is_dir() and not workspace.host_git_dir(workspace_root, run_id).exists():
+        return _git(held, "rev-parse", "--verify", f"{workspace.KEPT_REF}^{{commit}}").strip()
     try:
         sha = workspace.commit(workspace_root, run_id, message)
         leaked = sha is not None and workspace.contains_any(workspace_root, run_id,
@@ -97,7 +101,6 @@ def keep(workspace_root: Path, run_id: int, message: str,
         raise PublishError(f"run {run_id}'s changes contain a secret value: nothing kept")
     if sha is None:
         return None
-    held = holding_dir(workspace_root, run_id)
     held.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(held, ignore_errors=True)
     # A move, not a rename: with a disk limit the run's directory is a filesystem of its
@@ -118,6 +121,9 @@ def push(workspace_root: Path, run_id: int, repo_url: str, ref: str, *,
     git commands that reach the remote connect only to the addresses checked.
     """
     held = holding_dir(workspace_root, run_id)
+    done = _pushed_note(workspace_root, run_id)
+    if not held.is_dir() and done.is_file():  # pushed before a crash, not yet recorded
+        return done.read_text().strip()
     if not held.is_dir():
         raise PublishError(f"run {run_id} has no commit kept for publishing")
     fetch = fetch_policy.checked(repo_url, policy, resolve)
@@ -128,13 +134,22 @@ def push(workspace_root: Path, run_id: int, repo_url: str, ref: str, *,
     check_refspec(refspec, _default_branch(held, fetch))
     _git(held, "push", "--no-verify", "--porcelain", "--", fetch.url, refspec,
          pins=fetch.config)
+    done.write_text(sha + "\n")  # `discard` forgets it, once the push is recorded
     shutil.rmtree(held, ignore_errors=True)
     return sha
 
 
 def discard(workspace_root: Path, run_id: int) -> None:
-    """Forget run `run_id`'s kept commit (rejected, expired); nothing kept is fine."""
+    """Forget run `run_id`'s kept commit (rejected, expired) or that it was pushed (the
+    push recorded); nothing kept is fine."""
     shutil.rmtree(holding_dir(workspace_root, run_id), ignore_errors=True)
+    _pushed_note(workspace_root, run_id).unlink(missing_ok=True)
+
+
+def _pushed_note(workspace_root: Path, run_id: int) -> Path:
+    """The commit a push sent, kept until the push is recorded: pushing again after a
+    crash in between answers it instead of failing for want of a kept commit."""
+    return workspace_root / "publish" / f"run-{run_id}.pushed"
 
 
 def _default_branch(held: Path, fetch: Fetch) -> str | None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,15 @@ class ClaudeCodeImageMissing(Exception):
         return "no claude-code image configured (ROUTINES_CLAUDE_CODE_IMAGE)"
 
 
+class SandboxStage(StrEnum):
+    """The points of `execute` a `Sandbox.reached` hook hears of (the bot's crash tests
+    die there: bot.execution.crash)."""
+
+    CLONED = "cloning"  # the workspace is cloned, no container yet
+    CONTAINER_CREATED = "container_created"  # the container exists, not started
+    FINISHING = "finishing"  # the container ended; its work not read back nor removed
+
+
 class RunControl:
     """Lets the bot stop waiting for a run (`detach`) or end it (`kill`) from another thread."""
 
@@ -134,6 +144,12 @@ class Sandbox:
                                     config.anthropic_api_key)
         # The proxy's resolver: tests map their own test hosts' names to addresses.
         self.egress = EgressProxy(self._servers, resolve=egress_resolve)
+        # Called at each `SandboxStage` of a run, from the run's thread; nothing by default.
+        self.reached: Callable[[SandboxStage], None] = lambda _: None
+        # True (the bot): an ended run's container and workspace stay until `release`, once
+        # its verdict is stored, so that a crash before that adopts the ended run again
+        # instead of finding it gone. False: removed as soon as the work is read back.
+        self.release_when_recorded = False
 
     def close(self) -> None:
         """Stop serving every run (their containers run on, to be adopted) and the loop."""
@@ -157,6 +173,7 @@ class Sandbox:
                                      SANDBOX_UID if os.geteuid() == 0 else None,
                                      policy=self.config.fetch_policy, resolve=self.resolve,
                                      disk_limit=self.config.disk_limit)
+            self.reached(SandboxStage.CLONED)
             door = self._open_gateway(spec, token_sha256(token), log, Resume())
             self._open_egress(spec, log)
             container = self._start(spec, repo, token)
@@ -213,6 +230,14 @@ class Sandbox:
             _kill(container)
             self._finish(spec, container, RunResult(run_id=spec.run_id))
             return RunResult(run_id=spec.run_id, infra_error=str(exc))
+        if container.status == "created":  # the last process died before it started it
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                self.gateway.close(spec.run_id)
+                self.egress.close_run(spec.run_id)
+                self._finish(spec, container, RunResult(run_id=spec.run_id))
+                return RunResult(run_id=spec.run_id, infra_error=_describe_infra_error(exc))
         return self._follow(spec, container, control, log, door, resume.skip_events)
 
     def _open_egress(self, spec: RunSpec, log: _RunLog) -> None:
@@ -257,32 +282,13 @@ class Sandbox:
         reader = threading.Thread(target=self._read_events,
                                   args=(stream, result, log, skip_events), daemon=True)
         reader.start()
-        deadline = started + spec.timeout_seconds
-        while True:
-            if control.detached.is_set():
-                stream.close()  # the next bot process replays the log from the start
-                reader.join(timeout=10)
-                self.gateway.close(spec.run_id, revoke=False)  # the next one reopens it
-                self.egress.close_run(spec.run_id)
-                result.detached = True
-                return result
-            if control.kill_requested.is_set():
-                result.killed = True
-                break
-            if door.budget_exceeded:  # the gateway refused a call: the agent went on
-                break
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                result.timed_out = True
-                break
-            try:
-                status = container.wait(timeout=min(1.0, remaining))
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                continue
-            result.exit_code = int(status.get("StatusCode", -1))
-            # Killed from outside while we waited (the bot kills containers directly).
-            result.killed = control.kill_requested.is_set()
-            break
+        if self._wait(spec, container, control, door, started, result):
+            stream.close()  # the next bot process replays the log from the start
+            reader.join(timeout=10)
+            self.gateway.close(spec.run_id, revoke=False)  # the next one reopens it
+            self.egress.close_run(spec.run_id)
+            result.detached = True
+            return result
         if result.exit_code is None:
             _kill(container)
         reader.join(timeout=10)
@@ -298,6 +304,46 @@ class Sandbox:
                 log.emit({"type": "stderr", "text": tail})
         self._finish(spec, container, result)
         return result
+
+    @staticmethod
+    def _wait(spec: RunSpec, container: Any, control: RunControl, door: GatewayRun,
+              started: float, result: RunResult) -> bool:
+        """Until the container exits, times out, is killed or over budget; True when the bot
+        detached from it instead (it runs on, to be adopted). An engine that stops
+        answering meanwhile (restarted) is waited for, and noted as an infrastructure
+        fault when the agent never reported."""
+        deadline = started + spec.timeout_seconds
+        engine_lost = False
+        while True:
+            if control.detached.is_set():
+                return True
+            if control.kill_requested.is_set():
+                result.killed = True
+                break
+            if door.budget_exceeded:  # the gateway refused a call: the agent went on
+                break
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                result.timed_out = True
+                break
+            try:
+                status = container.wait(timeout=min(1.0, remaining))
+            except requests.exceptions.ReadTimeout:
+                continue
+            except requests.exceptions.ConnectionError:  # also how a read timeout may show
+                if not _engine_answers(container):  # restarted or stopped: wait for it
+                    engine_lost = True
+                    time.sleep(0.5)
+                continue
+            result.exit_code = int(status.get("StatusCode", -1))
+            # Killed from outside while we waited (the bot kills containers directly).
+            result.killed = control.kill_requested.is_set()
+            break
+        if engine_lost and door.report is None and not (result.killed or result.timed_out):
+            # Not the agent's doing: the engine took the container down with it.
+            result.infra_error = ("the Docker engine stopped during the run and the "
+                                  f"container with it (exit code {result.exit_code})")
+        return False
 
     def _start(self, spec: RunSpec, repo: Path, token: str) -> Any:
         cfg = self.config
@@ -338,6 +384,7 @@ class Sandbox:
                 type=docker.types.LogConfig.types.JSON,
                 config={"max-size": cfg.log_file_size, "max-file": str(cfg.log_files)}),
         )
+        self.reached(SandboxStage.CONTAINER_CREATED)
         try:
             container.start()
         except docker.errors.APIError:
@@ -364,6 +411,7 @@ class Sandbox:
     def _finish(self, spec: RunSpec, container: Any, result: RunResult) -> None:
         """Read the work back (the diff; for a publishing run, the kept commit), then
         remove the container and the workspace. The container has ended by now."""
+        self.reached(SandboxStage.FINISHING)
         root = self.config.workspace_root
         try:
             # Before the host's own git work takes any of the run's space.
@@ -377,10 +425,20 @@ class Sandbox:
                 except publish.PublishError as exc:
                     result.publish_error = str(exc)
         finally:
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True)
-            workspace.remove(root, spec.run_id)
-            shutil.rmtree(self.socket_dir(spec.run_id), ignore_errors=True)
+            if not self.release_when_recorded:
+                self.release(spec.run_id, container)
+
+    def release(self, run_id: int, container: Any = None) -> None:
+        """Remove an ended run's container, workspace and sockets (nothing there is fine).
+        An engine that cannot be reached leaves the container to the next start's
+        reconciliation, which removes the containers of ended runs."""
+        with contextlib.suppress(docker.errors.DockerException,
+                                 requests.exceptions.RequestException):
+            if container is None:
+                container = self.client.containers.get(self.container_name(run_id))
+            container.remove(force=True)
+        workspace.remove(self.config.workspace_root, run_id)
+        shutil.rmtree(self.socket_dir(run_id), ignore_errors=True)
 
     def _commit_message(self, spec: RunSpec, result: RunResult) -> str:
         title = f"routine {spec.routine} run {spec.run_id}"
@@ -427,6 +485,13 @@ class _RunLog:
 def _kill(container: Any) -> None:
     with contextlib.suppress(docker.errors.APIError):
         container.kill()
+
+
+def _engine_answers(container: Any) -> bool:
+    try:
+        return bool(container.client.ping())
+    except (requests.exceptions.RequestException, docker.errors.DockerException):
+        return False
 
 
 def _started_at(container: Any) -> float:

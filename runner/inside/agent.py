@@ -34,6 +34,9 @@ SHELL_TIMEOUT = 600
 SECRET_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", SPEC_ENV)
 TOKEN_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")  # the run token's names
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+# How long a model call waits for the host's gateway to come back: the socket is served
+# by the bot, and a bot that crashed and restarts serves it again within seconds.
+GATEWAY_RETURN_SECONDS = 90.0
 
 SYSTEM_PROMPT = """You are an engineering agent running a scheduled routine in a sandbox.
 The repository is checked out in /workspace. Use the tools to inspect and change it.
@@ -211,12 +214,13 @@ def agent_loop(spec: RunSpec, client: anthropic.Anthropic) -> Event:
     reminded = False
     spent = 0
     for _ in range(spec.max_turns):
-        response = client.messages.create(
+        response = create_message(
+            client,
             model=spec.model,
             max_tokens=turn_max_tokens(spec, spent),
             system=SYSTEM_PROMPT,
-            tools=TOOLS,  # type: ignore[arg-type]
-            messages=messages,  # type: ignore[arg-type]
+            tools=TOOLS,
+            messages=messages,
         )
         # No usage line: the host's gateway counted this call (its `model_call` event).
         spent += response.usage.input_tokens + response.usage.output_tokens
@@ -284,6 +288,22 @@ def budget_spent(max_tokens: int, spent: int, blocks: list[Any]) -> Event:
             return report_event(args)
     return {"type": "result", "kind": "token_budget",
             "summary": f"token budget exhausted ({spent} of {max_tokens} tokens)"}
+
+
+def create_message(client: anthropic.Anthropic, **request: Any) -> Any:
+    """One model call; while the gateway cannot be reached at all (the bot restarting),
+    asked again each second for up to GATEWAY_RETURN_SECONDS. A timeout is not retried
+    here: that call reached the gateway, which may have forwarded it."""
+    deadline = time.monotonic() + GATEWAY_RETURN_SECONDS
+    while True:
+        try:
+            return client.messages.create(**request)
+        except anthropic.APITimeoutError:
+            raise
+        except anthropic.APIConnectionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1.0)
 
 
 def api_error_result(exc: anthropic.APIError) -> Event:

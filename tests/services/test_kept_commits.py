@@ -103,3 +103,15 @@ def test_a_failed_push_says_why(kept: tuple[Path, str, str], tmp_path: Path) -> 
     with pytest.raises(PublishError, match="not allowed"):
         publish.push(root, 51, "ext::sh -c true", branch_ref("n", 51), policy=LOCAL_REPOS)
     assert publish.held_runs(root) == [51]
+
+
+def test_keeping_again_after_a_crash_returns_the_kept_commit(
+        kept: tuple[Path, str, str]) -> None:
+    """A run adopted again (the bot died before its verdict was stored) reads its work back
+    a second time: the commit already kept is the answer, and still the one pushed."""
+    root, remote, sha = kept
+
+    assert publish.keep(root, 51, "routine nightly run 51") == sha
+    assert publish.held_runs(root) == [51]
+    assert publish.push(root, 51, remote, branch_ref("nightly", 51), policy=LOCAL_REPOS) == sha
+    assert refs(remote)["refs/heads/routines/nightly/51"] == sha
