@@ -39,9 +39,6 @@ import hmac
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,24 +62,20 @@ from runner.contract import LABEL_INSTANCE  # noqa: E402
 from tests.standins.anthropic_api import AnthropicStandIn, report  # noqa: E402
 from tests.standins.environment import (  # noqa: E402
     API_KEY,
-    BOT_TOKEN,
-    SANDBOX_RUNTIME,
-    SIGNING_SECRET,
     local_settings,
     make_git_repo,
 )
 from tests.standins.slack_api import SlackApiStandIn  # noqa: E402
 from tests.support.github_payloads import own  # noqa: E402
 from tests.support.http_doors import WEBHOOK_SECRET  # noqa: E402
+from tests.support.served_bot import ServedBot  # noqa: E402
 from tests.support.slack_requests import FakeSlack, modal_values  # noqa: E402
 
 RESULTS_CHANNEL = "C0RESULTS1"
 ROUTINE, GH_ROUTINE = "soak", "soak-gh"
 DEFAULT_IMAGE = os.environ.get("ROUTINES_SANDBOX_IMAGE", "routines-sandbox:latest")
-READY_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 300.0
 REQUEST_TIMEOUT = 30.0
-SERVE = "import sys; from bot.doors.cli import main; sys.exit(main(['serve']))"
 
 
 class BenchError(Exception):
@@ -114,81 +107,23 @@ class Traffic:
             self.errors[f"{kind}: {status}"] += 1
 
 
-class BotProcess:
-    """`routines serve` as its own process (as `routines serve` starts it), its log in a file."""
-
-    def __init__(self, env: dict[str, str], log: Path, cwd: Path) -> None:
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(  # our own interpreter and module
-            [sys.executable, "-c", SERVE], env=env, cwd=cwd,
-            stdout=self._log, stderr=subprocess.STDOUT)
-        self.log = log
-
-    def rss_mib(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        line = next(x for x in status.splitlines() if x.startswith("VmRSS:"))
-        return int(line.split()[1]) / 1024
-
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return int(self.process.returncode)
-
-    def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def log_errors(self) -> int:
-        text = self.log.read_text(errors="replace")
-        return sum(" ERROR " in line or line.startswith("Traceback")
-                   for line in text.splitlines())
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def bot_env(tmp: Path, port: int, slack_url: str, anthropic_url: str,
-            image: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key in {"PATH", "HOME", "DOCKER_HOST", "LANG"}}
-    env.update({
-        "PYTHONPATH": str(REPO_ROOT), "SLACK_BOT_TOKEN": BOT_TOKEN,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET, "ANTHROPIC_API_KEY": API_KEY,
-        "SLACK_API_URL": slack_url, "ANTHROPIC_BASE_URL": anthropic_url,
-        "DATABASE_URL": f"sqlite:///{tmp / 'routines.db'}", "ROUTINES_DATA_DIR": str(tmp / "data"),
-        "ROUTINES_HOST": "127.0.0.1", "PORT": str(port), "ROUTINES_ALLOW_LOCAL_REPOS": "true",
-        "ROUTINES_SANDBOX_RUNTIME": SANDBOX_RUNTIME, "ROUTINES_SANDBOX_IMAGE": image,
-        "ROUTINES_MAX_CONCURRENT_RUNS": "2", "ROUTINES_LIVE_PROGRESS": "false",
-        "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET, "LOG_LEVEL": "INFO",
-    })
-    return env
+def log_errors(log: str) -> int:
+    return sum(" ERROR " in line or line.startswith("Traceback") for line in log.splitlines())
 
 
-async def wait_ready(base: str, bot: BotProcess) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if bot.process.poll() is not None:
-                raise BenchError(f"the bot exited at start:\n{bot.tail()}")
-            try:
-                async with session.get(f"{base}/healthz") as reply:
-                    if reply.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise BenchError(f"the bot was not healthy within {READY_TIMEOUT:.0f}s")
+def sample(at: float, pid: int, traffic: Traffic) -> Sample:
+    return Sample(round(at, 1), round(rss_mib(pid), 1), open_fds(pid),
+                  sum(traffic.sent.values()), sum(traffic.errors.values()))
 
 
 async def create(fake: FakeSlack, slack_api: SlackApiStandIn, name: str, prompt: str,
@@ -306,14 +241,13 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     marker = anthropic_api.script("soak", [report("success", "Soaked.")])
     gh_marker = anthropic_api.script("soak-gh", [report("success", "Triaged.")])
     repo = make_git_repo(tmp / "upstream")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    bot = BotProcess(bot_env(tmp, port, slack_api.url, anthropic_api.url, args.image),
-                     tmp / "bot.log", tmp)
+    bot = ServedBot(local_settings(tmp, slack_api.url, anthropic_api.url,
+                                   sandbox_image=args.image, max_concurrent_runs=2,
+                                   github_webhook_secret=WEBHOOK_SECRET), tmp)
+    base, fake = f"http://127.0.0.1:{bot.port}", bot.slack
     traffic, samples = Traffic(), list[Sample]()
     try:
-        await wait_ready(base, bot)
-        fake = FakeSlack(base, SIGNING_SECRET)
+        await bot.start()
         await create(fake, slack_api, ROUTINE, f"Soak. {marker}", repo)
         await create(fake, slack_api, GH_ROUTINE, f"Triage. {gh_marker}", repo)
         answer = (await fake.slash(f'github {GH_ROUTINE} "pull_request.opened"')).json()
@@ -324,15 +258,15 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         async with aiohttp.ClientSession(timeout=timeout) as http:
             mix = Mix(base, fake, slack_api, token, traffic, http)
             await drive(args, mix, bot, slack_api, traffic, samples)
-            await drain(args, tmp, slack_api, traffic)
+            await drain(slack_api, traffic)
     finally:
-        exit_code = bot.stop()
+        bot.stop()
         await anthropic_api.stop()
         await slack_api.stop()
-    return tally(args, tmp, bot, exit_code, traffic, samples)
+    return tally(args, bot, traffic, samples)
 
 
-async def drive(args: argparse.Namespace, mix: Mix, bot: BotProcess,
+async def drive(args: argparse.Namespace, mix: Mix, bot: ServedBot,
                 slack_api: SlackApiStandIn, traffic: Traffic, samples: list[Sample]) -> None:
     quiet: list[tuple[str, Callable[[], Awaitable[None]], int]] = [
         ("command", mix.command, 6), ("api status", mix.api_status, 3),
@@ -341,13 +275,14 @@ async def drive(args: argparse.Namespace, mix: Mix, bot: BotProcess,
     starting: list[tuple[str, Callable[[], Awaitable[None]], int]] = [
         ("slash run", mix.slash_run, 2), ("api trigger", mix.api_trigger, 3),
         ("github", mix.github, 2)]
-    t0 = time.monotonic()
+    proc = bot.proc
+    assert proc is not None
+    pid, t0 = proc.pid, time.monotonic()
     end, next_sample = t0 + args.minutes * 60, t0
     while time.monotonic() < end:
         now = time.monotonic()
         if now >= next_sample:
-            samples.append(Sample(round(now - t0, 1), round(bot.rss_mib(), 1), bot.open_fds(),
-                                  sum(traffic.sent.values()), sum(traffic.errors.values())))
+            samples.append(sample(now - t0, pid, traffic))
             next_sample += args.sample_seconds
         collect_results(slack_api, traffic)
         in_flight = len(traffic.run_ids) - len(traffic.results)
@@ -358,16 +293,13 @@ async def drive(args: argparse.Namespace, mix: Mix, bot: BotProcess,
             await action()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             traffic.errors[f"{name}: {type(exc).__name__}"] += 1
-        if bot.process.poll() is not None:
-            raise BenchError(f"the bot exited during the soak:\n{bot.tail()}")
+        if proc.poll() is not None:
+            raise BenchError(f"the bot exited during the soak:\n{bot.log()[-3000:]}")
         await asyncio.sleep(args.interval)
-    samples.append(Sample(round(time.monotonic() - t0, 1), round(bot.rss_mib(), 1),
-                          bot.open_fds(), sum(traffic.sent.values()),
-                          sum(traffic.errors.values())))
+    samples.append(sample(time.monotonic() - t0, pid, traffic))
 
 
-async def drain(args: argparse.Namespace, tmp: Path, slack_api: SlackApiStandIn,
-                traffic: Traffic) -> None:
+async def drain(slack_api: SlackApiStandIn, traffic: Traffic) -> None:
     """Until every run asked for has its result posted (or the patience runs out)."""
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while time.monotonic() < deadline:
@@ -377,11 +309,9 @@ async def drain(args: argparse.Namespace, tmp: Path, slack_api: SlackApiStandIn,
         await asyncio.sleep(1)
 
 
-def tally(args: argparse.Namespace, tmp: Path, bot: BotProcess, exit_code: int,
-          traffic: Traffic, samples: list[Sample]) -> dict[str, Any]:
-    settings = local_settings(tmp, "", "", database_url=f"sqlite:///{tmp / 'routines.db'}",
-                              data_dir=tmp / "data")
-    instance = settings.instance
+def tally(args: argparse.Namespace, bot: ServedBot, traffic: Traffic,
+          samples: list[Sample]) -> dict[str, Any]:
+    settings, instance = bot.settings, bot.settings.instance
     client = docker.from_env()
     try:
         containers = client.containers.list(all=True, filters={
@@ -389,7 +319,7 @@ def tally(args: argparse.Namespace, tmp: Path, bot: BotProcess, exit_code: int,
         networks = client.networks.list(filters={"label": f"{LABEL_INSTANCE}={instance}"})
     finally:
         client.close()
-    workspaces = settings.data_dir / "workspaces" / instance
+    workspaces = bot.workspace_root
     engine = sqlalchemy.create_engine(settings.database_url)
     with engine.connect() as connection:
         rows = connection.execute(sqlalchemy.text(
@@ -410,7 +340,8 @@ def tally(args: argparse.Namespace, tmp: Path, bot: BotProcess, exit_code: int,
         "runs_asked": len(traffic.run_ids), "runs_announced": len(announced),
         "runs_announced_twice": sum(n > 1 for n in announced.values()),
         "runs_not_succeeded": not_succeeded, "run_statuses": statuses,
-        "bot_log_errors": bot.log_errors(), "bot_exit_code": exit_code,
+        "bot_log_errors": log_errors(bot.log()),
+        "bot_exit_code": None if bot.proc is None else bot.proc.returncode,
         "leftovers": {
             "containers": len(containers), "networks": len(networks),
             "workspaces": len(list(workspaces.iterdir())) if workspaces.exists() else 0,

@@ -41,7 +41,9 @@ def environment(settings: Settings, port: int) -> dict[str, str]:
         ROUTINES_MAX_TURNS=str(settings.max_turns),
         ROUTINES_LIVE_PROGRESS="true" if settings.live_progress else "false",
         ROUTINES_ADMINS=",".join(settings.admins),
-        ROUTINES_RUN_DISK_LIMIT=str(settings.run_disk_limit), LOG_LEVEL="INFO",
+        ROUTINES_RUN_DISK_LIMIT=str(settings.run_disk_limit),
+        ROUTINES_MAX_CONCURRENT_RUNS=str(settings.max_concurrent_runs),
+        GITHUB_WEBHOOK_SECRET=settings.github_webhook_secret, LOG_LEVEL="INFO",
         PYTHONPATH=str(ROOT))
     return env
 
