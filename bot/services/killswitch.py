@@ -27,7 +27,7 @@ from bot.services.views import (
     HeldRuns,
     KillSwitchReport,
 )
-from bot.store import audit
+from bot.store import audit, rollups
 from bot.store.queries import known_id
 from bot.store.tables import (
     Approval,
@@ -107,9 +107,10 @@ class KillSwitchService(Service):
                     col(Approval.run_id).in_(held_ids),
                     col(Approval.status) == ApprovalStatus.PENDING).values(
                     status=ApprovalStatus.WITHDRAWN, decided_by=actor, decided_at=utcnow()))
-                session.execute(update(Run).where(col(Run.id).in_(held_ids)).values(
+                dropped = session.execute(update(Run).where(col(Run.id).in_(held_ids)).values(
                     status=RunStatus.CANCELLED, finished_at=utcnow(), notified_at=utcnow(),
-                    reason=f"dropped after the kill switch by {actor}"))
+                    reason=f"dropped after the kill switch by {actor}").returning(col(Run.id)))
+                rollups.count_finished(session, list(dropped.scalars()))
             else:
                 session.execute(update(Run).where(col(Run.id).in_(held_ids))
                                 .values(held_at=None))
