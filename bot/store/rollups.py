@@ -17,12 +17,14 @@ would be another computation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     and_,
+    bindparam,
     case,
     extract,
     func,
@@ -38,7 +40,8 @@ from bot.core.statuses import PENDING_STATUSES, FailureKind, RunStatus
 from bot.store.tables import Run, RunRollup
 
 BATCH = 500  # run ids per statement: far below SQLite's limit of bound parameters
-_ROLLUP = RunRollup.__table__.c  # type: ignore[attr-defined]
+_TABLE = RunRollup.__table__  # type: ignore[attr-defined]
+_ROLLUP = _TABLE.c
 _KEY = ("hour", "routine_id", "status")
 
 
@@ -70,20 +73,24 @@ def no_report(status: Any = None) -> ColumnElement[bool]:
 def count_finished(session: Session, run_ids: Collection[int]) -> None:
     """Add these runs, just moved to a finished status in this unit of work, to their
     rollups. The caller passes only the runs its own conditional UPDATE moved."""
-    dialect = session.get_bind().dialect.name
+    statement = _upsert(session.get_bind().dialect.name, of_ids=True)
     ordered = sorted(set(run_ids))
     for first in range(0, len(ordered), BATCH):
-        session.execute(_upsert(dialect, col(Run.id).in_(ordered[first:first + BATCH])))
+        session.execute(statement, {"ids": ordered[first:first + BATCH]})
 
 
 def backfill(connection: Connection) -> None:
     """Add every finished run to the rollups (migration 0008, on a database whose rollups
     are empty; the bench fills its runs with it)."""
-    connection.execute(_upsert(connection.dialect.name, true()))
+    connection.execute(_upsert(connection.dialect.name, of_ids=False))
 
 
-def _upsert(dialect: str, which: ColumnElement[bool]) -> Any:
-    """INSERT ... SELECT the runs' groups ... ON CONFLICT add them to the stored ones."""
+@functools.cache
+def _upsert(dialect: str, of_ids: bool) -> Any:
+    """INSERT ... SELECT the groups of the runs (those of the `ids` parameter, or all) ...
+    ON CONFLICT add them to the stored ones. Built once: building it costs more than
+    running it for one run."""
+    which = col(Run.id).in_(bindparam("ids", expanding=True)) if of_ids else true()
     hour = hour_of(dialect, col(Run.finished_at))
     seconds = duration(dialect)
     runs = select(
@@ -104,7 +111,7 @@ def _upsert(dialect: str, which: ColumnElement[bool]) -> Any:
         func.sum(runs.c.no_report), func.max(case((slowest, runs.c.seconds))),
         func.max(case((and_(slowest, runs.c.seconds.is_not(None)), runs.c.id))),
     ).where(true()).group_by(runs.c.hour, runs.c.routine_id, runs.c.status)
-    insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(RunRollup)
+    insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(_TABLE)
     statement = insert.from_select(
         [*_KEY, "runs", "input_tokens", "output_tokens", "no_report", "slowest_seconds",
          "slowest_run_id"], groups)
