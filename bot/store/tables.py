@@ -295,3 +295,9 @@ _RUN_COLUMNS = Run.__table__.c  # type: ignore[attr-defined]
 Index("ix_run_digest", *(_RUN_COLUMNS[name] for name in (
     "finished_at", "status", "routine_id", "input_tokens", "output_tokens", "started_at",
     "failure_kind")))
+
+# A digest's slowest runs start from the groups whose own slowest runs come first: walked
+# down this index, a period's first groups are found without sorting all of its rollups.
+_ROLLUP_COLUMNS = RunRollup.__table__.c  # type: ignore[attr-defined]
+Index("ix_runrollup_slowest", _ROLLUP_COLUMNS["slowest_seconds"].desc(),
+      _ROLLUP_COLUMNS["slowest_run_id"])

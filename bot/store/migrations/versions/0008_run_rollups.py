@@ -44,8 +44,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("hour", "routine_id", "status"),
         sqlite_with_rowid=False,
     )
+    op.create_index("ix_runrollup_slowest",
+                    "runrollup", [sa.text("slowest_seconds DESC"), "slowest_run_id"])
     rollups.backfill(op.get_bind())
 
 
 def downgrade() -> None:
+    op.drop_index("ix_runrollup_slowest", "runrollup")
     op.drop_table("runrollup")
