@@ -69,11 +69,12 @@ def slowest(session: Session, split: PeriodSplit, limit: int,
     """The period's `limit` slowest runs (the longest first, then by id): rows of `fields`
     and the duration.
 
-    In the whole hours: take the `limit` groups whose own slowest runs come first. Each of
-    the period's `limit` slowest runs is in one of them: its group's slowest run is at
-    least as slow, so that group is among the first `limit` unless `limit` other groups'
-    slowest runs all come before it, and then so would they before the run itself. Only the
-    runs of those groups (at most `limit` hours) are read, with the edges' runs."""
+    In the whole hours, each rollup names its group's slowest run. Take the `limit` groups
+    whose slowest runs come first: those are `limit` runs, so the period's `limit`-th
+    slowest run comes no later than the last of them. Any run among the `limit` slowest
+    then comes no later either, and so does its own group's slowest run: its group is one
+    of those taken. So only the runs of those groups (at most `limit` hours of one routine
+    and status each) and of the edges are read."""
     where = _edges(split)
     if split.hours is not None:
         first, last = split.hours
