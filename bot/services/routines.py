@@ -163,7 +163,8 @@ class RoutineService(Service):
     def overviews(self) -> list[RoutineOverview]:
         with self.db.session() as session:
             routines = session.exec(select(Routine).order_by(col(Routine.name))).all()
-            return [RoutineOverview(r, queries.last_run(session, r)) for r in routines]
+            last = queries.last_runs(session)
+            return [RoutineOverview(r, last.get(queries.row_id(r))) for r in routines]
 
     def overview(self, name: str) -> RoutineOverview:
         with self.db.session() as session:

@@ -50,6 +50,15 @@ def last_run(session: Session, routine: Routine) -> Run | None:
     ).first()
 
 
+def last_runs(session: Session) -> dict[int, Run]:
+    """Every routine's latest run, by routine id, in one statement: a list of ten thousand
+    routines is two queries, not ten thousand and one."""
+    latest = (select(col(Run.routine_id), func.max(Run.id).label("id"))
+              .group_by(col(Run.routine_id)).subquery())
+    runs = session.exec(select(Run).join(latest, col(Run.id) == latest.c.id)).all()
+    return {run.routine_id: run for run in runs}
+
+
 def token_hash(value: str) -> str:
     # Tokens are 256-bit random values: a fast hash is enough (no dictionary to guess from).
     return hashlib.sha256(value.encode()).hexdigest()
