@@ -24,7 +24,8 @@ pytestmark = pytest.mark.docker
 
 async def test_second_serve_on_one_sqlite_file_is_refused(
         tmp_path: Path, settings: Settings, docker_client: Any) -> None:
-    settings = replace(settings, database_url=f"sqlite:///{tmp_path / 'one.db'}")
+    database = tmp_path / "one.db"
+    settings = replace(settings, database_url=f"sqlite:///{database}")
     bot = ServedBot(settings, tmp_path)
     try:
         await bot.start()
@@ -38,7 +39,7 @@ async def test_second_serve_on_one_sqlite_file_is_refused(
         lines = second.stderr.strip().splitlines()
         assert lines[-1] == (
             f"routines: process {bot.proc.pid} already serves the SQLite database "
-            f"{Path(settings.database_url.removeprefix('sqlite:///')).resolve()}: a SQLite "
+            f"{database}: a SQLite "
             "database takes one bot process; stop that one, or use PostgreSQL "
             "(DATABASE_URL) to run several")
         assert "Traceback" not in second.stderr
