@@ -4,6 +4,7 @@ concept; the lookups every concept needs live here once."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -50,11 +51,13 @@ def last_run(session: Session, routine: Routine) -> Run | None:
     ).first()
 
 
-def last_runs(session: Session) -> dict[int, Run]:
-    """Every routine's latest run, by routine id, in one statement: a list of ten thousand
-    routines is two queries, not ten thousand and one."""
-    latest = (select(col(Run.routine_id), func.max(Run.id).label("id"))
-              .group_by(col(Run.routine_id)).subquery())
+def last_runs(session: Session, routine_ids: Collection[int] | None = None) -> dict[int, Run]:
+    """The latest run of each routine (of every one when `routine_ids` is None), by routine
+    id, in one statement: a list of ten thousand routines is two queries, not 10,001."""
+    query = select(col(Run.routine_id), func.max(Run.id).label("id"))
+    if routine_ids is not None:
+        query = query.where(col(Run.routine_id).in_(routine_ids))
+    latest = query.group_by(col(Run.routine_id)).subquery()
     runs = session.exec(select(Run).join(latest, col(Run.id) == latest.c.id)).all()
     return {run.routine_id: run for run in runs}
 
