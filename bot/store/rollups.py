@@ -1,5 +1,5 @@
 """Rollups: the finished runs added up per hour, routine and status (`RunRollup`), so that a
-digest over a million runs reads a few thousand rows instead of the runs.
+digest over a million runs reads tens of thousands of rollups instead of the runs.
 
 Exactly once per run. A run is counted by `count_finished` in the unit of work that moves it
 to a finished status, and only when that conditional UPDATE moved it (a run another process
@@ -9,10 +9,10 @@ changes again, and runs are removed only with their routine, whose rollups go wi
 (`bot.services.routines.delete_in`). Migration 0008 builds the rollups of the runs stored
 before it with `backfill`, the same statement over every finished run.
 
-Every figure is computed by the database from the run's row, in the same expressions the
-digest uses on the runs themselves (`hour_of`, `duration`), so rollups and runs can never
-disagree by a rounding: SQLite stores times as text, and a Python-side hour or duration
-would be another computation.
+Every figure is computed by the database from the run's row, the duration in the same
+expression the digest uses on the runs themselves (`duration`), so rollups and runs never
+disagree by a rounding: SQLite stores times as text and computes with julian days, and a
+Python-side hour or duration would be another computation.
 """
 
 from __future__ import annotations
