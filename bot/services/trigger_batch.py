@@ -31,10 +31,10 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from bot.core.budget import TriggerBudget
-from bot.core.statuses import RiskLevel, TriggerKind
+from bot.core.statuses import RiskLevel, RunStatus, TriggerKind
 from bot.core.trigger import Trigger
 from bot.errors import (
     BudgetExceeded,
@@ -47,19 +47,19 @@ from bot.errors import (
     RoutinesError,
 )
 from bot.services.context import Service, Shared
-from bot.services.events import RunQueued
+from bot.services.events import ApprovalRequested, RunQueued
 from bot.services.triggers import TriggerService
-from bot.services.views import RunView, Triggered
+from bot.services.views import QueuedRun
 from bot.store import queries
 from bot.store.tables import ApiToken, AuditEntry, KillSwitch, Routine, Run, utcnow
 
 log = logging.getLogger(__name__)
-RUN_TABLE = Run.__table__  # type: ignore[attr-defined]
-AUDIT_TABLE = AuditEntry.__table__  # type: ignore[attr-defined]
-RUN_COLUMNS = tuple(c.key for c in RUN_TABLE.columns if c.key != "id")
-AUDIT_COLUMNS = tuple(c.key for c in AUDIT_TABLE.columns if c.key != "id")
+# Rows are written through the tables, not built as ORM objects (a `Run()` costs more than
+# the rest of a trigger's rules): the columns' own defaults fill in the rest.
+RUN_TABLE: sqlalchemy.Table = Run.__table__  # type: ignore[attr-defined]
+AUDIT_TABLE: sqlalchemy.Table = AuditEntry.__table__  # type: ignore[attr-defined]
 
-Outcome = Triggered | RoutinesError
+Outcome = QueuedRun | RoutinesError
 
 
 @dataclass(frozen=True)
@@ -82,23 +82,25 @@ class _Token:
 
 
 @dataclass
-class _RoutineState:
-    """What the batch read of one routine: the row, its earlier runs with this batch's
-    keys (and those queued by the batch so far), and its budgets' counts."""
+class _Pending:
+    """An accepted call's run row, not yet written; `run_id` once it is."""
 
-    routine: Routine
-    earlier: dict[str, Run]
-    budget: TriggerBudget
+    index: int
+    values: dict[str, Any]
+    routine: str
+    run_id: int | None = None
+    replays: list[int] = field(default_factory=list)  # later calls with the same key
 
 
 @dataclass
-class _Pending:
-    """An accepted call's run and audit entry, not yet written."""
+class _RoutineState:
+    """What the batch read of one routine: the row, its earlier runs with this batch's
+    keys (then the batch's own pending runs by key), and its budgets' counts."""
 
-    index: int
-    run: Run
     routine: Routine
-    audit: AuditEntry
+    earlier: dict[str, QueuedRun]
+    budget: TriggerBudget
+    pending: dict[str, _Pending] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,9 +108,10 @@ class _Batch:
     calls: Sequence[ApiCall]
     switch: KillSwitch
     tokens: dict[str, _Token]
+    outcomes: list[Outcome | None]
     states: dict[int, _RoutineState] = field(default_factory=dict)
-    outcomes: list[Outcome | None] = field(default_factory=list)
     pending: list[_Pending] = field(default_factory=list)
+    announce: list[QueuedRun] = field(default_factory=list)  # runs awaiting an approval
 
 
 class TriggerBatchService(Service):
@@ -122,33 +125,30 @@ class TriggerBatchService(Service):
         database failed anywhere in it (then nothing of it is kept)."""
         try:
             with self.db.session() as session:
-                outcomes = self._apply(session, calls)
+                batch = self._apply(session, calls)
         except SQLAlchemyError as exc:  # not an outage `session()` knows: still nothing kept
             log.exception("a group commit of %d API triggers failed", len(calls))
             raise DatabaseUnavailable(DatabaseProblem.FAILED) from exc
-        self._announce(outcomes)
+        outcomes = [outcome for outcome in batch.outcomes if outcome is not None]
+        assert len(outcomes) == len(calls)
+        self._announce(batch, outcomes)
         return outcomes
 
-    def _apply(self, session: Session, calls: Sequence[ApiCall]) -> list[Outcome]:
-        batch = _Batch(calls, KillSwitch.current(session), self._live_tokens(session, calls))
-        batch.outcomes = [None] * len(calls)
+    def _apply(self, session: Session, calls: Sequence[ApiCall]) -> _Batch:
+        batch = _Batch(calls, KillSwitch.current(session), self._live_tokens(session, calls),
+                       [None] * len(calls))
         for index, call in enumerate(calls):
             try:
-                self._decide(session, batch, index, call)
+                batch.outcomes[index] = self._decide(session, batch, index, call)
             except RoutinesError as exc:
                 batch.outcomes[index] = exc
         self._write(session, batch)
-        for index, outcome in enumerate(batch.outcomes):
-            if isinstance(outcome, Triggered) and outcome.view.run.id is None:
-                # a replay of this batch's run that lost its key to another writer
-                batch.outcomes[index] = self._earlier(session, outcome.view)
         used = {batch.tokens[queries.token_hash(c.bearer)].id for c, o in
-                zip(calls, batch.outcomes, strict=True) if isinstance(o, Triggered)}
+                zip(calls, batch.outcomes, strict=True) if isinstance(o, QueuedRun)}
         if used:  # the tokens' last use is written with their runs
             session.execute(update(ApiToken).where(col(ApiToken.id).in_(used))
                             .values(last_used_at=utcnow()))
-        assert all(outcome is not None for outcome in batch.outcomes)
-        return [outcome for outcome in batch.outcomes if outcome is not None]
+        return batch
 
     @staticmethod
     def _live_tokens(session: Session, calls: Sequence[ApiCall]) -> dict[str, _Token]:
@@ -169,16 +169,21 @@ class TriggerBatchService(Service):
             if routine is None:
                 return None
             keys = {call.key for call in batch.calls if call.key is not None}
-            earlier = {run.trigger_ref or "": run for run in session.exec(select(Run).where(
-                Run.routine_id == routine_id, Run.trigger_kind == TriggerKind.API,
-                col(Run.trigger_ref).in_(keys)))} if keys else {}
+            earlier = {ref: QueuedRun(run_id, RunStatus(status), replayed=True)
+                       for ref, run_id, status in session.execute(sqlalchemy.select(
+                           RUN_TABLE.c.trigger_ref, RUN_TABLE.c.id, RUN_TABLE.c.status).where(
+                           RUN_TABLE.c.routine_id == routine_id,
+                           RUN_TABLE.c.trigger_kind == TriggerKind.API,
+                           RUN_TABLE.c.trigger_ref.in_(keys)))} if keys else {}
             state = _RoutineState(routine, earlier,
                                   self.triggers.spend.budget_of(session, routine))
             batch.states[routine_id] = state
         return state
 
-    def _decide(self, session: Session, batch: _Batch, index: int, call: ApiCall) -> None:
-        """One call through the rules of `TriggerService.trigger_in`, in its order."""
+    def _decide(self, session: Session, batch: _Batch, index: int,
+                call: ApiCall) -> Outcome | None:
+        """One call through the rules of `TriggerService.trigger_in`, in its order: its
+        answer, or None while its run waits to be written."""
         token = batch.tokens.get(queries.token_hash(call.bearer)) if call.bearer else None
         state = self._state(session, batch, token.routine_id) if token else None
         if token is None or state is None or state.routine.name != call.name.strip().lower():
@@ -187,17 +192,28 @@ class TriggerBatchService(Service):
         trigger = Trigger(TriggerKind.API, f"token:{token.name}", ref=call.key,
                           payload=call.payload)
         if routine.risk == RiskLevel.HIGH:  # an approval to request: the single path
-            batch.outcomes[index] = self._one_by_one(session, batch, routine, trigger,
-                                                     token.created_by)
-            return
+            return self._one_by_one(session, batch, routine, trigger, token.created_by)
         if batch.switch.engaged:
             raise KillSwitchEngaged(batch.switch.reason, batch.switch.changed_by)
         if routine.paused:
             raise RoutinePaused(routine.name, routine.paused_by)
-        earlier = state.earlier.get(call.key) if call.key is not None else None
-        if earlier is not None:
-            batch.outcomes[index] = Triggered(RunView(earlier, routine), replayed=True)
-            return
+        if call.key is not None:
+            if call.key in state.earlier:
+                return state.earlier[call.key]
+            if call.key in state.pending:  # the same key earlier in this very batch
+                state.pending[call.key].replays.append(index)
+                return None
+        self._within_limits(session, state)
+        pending = _Pending(index, self.triggers.run_values(routine, trigger), routine.name)
+        state.budget.admit()
+        if call.key is not None:
+            state.pending[call.key] = pending
+        batch.pending.append(pending)
+        return None
+
+    def _within_limits(self, session: Session, state: _RoutineState) -> None:
+        """The rate limit (shared with every door), then the routine's budgets."""
+        routine = state.routine
         retry_after = self.triggers.rate_limit.hit(routine.name)
         if retry_after is not None:
             raise RateLimited(routine.name, retry_after)
@@ -206,81 +222,69 @@ class TriggerBatchService(Service):
             self.triggers.spend.record_hit(session, routine, refusal)  # kept: not rolled back
         if refusal is not None:
             raise refusal
-        run = self.triggers.new_run(routine, trigger)
-        state.budget.admit()
-        if call.key is not None:
-            state.earlier[call.key] = run  # the same key again in this batch: a replay
-        batch.pending.append(_Pending(index, run, routine, AuditEntry(
-            actor=trigger.actor, action="run", routine=routine.name, details="")))
 
     def _one_by_one(self, session: Session, batch: _Batch, routine: Routine,
-                    trigger: Trigger, requester: str) -> Triggered:
+                    trigger: Trigger, requester: str) -> QueuedRun:
         """A call through `trigger_in` itself, in a savepoint of the shared transaction.
         Its counts need not include the batch's pending runs: those are of other routines
         (every call of a high-risk routine takes this path)."""
         with session.begin_nested():
-            return self.triggers.trigger_in(session, routine, trigger, requester=requester)
+            triggered = self.triggers.trigger_in(session, routine, trigger,
+                                                 requester=requester)
+        queued = QueuedRun.of(triggered)
+        if not queued.replayed and triggered.approval is not None:
+            batch.announce.append(queued)
+        return queued
 
     def _write(self, session: Session, batch: _Batch) -> None:
         """The pending runs in one INSERT, then their audit entries in another."""
-        pending, batch.pending = batch.pending, []
+        pending = batch.pending
         if not pending:
             return
         try:
             with session.begin_nested():
                 ids = session.execute(insert(RUN_TABLE).returning(
                     RUN_TABLE.c.id, sort_by_parameter_order=True),
-                    [_row(p.run, RUN_COLUMNS) for p in pending]).scalars().all()
+                    [p.values for p in pending]).scalars().all()
         except IntegrityError:  # a key committed meanwhile by another door or process
             written = [p for p in pending if self._write_one(session, batch, p)]
         else:
             for p, run_id in zip(pending, ids, strict=True):
-                p.run.id = run_id
+                p.run_id = run_id
             written = pending
         for p in written:
-            p.audit.details = f"run #{p.run.id} by {TriggerKind.API}"
-            batch.outcomes[p.index] = Triggered(RunView(p.run, p.routine), replayed=False)
+            assert p.run_id is not None
+            batch.outcomes[p.index] = QueuedRun(p.run_id, p.values["status"], replayed=False)
+            for later in p.replays:
+                batch.outcomes[later] = QueuedRun(p.run_id, p.values["status"], replayed=True)
         if written:
-            session.execute(insert(AUDIT_TABLE), [_row(p.audit, AUDIT_COLUMNS)
-                                                  for p in written])
+            session.execute(insert(AUDIT_TABLE), [
+                {"actor": p.values["triggered_by"], "action": "run", "routine": p.routine,
+                 "details": f"run #{p.run_id} by {TriggerKind.API}"} for p in written])
 
     @staticmethod
     def _write_one(session: Session, batch: _Batch, pending: _Pending) -> bool:
         """One run in its own savepoint; False (answered as a replay) on a key conflict."""
-        run = pending.run
+        values = pending.values
         try:
             with session.begin_nested():
-                run.id = session.execute(insert(RUN_TABLE).returning(RUN_TABLE.c.id),
-                                         _row(run, RUN_COLUMNS)).scalar_one()
+                pending.run_id = session.execute(insert(RUN_TABLE).returning(
+                    RUN_TABLE.c.id), values).scalar_one()
         except IntegrityError:
-            batch.outcomes[pending.index] = TriggerBatchService._earlier(
-                session, RunView(run, pending.routine))
+            run_id, status = session.execute(sqlalchemy.select(
+                RUN_TABLE.c.id, RUN_TABLE.c.status).where(
+                RUN_TABLE.c.routine_id == values["routine_id"],
+                RUN_TABLE.c.trigger_kind == values["trigger_kind"],
+                RUN_TABLE.c.trigger_ref == values["trigger_ref"])).one()
+            for index in [pending.index, *pending.replays]:
+                batch.outcomes[index] = QueuedRun(run_id, RunStatus(status), replayed=True)
             return False
         return True
 
-    @staticmethod
-    def _earlier(session: Session, view: RunView) -> Triggered:
-        """The committed run that holds `view`'s key, as a replay."""
-        run = view.run
-        earlier = session.exec(select(Run).where(
-            Run.routine_id == run.routine_id, Run.trigger_kind == run.trigger_kind,
-            Run.trigger_ref == run.trigger_ref)).one()
-        return Triggered(RunView(earlier, view.routine), replayed=True)
-
-    def _announce(self, outcomes: list[Outcome]) -> None:
+    def _announce(self, batch: _Batch, outcomes: list[Outcome]) -> None:
         """After the commit: one wake-up for the queued runs, one per approval asked."""
-        queued = False
-        for outcome in outcomes:
-            if not isinstance(outcome, Triggered) or outcome.replayed:
-                continue
-            if outcome.approval is not None:
-                self.triggers.queued(outcome)
-            else:
-                queued = True
-        if queued:
+        for _ in batch.announce:
+            self.bus.publish(ApprovalRequested())
+        if any(isinstance(o, QueuedRun) and not o.replayed
+               and o.status == RunStatus.QUEUED for o in outcomes):
             self.bus.publish(RunQueued())
-
-
-def _row(entity: Any, columns: tuple[str, ...]) -> dict[str, Any]:
-    """A transient row's column values, the ORM's own defaults included."""
-    return {name: getattr(entity, name) for name in columns}

@@ -61,17 +61,16 @@ def add_api_routes(app: web.Application, services: Services, settings: Settings)
             return refusal_body(400, "invalid_idempotency_key",
                           f"Idempotency-Key must be 1-{MAX_KEY_CHARS} characters")
         try:  # every rule again, the token too, in a commit shared with its neighbours
-            triggered = await group_commit.submit(ApiCall(name, bearer, payload, key))
-            if isinstance(triggered, RoutinesError):
-                raise triggered
+            queued = await group_commit.submit(ApiCall(name, bearer, payload, key))
         except RoutinesError as exc:
             return _refusal(exc)
-        run = triggered.view.run
+        if isinstance(queued, RoutinesError):
+            return _refusal(queued)
         return web.json_response(
-            {"run_id": run.id, "status": run.status, "replayed": triggered.replayed,
-             "status_url": f"/api/v1/runs/{run.id}"},
-            status=200 if triggered.replayed else 202,
-            headers={"Location": f"/api/v1/runs/{run.id}"},
+            {"run_id": queued.run_id, "status": queued.status, "replayed": queued.replayed,
+             "status_url": f"/api/v1/runs/{queued.run_id}"},
+            status=200 if queued.replayed else 202,
+            headers={"Location": f"/api/v1/runs/{queued.run_id}"},
         )
 
     async def run_status(request: web.Request) -> web.Response:
