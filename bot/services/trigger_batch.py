@@ -228,7 +228,7 @@ class TriggerBatchService(Service):
         """A call through `trigger_in` itself, in a savepoint of the shared transaction.
         Its counts need not include the batch's pending runs: those are of other routines
         (every call of a high-risk routine takes this path)."""
-        with session.begin_nested():
+        with self.db.savepoint(session):
             triggered = self.triggers.trigger_in(session, routine, trigger,
                                                  requester=requester)
         queued = QueuedRun.of(triggered)
@@ -242,7 +242,7 @@ class TriggerBatchService(Service):
         if not pending:
             return
         try:
-            with session.begin_nested():
+            with self.db.savepoint(session):
                 ids = session.execute(insert(RUN_TABLE).returning(
                     RUN_TABLE.c.id, sort_by_parameter_order=True),
                     [p.values for p in pending]).scalars().all()
@@ -262,12 +262,11 @@ class TriggerBatchService(Service):
                 {"actor": p.values["triggered_by"], "action": "run", "routine": p.routine,
                  "details": f"run #{p.run_id} by {TriggerKind.API}"} for p in written])
 
-    @staticmethod
-    def _write_one(session: Session, batch: _Batch, pending: _Pending) -> bool:
+    def _write_one(self, session: Session, batch: _Batch, pending: _Pending) -> bool:
         """One run in its own savepoint; False (answered as a replay) on a key conflict."""
         values = pending.values
         try:
-            with session.begin_nested():
+            with self.db.savepoint(session):
                 pending.run_id = session.execute(insert(RUN_TABLE).returning(
                     RUN_TABLE.c.id), values).scalar_one()
         except IntegrityError:

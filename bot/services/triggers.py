@@ -75,7 +75,7 @@ class TriggerService(Service):
         self.spend.enforce(session, routine)
         run = self.new_run(routine, trigger)
         try:
-            with session.begin_nested():  # a savepoint: a conflict undoes this run only
+            with self.db.savepoint(session):  # a conflict undoes this run only
                 session.add(run)
                 session.flush()  # assigns the id; the row's other values are known
         except IntegrityError:  # the same ref, committed a moment ago by another call
