@@ -39,8 +39,9 @@ class GroupCommit(Generic[Item, Answer]):
         self._waiting.append((item, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write(), name="group-commit")
-        # A caller that goes away does not take its item out: it may be written already.
-        return await asyncio.shield(future)
+        # A caller that goes away cancels its future only: its item stays in the group
+        # (it may be written already) and its answer is dropped.
+        return await future
 
     async def _write(self) -> None:
         """Commit groups until nobody waits; each group is what arrived meanwhile."""
