@@ -72,8 +72,16 @@ class SpendService(Service):
                             .group_by(col(Routine.model))).all()
         spent = sum(self.policy.prices.cost_usd(model, int(i or 0), int(o or 0))
                     for model, i, o in rows)
+        return budget.Spend(spent, self._cap(session))
+
+    def _cap(self, session: Session) -> float:
         cap = session.get(SpendCap, 1)
-        return budget.Spend(spent, cap.cap_usd if cap else self.policy.daily_spend_cap_usd)
+        return cap.cap_usd if cap else self.policy.daily_spend_cap_usd
+
+    def _spend_for_trigger(self, session: Session, now: datetime) -> budget.Spend:
+        """Without a cap, nothing to refuse: today's cost is not summed for a trigger."""
+        cap = self._cap(session)
+        return self.spend_in(session, now) if cap > 0 else budget.Spend(0.0, cap)
 
     @staticmethod
     def _runs_since(session: Session, routine: Routine, since: datetime) -> int:
@@ -91,7 +99,8 @@ class SpendService(Service):
                   if routine.busy_policy == BusyPolicy.SKIP
                   and routine.max_concurrent is not None else None)
         return budget.TriggerBudget(routine.name, runs_today, routine.max_runs_per_day,
-                                    active, routine.max_concurrent, self.spend_in(session, now))
+                                    active, routine.max_concurrent,
+                                    self._spend_for_trigger(session, now))
 
     def enforce(self, session: Session, routine: Routine) -> None:
         """Refuse (and record) a trigger over the routine's day, its busy limit, or the
