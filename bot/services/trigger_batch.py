@@ -51,7 +51,7 @@ from bot.services.events import ApprovalRequested, RunQueued
 from bot.services.triggers import TriggerService
 from bot.services.views import QueuedRun
 from bot.store import queries
-from bot.store.tables import ApiToken, AuditEntry, KillSwitch, Routine, Run, utcnow
+from bot.store.tables import ApiToken, AuditEntry, Routine, Run, utcnow
 
 log = logging.getLogger(__name__)
 # Rows are written through the tables, not built as ORM objects (a `Run()` costs more than
@@ -106,7 +106,7 @@ class _RoutineState:
 @dataclass
 class _Batch:
     calls: Sequence[ApiCall]
-    switch: KillSwitch
+    held: KillSwitchEngaged | None  # the switch, read once for the batch
     tokens: dict[str, _Token]
     outcomes: list[Outcome | None]
     states: dict[int, _RoutineState] = field(default_factory=dict)
@@ -135,8 +135,12 @@ class TriggerBatchService(Service):
         return outcomes
 
     def _apply(self, session: Session, calls: Sequence[ApiCall]) -> _Batch:
-        batch = _Batch(calls, KillSwitch.current(session), self._live_tokens(session, calls),
-                       [None] * len(calls))
+        try:
+            self.triggers.kill_switch.refuse_if_engaged(session)
+            held = None
+        except KillSwitchEngaged as engaged:
+            held = engaged
+        batch = _Batch(calls, held, self._live_tokens(session, calls), [None] * len(calls))
         for index, call in enumerate(calls):
             try:
                 batch.outcomes[index] = self._decide(session, batch, index, call)
@@ -193,8 +197,8 @@ class TriggerBatchService(Service):
                           payload=call.payload)
         if routine.risk == RiskLevel.HIGH:  # an approval to request: the single path
             return self._one_by_one(session, batch, routine, trigger, token.created_by)
-        if batch.switch.engaged:
-            raise KillSwitchEngaged(batch.switch.reason, batch.switch.changed_by)
+        if batch.held is not None:
+            raise batch.held
         if routine.paused:
             raise RoutinePaused(routine.name, routine.paused_by)
         if call.key is not None:

@@ -52,7 +52,7 @@ async def read_body(request: web.Request, limit: int, within: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise Refused(413, "too_large", f"body over the {limit}-byte limit")
     if request.content.is_eof():  # all of it has arrived: nothing to wait for or to time
-        body = await _read_up_to(request, limit + 1)
+        body = request.content.read_nowait(limit + 1)
     else:
         try:
             async with asyncio.timeout(within):
