@@ -9,8 +9,10 @@ Every rule of a single trigger still applies to each call, in the same order as
 `TriggerService.trigger_in` (the live token of this very routine, the kill switch, pause,
 idempotency, the rate limit, budgets, the payload template) and each run is audited as
 there. The state the rules read (the switch, the tokens, the routines, earlier runs with
-the same keys, the budgets' counts) is read once per batch inside the transaction, so a
-revoked token or an engaged switch refuses from the next batch on. A refused call writes
+the same keys, the budgets' counts) is read once per batch, in its unit of work, so a
+revoked token or an engaged switch refuses from the next batch on (the door's cached
+token check is only a pre-check; this one decides). Runs admitted earlier in the batch
+count in its budgets, and a key seen earlier in it is a replay. A refused call writes
 nothing, so it takes nothing of the others with it and gets its own error; the accepted
 runs are written with one multi-row INSERT. Should that INSERT meet a key that another
 door committed meanwhile, it is undone to its savepoint and the runs go in one by one,
