@@ -482,6 +482,21 @@ class DatabaseUnavailable(RoutinesError):
                 f"{self.retry_after}s")
 
 
+class DatabaseInUse(RoutinesError):
+    """Another bot process serves this SQLite database: SQLite is one process's database
+    (`bot.store.one_process`); several processes share a PostgreSQL one."""
+
+    def __init__(self, database: str, holder: str) -> None:
+        super().__init__(database, holder)
+        self.database, self.holder = database, holder
+
+    def words(self, style: Style) -> str:
+        who = f"process {self.holder}" if self.holder else "another process"
+        return (f"{who} already serves the SQLite database {style.code(self.database)}: "
+                "a SQLite database takes one bot process; stop that one, or use PostgreSQL "
+                "(DATABASE_URL) to run several")
+
+
 class SlackUnavailable(RoutinesError):
     """Slack refused or did not answer a post (down, 5xx, 429): the message is owed and is
     posted again later, not before `retry_after` seconds when Slack gave one."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -160,10 +160,18 @@ class RoutineService(Service):
         with self.db.session() as session:
             return self._require(session, name)
 
-    def overviews(self) -> list[RoutineOverview]:
+    def overviews(self, limit: int | None = None) -> list[RoutineOverview]:
+        """The routines by name (the first `limit` of them), each with its last run."""
         with self.db.session() as session:
-            routines = session.exec(select(Routine).order_by(col(Routine.name))).all()
-            return [RoutineOverview(r, queries.last_run(session, r)) for r in routines]
+            routines = session.exec(
+                select(Routine).order_by(col(Routine.name)).limit(limit)).all()
+            last = queries.last_runs(session, None if limit is None
+                                     else [queries.row_id(r) for r in routines])
+            return [RoutineOverview(r, last.get(queries.row_id(r))) for r in routines]
+
+    def count(self) -> int:
+        with self.db.session() as session:
+            return session.exec(select(func.count()).select_from(Routine)).one()
 
     def overview(self, name: str) -> RoutineOverview:
         with self.db.session() as session:
