@@ -458,6 +458,7 @@ class DatabaseProblem(StrEnum):
 
     LOCKED = "locked"
     UNREACHABLE = "unreachable"
+    FAILED = "failed"  # it refused a statement: a group commit rolled back for every call
 
 
 class DatabaseUnavailable(RoutinesError):
@@ -474,6 +475,9 @@ class DatabaseUnavailable(RoutinesError):
         if self.problem is DatabaseProblem.LOCKED:
             return ("the database is busy (another process holds its write lock): nothing "
                     f"was changed; try again in {self.retry_after}s")
+        if self.problem is DatabaseProblem.FAILED:
+            return ("the database failed to record this request: nothing was changed; try "
+                    f"again in {self.retry_after}s")
         return ("the database cannot be reached: nothing was changed; try again in "
                 f"{self.retry_after}s")
 
