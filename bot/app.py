@@ -30,6 +30,7 @@ from bot.services import ServicePolicy, Services
 from bot.services.events import (
     ApprovalRequested,
     DigestScheduleChanged,
+    KillSwitchChanged,
     PublishDecided,
     RunQueued,
     ScheduleChanged,
@@ -105,16 +106,26 @@ class Bot:
         bus.subscribe(RunQueued, lambda _: self.dispatcher.wake())
         bus.subscribe(RunQueued, lambda _: self.home.changed())
         bus.subscribe(StopRequested, lambda event: self.dispatcher.stop_run(event.run_id))
+        bus.subscribe(KillSwitchChanged, self._kill_switch_changed)
         bus.subscribe(ApprovalRequested, lambda _: self.approvals.wake())
         bus.subscribe(PublishDecided, lambda _: self.approvals.wake())
         bus.subscribe(ScheduleChanged, self.scheduler.schedule_changed)
         bus.subscribe(DigestScheduleChanged, self.scheduler.digest_schedule_changed)
+
+    def _kill_switch_changed(self, event: KillSwitchChanged) -> None:
+        """Engaged: no warm container waits for a run; disengaged: the pool refills."""
+        if self.sandbox.pool is not None:
+            (self.sandbox.pool.drain if event.engaged else self.sandbox.pool.resume)()
 
     async def start(self) -> None:
         await asyncio.to_thread(schema.upgrade, self.db)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.progress.start()
         await self.dispatcher.start()
+        if self.sandbox.pool is not None:  # after reconciliation: it adopted given ones
+            kill_switch = self.services.kill_switch
+            self.sandbox.pool.held = lambda: kill_switch.state().engaged
+            await asyncio.to_thread(self.sandbox.pool.start)
         await self.announcer.complete_pending_steps()
         await self.scheduler.start()
         await self.approvals.start()
@@ -168,4 +179,6 @@ def _sandbox_config(settings: Settings) -> SandboxConfig:
         anthropic_api_key=settings.anthropic_api_key,
         anthropic_base_url=settings.anthropic_base_url,
         fetch_policy=FetchPolicy(settings.repo_hosts, settings.allow_local_repos),
+        warm_pool=(settings.max_concurrent_runs if settings.warm_pool is None
+                   else settings.warm_pool),
     )

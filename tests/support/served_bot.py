@@ -43,6 +43,7 @@ def environment(settings: Settings, port: int) -> dict[str, str]:
         ROUTINES_ADMINS=",".join(settings.admins),
         ROUTINES_RUN_DISK_LIMIT=str(settings.run_disk_limit),
         ROUTINES_MAX_CONCURRENT_RUNS=str(settings.max_concurrent_runs),
+        ROUTINES_WARM_POOL="" if settings.warm_pool is None else str(settings.warm_pool),
         GITHUB_WEBHOOK_SECRET=settings.github_webhook_secret, LOG_LEVEL="INFO",
         PYTHONPATH=str(ROOT))
     return env
