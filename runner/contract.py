@@ -70,6 +70,7 @@ FORWARDED_SOCKETS = {GATEWAY_SOCKET: GATEWAY_PORT, PROXY_SOCKET: PROXY_PORT}
 # reads it and deletes it before anything else runs. `WARM_ENV` set: wait for it.
 DELIVERY_DIR = "/run/routines-run"
 DELIVERY_FILE = "run.json"
+LOADED_FILE = ".loaded"  # the agent's, in DELIVERY_DIR: its modules are loaded, it waits
 WARM_ENV = "ROUTINES_WARM"
 # Which pool a warm container belongs to: the fingerprint of its image and settings.
 LABEL_POOL = "org.routines.pool"

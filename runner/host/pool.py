@@ -52,6 +52,7 @@ from runner.contract import (
     LABEL_INSTANCE,
     LABEL_POOL,
     LABEL_TOKEN_SHA256,
+    LOADED_FILE,
     SOCKET_DIR,
     WARM_ENV,
     WORKSPACE,
@@ -83,6 +84,10 @@ class WarmSlot:
     container: Any
     directory: Path  # the run's directory once given (`workspace.prepare(into=...)`)
     sockets: Path
+
+    def loaded(self) -> bool:
+        """Whether its agent has loaded everything and waits (`runner.inside.warm`)."""
+        return (self.directory / "delivery" / LOADED_FILE).exists()
 
 
 class WarmPool:
@@ -151,8 +156,8 @@ class WarmPool:
         with self._lock:
             if current != self._fingerprint:
                 stale, self._ready = self._ready, []
-            else:
-                stale, slot = [], (self._ready.pop(0) if self._ready else None)
+            else:  # one whose agent has loaded first (`LOADED_FILE`), else the oldest
+                stale, slot = [], self._pop_ready()
         if stale:
             self._wake.set()
             for old in stale:
@@ -161,6 +166,19 @@ class WarmPool:
         if slot is not None:
             self._wake.set()
         return slot
+
+    def _pop_ready(self) -> WarmSlot | None:
+        """Under the lock: the slot to give, out of the ready list."""
+        for slot in self._ready:
+            if slot.loaded():
+                self._ready.remove(slot)
+                return slot
+        return self._ready.pop(0) if self._ready else None
+
+    def loaded(self) -> int:
+        """How many warm containers wait with their agent loaded."""
+        with self._lock:
+            return sum(1 for slot in self._ready if slot.loaded())
 
     def deliver(self, slot: WarmSlot, spec: RunSpec, token: str, token_hash: str,
                 name: str) -> Any:
@@ -244,10 +262,12 @@ class WarmPool:
             sockets.mkdir()
             if cfg.disk_limit:
                 disk.mount_limited(directory, cfg.disk_limit)
-            for sub in ("repo", "delivery"):
-                (directory / sub).mkdir(mode=0o700)
-                if os.geteuid() == 0:
-                    os.chown(directory / sub, hardening.SANDBOX_UID, hardening.SANDBOX_UID)
+            # `repo` stays the host's until the clone is in it (host git refuses a
+            # repository another user owns); the clone then hands it to the sandbox user.
+            (directory / "repo").mkdir(mode=0o700)
+            (directory / "delivery").mkdir(mode=0o700)
+            if os.geteuid() == 0:
+                os.chown(directory / "delivery", hardening.SANDBOX_UID, hardening.SANDBOX_UID)
             container = hardening.create(
                 self.client, cfg, image=cfg.image, name=self.warm_name(key),
                 labels={LABEL_INSTANCE: cfg.instance, LABEL_POOL: fingerprint},

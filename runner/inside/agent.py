@@ -352,8 +352,9 @@ def scrub_environ(names: tuple[str, ...] = TOKEN_ENV) -> None:
 def main() -> int:
     make_undumpable()
     scrub_environ()
+    http_client = None
     if os.environ.get(WARM_ENV):  # a warm container: the run comes later, as a file
-        warm.preload()
+        http_client = warm.preload(TOOLS)
         spec, os.environ["ANTHROPIC_API_KEY"] = warm.wait_for_run()
     else:
         spec = RunSpec.from_json(os.environ[SPEC_ENV])
@@ -366,14 +367,16 @@ def main() -> int:
             emit({"type": "result", "kind": "setup_failed", "exit_code": code,
                   "summary": f"setup script exited with code {code}"})
             return 3
-    final = claude_code.run(spec, emit) if spec.engine == Engine.CLAUDE_CODE else builtin(spec)
+    final = (claude_code.run(spec, emit) if spec.engine == Engine.CLAUDE_CODE
+             else builtin(spec, http_client))
     emit(final)
     return 0 if final.get("kind") == "report" else 2
 
 
-def builtin(spec: RunSpec) -> Event:
-    """The built-in agent's run: its loop against the gateway; the final `result`."""
-    client = anthropic.Anthropic(max_retries=2)
+def builtin(spec: RunSpec, http_client: anthropic.DefaultHttpxClient | None = None) -> Event:
+    """The built-in agent's run: its loop against the gateway; the final `result`.
+    `http_client`: a warm container's, already made (`runner.inside.warm`)."""
+    client = anthropic.Anthropic(max_retries=2, http_client=http_client)
     try:
         return agent_loop(spec, client)
     except anthropic.APIError as exc:
