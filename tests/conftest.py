@@ -37,6 +37,7 @@ from tests.standins.environment import (
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE, BotFactory
 from tests.support.github_payloads import FIXTURES_ENV, github_fixtures_dir
+from tests.support.sandbox_runs import close_pooled
 from tests.support.slack_requests import FakeSlack
 
 UNIT = Path(__file__).resolve().parent / "unit"
@@ -75,6 +76,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}; CI=true, so the conformance tier must run", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _close_warm_sandboxes() -> Iterator[None]:
+    """Sandboxes a test made with a warm pool take their warm containers with them."""
+    yield
+    close_pooled()
 
 
 @pytest.fixture(scope="session")

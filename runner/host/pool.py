@@ -120,11 +120,15 @@ class WarmPool:
 
     def close(self) -> None:
         """Stop refilling and remove every warm container not given a run."""
+        self.stop_refilling()
+        self._remove_ready()
+
+    def stop_refilling(self) -> None:
+        """End the background refill (what is ready stays: `close` removes it)."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
-        self._remove_ready()
 
     def drain(self) -> None:
         """From now on give no warm container and make none until `resume`; the ones
