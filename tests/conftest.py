@@ -38,6 +38,7 @@ from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE, BotFactory
 from tests.support.github_payloads import FIXTURES_ENV, github_fixtures_dir
 from tests.support.sandbox_runs import close_pooled
+from tests.support.served_bot import remove_warm_slots, wait_for_warm_pool
 from tests.support.slack_requests import FakeSlack
 
 UNIT = Path(__file__).resolve().parent / "unit"
@@ -158,6 +159,9 @@ async def start_bot(settings: Settings, docker_client: Any) -> AsyncIterator[Bot
         bot = Bot(replace(settings, **overrides))
         await bot.start()
         started.append(bot)
+        pool = bot.sandbox.pool
+        if pool is not None and pool.fingerprint() is not None:  # runs are given warm ones
+            await wait_for_warm_pool(bot.sandbox.config.workspace_root, pool.size)
         return bot, FakeSlack(f"http://127.0.0.1:{bot.port}", SIGNING_SECRET)
 
     yield start
@@ -178,3 +182,4 @@ def remove_leftovers(docker_client: Any, bot: Bot) -> None:
     root = bot.sandbox.config.workspace_root
     for run_id in workspace.leftover_runs(root):
         workspace.remove(root, run_id)
+    remove_warm_slots(root)

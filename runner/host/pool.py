@@ -204,7 +204,7 @@ class WarmPool:
         """Remove a warm container and its directories (a run could not be given to it)."""
         with contextlib.suppress(*DockerErrors):
             slot.container.remove(force=True)
-        _remove_slot(slot.directory, slot.sockets)
+        remove_slot(slot.directory, slot.sockets)
 
     # -- the fingerprint ----------------------------------------------------------------
 
@@ -280,7 +280,7 @@ class WarmPool:
                          str(directory / "delivery"): {"bind": DELIVERY_DIR, "mode": "rw"},
                          str(sockets): {"bind": SOCKET_DIR, "mode": "ro"}})
         except BaseException:
-            _remove_slot(directory, sockets)
+            remove_slot(directory, sockets)
             raise
         slot = WarmSlot(key, container, directory, sockets)
         try:
@@ -317,7 +317,7 @@ class WarmPool:
         for path in root.glob("warm-*"):
             match = _SLOT.fullmatch(path.name.removesuffix(".sock"))
             if match and path.name.removesuffix(".sock") not in linked:
-                _remove_slot(path, None)
+                remove_slot(path, None)
 
 
 def token_hash(container: Any, root: Path, run_id: int) -> str:
@@ -356,7 +356,8 @@ def _write_private(directory: Path, text: str) -> None:
     os.rename(temporary, directory / DELIVERY_FILE)
 
 
-def _remove_slot(directory: Path, sockets: Path | None) -> None:
+def remove_slot(directory: Path, sockets: Path | None) -> None:
+    """A slot's directories (its filesystem unmounted first): nothing there is fine."""
     if not directory.name.endswith(".sock"):
         disk.unmount(directory)
     shutil.rmtree(directory, ignore_errors=True)
