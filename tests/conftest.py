@@ -160,7 +160,9 @@ async def start_bot(settings: Settings, docker_client: Any) -> AsyncIterator[Bot
         await bot.start()
         started.append(bot)
         pool = bot.sandbox.pool
-        if pool is not None and pool.fingerprint() is not None:  # runs are given warm ones
+        if pool is not None and pool.fingerprint() is not None and not pool.held():
+            # Its runs are given warm containers (an image missing or the kill switch
+            # engaged: none is made).
             await wait_for_warm_pool(bot.sandbox.config.workspace_root, pool.size)
         return bot, FakeSlack(f"http://127.0.0.1:{bot.port}", SIGNING_SECRET)
 
