@@ -193,7 +193,7 @@ class WarmPool:
             (slot.directory / ASSIGNED_FILE).write_text(json.dumps(
                 {"token_sha256": token_hash, "assigned_at": time.time(),
                  "run_id": spec.run_id}))
-            _write_private(slot.directory / "delivery",
+            write_delivery(slot.directory / "delivery",
                            delivery_json(spec.for_container(), token))
         except OSError as exc:
             raise WorkspaceError(f"could not give the run a warm container: {exc}") from exc
@@ -344,7 +344,7 @@ def _assigned(root: Path, run_id: int) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_private(directory: Path, text: str) -> None:
+def write_delivery(directory: Path, text: str) -> None:
     """`DELIVERY_FILE` in `directory`, whole or not at all: written beside it (never through
     a link: O_NOFOLLOW, O_EXCL), readable by the sandbox user only, then renamed."""
     temporary = directory / f".{DELIVERY_FILE}.{secrets.token_hex(4)}"
