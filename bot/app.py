@@ -114,18 +114,18 @@ class Bot:
 
     def _kill_switch_changed(self, event: KillSwitchChanged) -> None:
         """Engaged: no warm container waits for a run; disengaged: the pool refills."""
-        if self.sandbox.pool is not None:
-            (self.sandbox.pool.drain if event.engaged else self.sandbox.pool.resume)()
+        for warm in self.sandbox.pools:
+            (warm.drain if event.engaged else warm.resume)()
 
     async def start(self) -> None:
         await asyncio.to_thread(schema.upgrade, self.db)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.progress.start()
         await self.dispatcher.start()
-        if self.sandbox.pool is not None:  # after reconciliation: it adopted given ones
-            kill_switch = self.services.kill_switch
-            self.sandbox.pool.held = lambda: kill_switch.state().engaged
-            await asyncio.to_thread(self.sandbox.pool.start)
+        kill_switch = self.services.kill_switch
+        for warm in self.sandbox.pools:  # after reconciliation: it adopted given ones
+            warm.held = lambda: kill_switch.state().engaged
+            await asyncio.to_thread(warm.start)
         await self.announcer.complete_pending_steps()
         await self.scheduler.start()
         await self.approvals.start()

@@ -159,11 +159,12 @@ async def start_bot(settings: Settings, docker_client: Any) -> AsyncIterator[Bot
         bot = Bot(replace(settings, **overrides))
         await bot.start()
         started.append(bot)
-        pool = bot.sandbox.pool
-        if pool is not None and pool.fingerprint() is not None and not pool.held():
-            # Its runs are given warm containers (an image missing or the kill switch
-            # engaged: none is made).
-            await wait_for_warm_pool(bot.sandbox.config.workspace_root, pool.size)
+        # Its runs are given warm containers (an image missing or the kill switch engaged:
+        # none is made).
+        size = sum(p.size for p in bot.sandbox.pools
+                   if p.fingerprint() is not None and not p.held())
+        if size:
+            await wait_for_warm_pool(bot.sandbox.config.workspace_root, size)
         return bot, FakeSlack(f"http://127.0.0.1:{bot.port}", SIGNING_SECRET)
 
     yield start

@@ -6,10 +6,10 @@ started ahead, locked down exactly as a cold run's (`runner.host.hardening`), ea
 (`runner.inside.warm`) for one run. Before it is given one, a warm container holds nothing
 of any run: its environment has no key and no spec, its mounts are empty directories.
 
-    warm-K/             its slot (the run's own filesystem when limited, `runner.host.disk`)
-    warm-K/repo         empty; mounted at /workspace, the run's clone goes here
-    warm-K/delivery     mounted at DELIVERY_DIR: the run's spec and token arrive here
-    warm-K.sock/        mounted at SOCKET_DIR: the run's gateway and proxy sockets
+    warm-E-K/           its slot (E: its engine; the run's own filesystem when limited)
+    warm-E-K/repo       empty; mounted at /workspace, the run's clone goes here
+    warm-E-K/delivery   mounted at DELIVERY_DIR: the run's spec and token arrive here
+    warm-E-K.sock/      mounted at SOCKET_DIR: the run's gateway and proxy sockets
 
 Given a run (`take`, then the sandbox clones into the slot and opens the run's sockets),
 the sockets' directory is renamed to the run's (`run-N.sock`), the run's directory becomes a
@@ -72,7 +72,6 @@ ASSIGNED_FILE = "assigned.json"  # in the slot, host-only: the token's hash, whe
 CHECK_SECONDS = 2.0  # how often the image and the hold are looked at
 REFILL_DELAY = 0.5  # after a take: the run just given starts before a new one is made
 FINGERPRINT_VERSION = "1"  # bumped when what a warm container is changes
-_SLOT = re.compile(r"warm-([0-9a-f]{16})")
 DockerErrors = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
@@ -91,13 +90,16 @@ class WarmSlot:
 
 
 class WarmPool:
-    """`size` warm containers of the default engine's image, refilled in the background."""
+    """`size` warm containers of one engine's image, refilled in the background."""
 
     def __init__(self, client: docker.DockerClient, config: SandboxConfig, size: int,
-                 held: Callable[[], bool] = lambda: False) -> None:
+                 engine: str = Engine.BUILTIN, held: Callable[[], bool] = lambda: False) -> None:
         self.client = client
         self.config = config
         self.size = size
+        self.engine = engine  # its containers are of this engine's image, for its runs
+        self.image = config.claude_code_image if engine == Engine.CLAUDE_CODE else config.image
+        self._slot_prefix = f"warm-{engine}-"
         self.held = held  # True: keep the pool empty (the kill switch is engaged)
         self._ready: list[WarmSlot] = []
         self._lock = threading.Lock()
@@ -150,8 +152,10 @@ class WarmPool:
     def take(self, engine: str) -> WarmSlot | None:
         """A warm container for a run of `engine`, never given to another; None when the
         pool has none (the run starts cold). The image is looked at again first: a run
-        never starts from an image that was replaced since its container was made."""
-        if engine != Engine.BUILTIN or self._drained:
+        never starts from an image that was replaced since its container was made. Only a
+        container whose agent said it has loaded and waits is given (one of an image too
+        old to wait for a run never says so: every run then starts cold)."""
+        if engine != self.engine or self._drained:
             return None
         try:
             current = self.fingerprint()
@@ -160,24 +164,33 @@ class WarmPool:
         with self._lock:
             if current != self._fingerprint:
                 stale, self._ready = self._ready, []
-            else:  # one whose agent has loaded first (`LOADED_FILE`), else the oldest
-                stale, slot = [], self._pop_ready()
+            else:
+                stale, slot = [], self._pop_loaded()
         if stale:
             self._wake.set()
             for old in stale:
                 self.discard(old)
             return None
-        if slot is not None:
-            self._wake.set()
+        if slot is None:
+            return None
+        self._wake.set()
+        try:
+            slot.container.reload()
+            running = slot.container.status == "running"
+        except DockerErrors:
+            running = False
+        if not running:  # it ended while it waited (killed from outside, out of memory)
+            self.discard(slot)
+            return None
         return slot
 
-    def _pop_ready(self) -> WarmSlot | None:
-        """Under the lock: the slot to give, out of the ready list."""
+    def _pop_loaded(self) -> WarmSlot | None:
+        """Under the lock: the oldest loaded slot, out of the ready list."""
         for slot in self._ready:
             if slot.loaded():
                 self._ready.remove(slot)
                 return slot
-        return self._ready.pop(0) if self._ready else None
+        return None
 
     def loaded(self) -> int:
         """How many warm containers wait with their agent loaded."""
@@ -212,13 +225,15 @@ class WarmPool:
         """What a warm container must match to be used: the image's id (None when the
         image is missing) and every setting the container is made with."""
         try:
-            image_id = str(self.client.images.get(self.config.image).id)
+            image_id = str(self.client.images.get(self.image).id) if self.image else ""
         except docker.errors.ImageNotFound:
             return None
+        if not image_id:
+            return None
         cfg = self.config
-        parts = [FINGERPRINT_VERSION, image_id, cfg.instance, cfg.memory, str(cfg.cpus),
-                 str(cfg.pids), cfg.runtime, str(cfg.disk_limit), cfg.log_file_size,
-                 str(cfg.log_files), hardening.container_user()]
+        parts = [FINGERPRINT_VERSION, self.engine, image_id, cfg.instance, cfg.memory,
+                 str(cfg.cpus), str(cfg.pids), cfg.runtime, str(cfg.disk_limit),
+                 cfg.log_file_size, str(cfg.log_files), hardening.container_user()]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
     # -- the background -----------------------------------------------------------------
@@ -258,8 +273,8 @@ class WarmPool:
         """One warm container: its empty directories, then the container, started."""
         cfg = self.config
         key = secrets.token_hex(8)
-        directory = cfg.workspace_root / f"warm-{key}"
-        sockets = cfg.workspace_root / f"warm-{key}.sock"
+        directory = cfg.workspace_root / f"{self._slot_prefix}{key}"
+        sockets = cfg.workspace_root / f"{self._slot_prefix}{key}.sock"
         cfg.workspace_root.mkdir(parents=True, exist_ok=True)
         try:
             directory.mkdir()
@@ -273,7 +288,7 @@ class WarmPool:
             if os.geteuid() == 0:
                 os.chown(directory / "delivery", hardening.SANDBOX_UID, hardening.SANDBOX_UID)
             container = hardening.create(
-                self.client, cfg, image=cfg.image, name=self.warm_name(key),
+                self.client, cfg, image=self.image, name=self.warm_name(key),
                 labels={LABEL_INSTANCE: cfg.instance, LABEL_POOL: fingerprint},
                 environment={WARM_ENV: "1", **hardening.network_env()},
                 volumes={str(directory / "repo"): {"bind": WORKSPACE, "mode": "rw"},
@@ -291,7 +306,7 @@ class WarmPool:
         return slot
 
     def warm_name(self, key: str) -> str:
-        return f"routines-{self.config.instance}-warm-{key}"
+        return f"routines-{self.config.instance}-{self._slot_prefix}{key}"
 
     def _remove_ready(self) -> None:
         with self._lock:
@@ -303,7 +318,7 @@ class WarmPool:
         """At start: every warm container of this instance not given a run is removed (an
         earlier process made it: it is followed by no one, and may be stale), then every
         slot no run's directory links to."""
-        prefix = f"routines-{self.config.instance}-warm-"
+        prefix = f"routines-{self.config.instance}-{self._slot_prefix}"
         for container in self.client.containers.list(all=True, filters={"label": [
                 f"{LABEL_INSTANCE}={self.config.instance}", LABEL_POOL]}):
             if container.name.startswith(prefix):
@@ -314,9 +329,10 @@ class WarmPool:
         if not root.is_dir():
             return
         linked = {path.resolve().name for path in root.glob("run-*") if path.is_symlink()}
-        for path in root.glob("warm-*"):
-            match = _SLOT.fullmatch(path.name.removesuffix(".sock"))
-            if match and path.name.removesuffix(".sock") not in linked:
+        slot = re.compile(rf"{re.escape(self._slot_prefix)}[0-9a-f]{{16}}")
+        for path in root.glob(f"{self._slot_prefix}*"):
+            name = path.name.removesuffix(".sock")
+            if slot.fullmatch(name) and name not in linked:
                 remove_slot(path, None)
 
 

@@ -146,15 +146,19 @@ class Sandbox:
         # its verdict is stored, so that a crash before that adopts the ended run again
         # instead of finding it gone. False: removed as soon as the work is read back.
         self.release_when_recorded = False
-        # Warm containers (`config.warm_pool` of them); None: every run starts cold.
-        self.pool = (pool.WarmPool(client, config, config.warm_pool) if config.warm_pool > 0
-                     else None)
+        # Warm containers (`config.warm_pool` of each engine with an image); none: every
+        # run starts cold. `pool` is the default engine's.
+        self.pools = [pool.WarmPool(client, config, config.warm_pool, engine)
+                      for engine in (Engine.BUILTIN, Engine.CLAUDE_CODE)
+                      if config.warm_pool > 0 and (engine == Engine.BUILTIN
+                                                   or config.claude_code_image)]
+        self.pool = self.pools[0] if self.pools else None
 
     def close(self) -> None:
         """Stop serving every run (their containers run on, to be adopted) and the loop;
         remove the warm containers no run was given."""
-        if self.pool is not None:
-            self.pool.close()
+        for warm in self.pools:
+            warm.close()
         self.gateway.stop()
         self.egress.close()
         self._servers.stop()
@@ -170,7 +174,8 @@ class Sandbox:
         root = self.config.workspace_root
         token = new_token()
         log = RunLog(on_event)
-        slot = self.pool.take(spec.engine) if self.pool is not None else None
+        warm = next((p for p in self.pools if p.engine == spec.engine), None)
+        slot = warm.take(spec.engine) if warm is not None else None
         try:
             repo = workspace.prepare(root, spec.run_id, spec.repo_url, spec.branch,
                                      SANDBOX_UID if os.geteuid() == 0 else None,
@@ -182,12 +187,12 @@ class Sandbox:
                 pool.claim_sockets(slot, self.socket_dir(spec.run_id))
             door = self._open_gateway(spec, token_sha256(token), log, Resume())
             self._open_egress(spec, log)
-            container = (self._start(spec, repo, token) if slot is None
-                         else self._give(slot, spec, token))
+            container = (self._start(spec, repo, token) if warm is None or slot is None
+                         else self._give(warm, slot, spec, token))
         except (workspace.WorkspaceError, GatewayUnavailable, ClaudeCodeImageMissing,
                 docker.errors.DockerException) as exc:
-            if self.pool is not None and slot is not None:
-                self.pool.discard(slot)
+            if warm is not None and slot is not None:
+                warm.discard(slot)
             self.gateway.close(spec.run_id)
             self.egress.close_run(spec.run_id)
             shutil.rmtree(self.socket_dir(spec.run_id), ignore_errors=True)
@@ -196,11 +201,11 @@ class Sandbox:
         on_started(container.id)
         return self._follow(spec, container, control, log, door, skip_events=0)
 
-    def _give(self, slot: pool.WarmSlot, spec: RunSpec, token: str) -> Any:
+    def _give(self, warm: pool.WarmPool, slot: pool.WarmSlot, spec: RunSpec,
+              token: str) -> Any:
         """The warm container's turn of `_start`: it runs already, and is given the run."""
-        assert self.pool is not None
-        container = self.pool.deliver(slot, spec, token, token_sha256(token),
-                                      self.container_name(spec.run_id))
+        container = warm.deliver(slot, spec, token, token_sha256(token),
+                                 self.container_name(spec.run_id))
         self.reached(SandboxStage.CONTAINER_CREATED)
         return container
 

@@ -19,12 +19,12 @@ from typing import Any
 import docker.errors
 import pytest
 
-from runner.contract import LABEL_POOL, LABEL_RUN_ID, Report
+from runner.contract import LABEL_POOL, LABEL_RUN_ID, Engine, Report
 from runner.host.pool import WarmPool, WarmSlot
 from runner.host.sandbox import RunControl
-from tests.standins.anthropic_api import AnthropicStandIn, report
+from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.environment import API_KEY
-from tests.support.bots import SANDBOX_IMAGE, BotFactory
+from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE, BotFactory
 from tests.support.run_specs import spec
 from tests.support.sandbox_runs import make_sandbox
 from tests.support.slack_flows import wait_until
@@ -132,7 +132,7 @@ def test_two_takes_at_once_never_get_the_same_warm_container(
 async def test_the_kill_switch_drains_the_pool_and_disengaging_refills_it(
     start_bot: BotFactory, docker_client: Any,
 ) -> None:
-    bot, _ = await start_bot(warm_pool=1, admins=(ADMIN,))
+    bot, _ = await start_bot(warm_pool=1, admins=(ADMIN,), claude_code_image="")
     instance = bot.settings.instance
     await wait_until(lambda: len(warm_containers(docker_client, instance)) == 1, timeout=60)
 
@@ -224,3 +224,25 @@ async def test_no_pool_starts_every_run_cold_as_before(
     assert result.report == Report("success", "done")
     assert labels[0][LABEL_RUN_ID] == "71" and LABEL_POOL not in labels[0]
     assert warm_containers(docker_client, sandbox.config.instance) == []
+
+
+async def test_a_claude_code_run_is_given_a_warm_claude_code_container(
+    tmp_path: Path, docker_client: Any, anthropic_api: AnthropicStandIn, git_repo: str,
+) -> None:
+    sandbox = make_sandbox(docker_client, anthropic_api, tmp_path / "ws", SANDBOX_IMAGE,
+                           claude_code_image=CLAUDE_CODE_IMAGE, warm_pool=1)
+    [builtin, claude] = sandbox.pools
+    assert (builtin.engine, claude.engine) == (Engine.BUILTIN, Engine.CLAUDE_CODE)
+    [warm] = [c for c in warm_containers(docker_client, sandbox.config.instance)
+              if "-warm-claude-code-" in c.name]
+    assert warm.image.id == docker_client.images.get(CLAUDE_CODE_IMAGE).id
+    marker = anthropic_api.script(
+        "cc-warm", [tool("StructuredOutput", outcome="success", summary="warm and done")])
+    started: list[str] = []
+    result = await asyncio.to_thread(
+        sandbox.execute, spec(81, f"Go. {marker}", git_repo, engine=Engine.CLAUDE_CODE.value,
+                              timeout_seconds=120),
+        lambda _s, _e: None, started.append, RunControl())
+    assert result.report == Report("success", "warm and done")
+    assert started == [warm.id]
+    assert builtin.loaded() == 1  # the default engine's warm container was not used

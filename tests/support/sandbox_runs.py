@@ -41,21 +41,24 @@ def make_sandbox(client: Any, anthropic_api: AnthropicStandIn, root: Path,
     names = egress_names or {}
     sandbox = Sandbox(client, config,
                       egress_resolve=lambda host: [names[host]] if host in names else [])
-    if sandbox.pool is not None:
-        pool, deliver = sandbox.pool, sandbox.pool.deliver
-
-        def tapped(slot: Any, spec: RunSpec, token: str, token_hash: str, name: str) -> Any:
-            _GIVEN[spec.run_id] = token
-            return deliver(slot, spec, token, token_hash, name)
-
-        pool.deliver = tapped  # type: ignore[method-assign]
+    for pool in sandbox.pools:
+        pool.deliver = _tapped(pool.deliver)  # type: ignore[method-assign]
         pool.start()
+    if sandbox.pools:
         _POOLED.append(sandbox)
-        deadline = time.monotonic() + 60
-        while pool.ready() < warm_pool:
+    deadline = time.monotonic() + 60
+    for pool in sandbox.pools:
+        while pool.fingerprint() is not None and pool.loaded() < warm_pool:
             assert time.monotonic() < deadline, "the warm pool did not fill in 60s"
             time.sleep(0.05)
     return sandbox
+
+
+def _tapped(deliver: Any) -> Any:
+    def tapped(slot: Any, spec: RunSpec, token: str, token_hash: str, name: str) -> Any:
+        _GIVEN[spec.run_id] = token
+        return deliver(slot, spec, token, token_hash, name)
+    return tapped
 
 
 def close_pooled() -> None:
