@@ -108,14 +108,19 @@ class WarmPool:
         self._drained = False
         self._fingerprint: str | None = None
         self._thread: threading.Thread | None = None
+        self._taken_at = 0.0
 
     # -- lifetime ---------------------------------------------------------------------
 
     def start(self) -> None:
         """Remove what an earlier process left (warm containers that are stale or no longer
-        followed, slots of no run), then fill the pool in the background."""
-        self._fingerprint = self.fingerprint()
-        self._sweep()
+        followed, slots of no run), then fill the pool in the background. An engine that
+        does not answer now is tried again by the refill (the bot starts all the same)."""
+        try:
+            self._fingerprint = self.fingerprint()
+            self._sweep()
+        except DockerErrors as exc:
+            log.warning("warm pool: the engine did not answer at start (%s)", exc)
         self._thread = threading.Thread(target=self._refill_loop, daemon=True,
                                         name="warm-pool")
         self._thread.start()
@@ -173,6 +178,7 @@ class WarmPool:
             return None
         if slot is None:
             return None
+        self._taken_at = time.monotonic()
         self._wake.set()
         try:
             slot.container.reload()
@@ -259,6 +265,9 @@ class WarmPool:
             self._fingerprint = current
             self._remove_ready()
         while current is not None and self.ready() < self.size:
+            wait = self._taken_at + REFILL_DELAY - time.monotonic()
+            if wait > 0:
+                self._stopping.wait(wait)
             if self._stopping.is_set() or self._drained:
                 return
             slot = self._make(current)
