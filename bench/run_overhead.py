@@ -8,10 +8,15 @@ What it measures, over N sequential runs (at least 10, as the issue asks):
   anything: Slack request handling, queueing in the database, the dispatcher claiming
   the run, the host-side git clone, container create + start, and the agent's Python
   start-up (interpreter, `anthropic` import, first HTTP connection).
+* the same, from a warm container (README "Warm pool"): a bot with ROUTINES_WARM_POOL=1,
+  each run given a container started before it (the bench waits for one whose agent has
+  loaded, and `WARM_SETTLE`, before each run). The cold column is a bot with no
+  pool (ROUTINES_WARM_POOL=0): exactly the path a run takes when the pool is empty.
 * bare `docker run`: `docker run --rm --network none --entrypoint true IMAGE`, timed
   N times in the same process run, as the floor any container-per-run design pays.
 
-It prints both medians and their ratio, the per-run latencies, and a breakdown of each
+It prints the medians and their ratios to the bare run (`--json`: the warm one is the
+`ratio`, the cold one `cold_ratio`), the per-run latencies, and a breakdown of each
 run (taken from the Docker engine's event stream) so one can see where the time goes.
 
 Everything is local: the bot runs in-process on loopback, the Slack API stand-in on
@@ -70,6 +75,7 @@ RESULTS_CHANNEL = "C0RESULTS1"
 ROUTINE = "bench-overhead"
 SCENARIO = "bench-overhead"
 RUN_TIMEOUT = 120.0
+WARM_SETTLE = 0.5  # seconds after a warm container has loaded, before the run is asked
 
 
 class BenchError(Exception):
@@ -110,6 +116,11 @@ class ContainerEvents:
     def stop(self) -> None:
         self._stream.close()
         self._thread.join(timeout=5)
+
+    def reset(self) -> None:
+        """Forget what was seen (the next bot numbers its runs from 1 again)."""
+        with self._lock:
+            self._times.clear()
 
     def at(self, run_id: int, action: str) -> float | None:
         """When `action` happened to the run's container, on the monotonic clock."""
@@ -220,9 +231,23 @@ async def one_run(fake: FakeSlack, slack_api: SlackApiStandIn,
     )
 
 
-async def bench_bot_runs(runs: int, image: str, tmp: Path,
-                         events: ContainerEvents) -> list[RunSample]:
-    """Start stand-ins and the bot, create the routine, run it `runs` times in a row."""
+async def wait_warm(bot: Bot) -> None:
+    """Until a warm container waits with its agent loaded: the state a warm pool is in
+    between runs that are not back to back."""
+    pool = bot.sandbox.pool
+    assert pool is not None
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while pool.loaded() < 1:
+        if time.monotonic() > deadline:
+            raise BenchError(f"no warm container within {RUN_TIMEOUT:.0f}s")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(WARM_SETTLE)  # the refill's own work is over
+
+
+async def bench_bot_runs(runs: int, image: str, tmp: Path, events: ContainerEvents,
+                         warm: bool = False) -> list[RunSample]:
+    """Start stand-ins and the bot, create the routine, run it `runs` times in a row: each
+    from a warm container (`warm`), or each starting its own (no pool: the cold path)."""
     slack_api = SlackApiStandIn()
     anthropic_api = AnthropicStandIn(API_KEY)
     bot: Bot | None = None
@@ -232,14 +257,17 @@ async def bench_bot_runs(runs: int, image: str, tmp: Path,
         marker = anthropic_api.script(SCENARIO, [report("success", "Nothing to do.")])
         repo = make_git_repo(tmp / "upstream")
         bot = Bot(local_settings(tmp, slack_api.url, anthropic_api.url, sandbox_image=image,
-                                 max_concurrent_runs=1))
+                                 max_concurrent_runs=1, warm_pool=1 if warm else 0))
         await bot.start()
         fake = FakeSlack(f"http://127.0.0.1:{bot.port}", SIGNING_SECRET)
         await create_routine(fake, slack_api, f"Report success at once. {marker}", repo)
         samples: list[RunSample] = []
+        kind = "warm" if warm else "cold"
         for index in range(runs):
+            if warm:
+                await wait_warm(bot)
             samples.append(await one_run(fake, slack_api, anthropic_api, events))
-            print(f"  bot run {index + 1}/{runs}: {samples[-1].first_api_call:.3f}s",
+            print(f"  {kind} bot run {index + 1}/{runs}: {samples[-1].first_api_call:.3f}s",
                   file=sys.stderr, flush=True)
         return samples
     finally:
@@ -327,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="routines-bench-") as tmp:
                 samples = asyncio.run(
                     bench_bot_runs(args.runs, args.image, Path(tmp), events))
+            events.reset()
+            with tempfile.TemporaryDirectory(prefix="routines-bench-") as tmp:
+                warm = asyncio.run(
+                    bench_bot_runs(args.runs, args.image, Path(tmp), events, True))
         finally:
             events.stop()
         bare = bench_bare_docker(args.runs, args.image)
@@ -336,11 +368,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         client.close()
     with readable_report(args.json):
+        print("cold: no warm pool (ROUTINES_WARM_POOL=0), each run starts its own container")
         run_median, bare_median = report_table(samples, bare, args.image, image_id)
+        print()
+        print("warm: ROUTINES_WARM_POOL=1, a warm container waiting before each run")
+        print("(->create and create->start are a cold run's: '-' here)")
+        warm_median, _ = report_table(warm, bare, args.image, image_id)
     if args.json:
-        print_json("run_overhead", {"run_to_first_api_call_s": round(run_median, 4)},
-                   {"bare_docker_run_s": round(bare_median, 4)}, run_median / bare_median,
-                   runs=len(samples), image=args.image)
+        print_json("run_overhead", {"warm_run_to_first_api_call_s": round(warm_median, 4),
+                                    "cold_run_to_first_api_call_s": round(run_median, 4)},
+                   {"bare_docker_run_s": round(bare_median, 4)}, warm_median / bare_median,
+                   cold_ratio=round(run_median / bare_median, 4), runs=len(samples),
+                   image=args.image, cores=os.cpu_count())
     return 0
 
 

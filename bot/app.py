@@ -30,6 +30,7 @@ from bot.services import ServicePolicy, Services
 from bot.services.events import (
     ApprovalRequested,
     DigestScheduleChanged,
+    KillSwitchChanged,
     PublishDecided,
     RunQueued,
     ScheduleChanged,
@@ -107,10 +108,16 @@ class Bot:
         bus.subscribe(RunQueued, lambda _: self.dispatcher.wake())
         bus.subscribe(RunQueued, lambda _: self.home.changed())
         bus.subscribe(StopRequested, lambda event: self.dispatcher.stop_run(event.run_id))
+        bus.subscribe(KillSwitchChanged, self._kill_switch_changed)
         bus.subscribe(ApprovalRequested, lambda _: self.approvals.wake())
         bus.subscribe(PublishDecided, lambda _: self.approvals.wake())
         bus.subscribe(ScheduleChanged, self.scheduler.schedule_changed)
         bus.subscribe(DigestScheduleChanged, self.scheduler.digest_schedule_changed)
+
+    def _kill_switch_changed(self, event: KillSwitchChanged) -> None:
+        """Engaged: no warm container waits for a run; disengaged: the pool refills."""
+        for warm in self.sandbox.pools:
+            (warm.drain if event.engaged else warm.resume)()
 
     async def start(self) -> None:
         self.one_process.claim()  # before anything reads or changes the database
@@ -118,6 +125,10 @@ class Bot:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.progress.start()
         await self.dispatcher.start()
+        kill_switch = self.services.kill_switch
+        for warm in self.sandbox.pools:  # after reconciliation: it adopted given ones
+            warm.held = lambda: kill_switch.state().engaged
+            await asyncio.to_thread(warm.start)
         await self.announcer.complete_pending_steps()
         await self.scheduler.start()
         await self.approvals.start()
@@ -172,4 +183,6 @@ def _sandbox_config(settings: Settings) -> SandboxConfig:
         anthropic_api_key=settings.anthropic_api_key,
         anthropic_base_url=settings.anthropic_base_url,
         fetch_policy=FetchPolicy(settings.repo_hosts, settings.allow_local_repos),
+        warm_pool=(settings.max_concurrent_runs if settings.warm_pool is None
+                   else settings.warm_pool),
     )

@@ -52,6 +52,9 @@ class Settings:
     sandbox_runtime: str = ""  # "runsc" runs every container under gVisor
     run_disk_limit: int = DEFAULT_DISK_LIMIT  # bytes a run's files may take; 0: no limit
     max_concurrent_runs: int = 2
+    # Warm containers kept ready for runs (README "Warm pool"); None: one per concurrency
+    # slot (max_concurrent_runs); 0: none, every run starts its own container.
+    warm_pool: int | None = None
     default_model: str = DEFAULT_MODEL
     default_timeout_seconds: int = 1800
     min_timeout_seconds: int = 60
@@ -153,6 +156,7 @@ class Settings:
             run_disk_limit=_parsed(env, "ROUTINES_RUN_DISK_LIMIT", lambda raw: parse_size(
                 raw) if raw.strip() else cls.run_disk_limit),
             max_concurrent_runs=_int(env, "ROUTINES_MAX_CONCURRENT_RUNS", cls.max_concurrent_runs),
+            warm_pool=_warm_pool(env),
             default_model=env.get("ROUTINES_DEFAULT_MODEL", cls.default_model),
             max_turns=_int(env, "ROUTINES_MAX_TURNS", cls.max_turns),
             allow_local_repos=_flag(env, "ROUTINES_ALLOW_LOCAL_REPOS", False),
@@ -214,6 +218,16 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(_number(env, name, default, int, "a whole number"))
+
+
+def _warm_pool(env: Mapping[str, str]) -> int | None:
+    """ROUTINES_WARM_POOL: unset or empty, the default (one per concurrency slot)."""
+    if not env.get("ROUTINES_WARM_POOL", "").strip():
+        return None
+    size = _int(env, "ROUTINES_WARM_POOL", 0)
+    if size < 0:
+        raise SettingsError(f"setting ROUTINES_WARM_POOL must be 0 or more, got {size}")
+    return size
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

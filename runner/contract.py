@@ -64,6 +64,17 @@ PROXY_PORT = 3128
 # Socket file name -> the loopback port it is forwarded to inside the container.
 FORWARDED_SOCKETS = {GATEWAY_SOCKET: GATEWAY_PORT, PROXY_SOCKET: PROXY_PORT}
 
+# A warm container (`runner.host.pool`) starts with no spec and no token: its agent waits
+# for the host to deliver both as one file (`Delivery`), written atomically into this
+# directory (its own, writable by the sandbox user) once the run is given to it; the agent
+# reads it and deletes it before anything else runs. `WARM_ENV` set: wait for it.
+DELIVERY_DIR = "/run/routines-run"
+DELIVERY_FILE = "run.json"
+LOADED_FILE = ".loaded"  # the agent's, in DELIVERY_DIR: its modules are loaded, it waits
+WARM_ENV = "ROUTINES_WARM"
+# Which pool a warm container belongs to: the fingerprint of its image and settings.
+LABEL_POOL = "org.routines.pool"
+
 # Event types only the host writes (see the module's docstring).
 HOST_EVENT_TYPES = frozenset({"model_call", "egress"})
 HOST_SOURCE = "host"
@@ -268,3 +279,14 @@ def parse_event_line(line: str) -> Event:
         value.pop("source", None)
         return value
     return {"type": "output", "text": text}
+
+
+def delivery_json(spec: RunSpec, token: str) -> str:
+    """What a warm container is given (`DELIVERY_FILE`): the spec and the run's token."""
+    return json.dumps({"spec": json.loads(spec.to_json()), "token": token})
+
+
+def read_delivery(raw: str) -> tuple[RunSpec, str]:
+    """The spec and token of a delivered run (`delivery_json`)."""
+    data = json.loads(raw)
+    return RunSpec.from_json(json.dumps(data["spec"])), str(data["token"])

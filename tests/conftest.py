@@ -37,6 +37,8 @@ from tests.standins.environment import (
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE, BotFactory
 from tests.support.github_payloads import FIXTURES_ENV, github_fixtures_dir
+from tests.support.sandbox_runs import close_pooled
+from tests.support.served_bot import remove_warm_slots, wait_for_warm_pool
 from tests.support.slack_requests import FakeSlack
 
 UNIT = Path(__file__).resolve().parent / "unit"
@@ -75,6 +77,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}; CI=true, so the conformance tier must run", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _close_warm_sandboxes() -> Iterator[None]:
+    """Sandboxes a test made with a warm pool take their warm containers with them."""
+    yield
+    close_pooled()
 
 
 @pytest.fixture(scope="session")
@@ -150,6 +159,12 @@ async def start_bot(settings: Settings, docker_client: Any) -> AsyncIterator[Bot
         bot = Bot(replace(settings, **overrides))
         await bot.start()
         started.append(bot)
+        # Its runs are given warm containers (an image missing or the kill switch engaged:
+        # none is made).
+        size = sum(p.size for p in bot.sandbox.pools
+                   if p.fingerprint() is not None and not p.held())
+        if size:
+            await wait_for_warm_pool(bot.sandbox.config.workspace_root, size)
         return bot, FakeSlack(f"http://127.0.0.1:{bot.port}", SIGNING_SECRET)
 
     yield start
@@ -170,3 +185,4 @@ def remove_leftovers(docker_client: Any, bot: Bot) -> None:
     root = bot.sandbox.config.workspace_root
     for run_id in workspace.leftover_runs(root):
         workspace.remove(root, run_id)
+    remove_warm_slots(root)

@@ -50,6 +50,13 @@ class StopRequested(Event):
 
 
 @dataclass(frozen=True)
+class KillSwitchChanged(Event):
+    """The kill switch was engaged or disengaged (the warm pool drains or refills)."""
+
+    engaged: bool
+
+
+@dataclass(frozen=True)
 class PublishDecided(Event):
     """A kept commit's approval was decided or expired: push it or discard it."""
 

@@ -22,7 +22,7 @@ from bot.errors import (
     ValidationFailed,
 )
 from bot.services.context import Service
-from bot.services.events import RunQueued, StopRequested
+from bot.services.events import KillSwitchChanged, RunQueued, StopRequested
 from bot.services.views import (
     HeldRuns,
     KillSwitchReport,
@@ -70,6 +70,7 @@ class KillSwitchService(Service):
             held = self._held(session)
         for run_id in running:
             self.bus.publish(StopRequested(known_id(run_id)))
+        self.bus.publish(KillSwitchChanged(engaged=True))
         return KillSwitchReport(self.state(), len(running), held)
 
     def disengage(self, actor: str) -> KillSwitchReport:
@@ -86,6 +87,7 @@ class KillSwitchService(Service):
                             .values(last_fire_at=now))
             audit.record(session, actor, "disengage", None, f"was engaged for: {state.reason}")
             held = self._held(session)
+        self.bus.publish(KillSwitchChanged(engaged=False))
         return KillSwitchReport(self.state(), 0, held)
 
     def report(self) -> KillSwitchReport:

@@ -24,7 +24,7 @@ from sqlmodel import col
 from bot.core.statuses import PENDING_STATUSES, RunStatus
 from bot.store.database import Database
 from bot.store.tables import KillSwitch, Routine, Run
-from runner.contract import LABEL_INSTANCE, LABEL_RUN_ID
+from runner.contract import LABEL_INSTANCE, LABEL_POOL, LABEL_RUN_ID
 
 log = logging.getLogger(__name__)
 # Runs last from seconds (a refusal by the engine) to hours (the longest timeout).
@@ -38,8 +38,12 @@ def running_containers(docker_client: Any, instance: str) -> ContainerCount:
 
     def count() -> int:
         labels = [f"{LABEL_INSTANCE}={instance}", LABEL_RUN_ID]
-        return len(docker_client.containers.list(
+        cold = len(docker_client.containers.list(
             filters={"label": labels, "status": "running"}, sparse=True))
+        # A warm container given a run has no run-id label (runner.host.pool): its name says.
+        warm = docker_client.containers.list(filters={"label": [
+            f"{LABEL_INSTANCE}={instance}", LABEL_POOL], "status": "running"})
+        return cold + sum(1 for c in warm if "-run-" in c.name)
 
     return count
 

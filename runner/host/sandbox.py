@@ -19,30 +19,25 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
-import docker.types
 import requests.exceptions
 
 from runner.contract import (
-    GATEWAY_PORT,
     GATEWAY_SOCKET,
     LABEL_INSTANCE,
     LABEL_ROUTINE,
     LABEL_RUN_ID,
     LABEL_TOKEN_SHA256,
-    PROXY_PORT,
     PROXY_SOCKET,
     SOCKET_DIR,
     SPEC_ENV,
     WORKSPACE,
     Engine,
-    Event,
     Resume,
     RunResult,
     RunSpec,
@@ -52,16 +47,15 @@ from runner.contract import (
 from runner.disk_limit import DEFAULT_DISK_LIMIT
 from runner.egress_policy import EgressPolicy
 from runner.errors import GatewayUnavailable
-from runner.host import publish, workspace
+from runner.host import hardening, pool, publish, workspace
 from runner.host.egress_proxy import EgressAttempt, EgressProxy
 from runner.host.fetch_policy import Resolver, system_resolve
+from runner.host.following import EventSink, RunLog, chunks, engine_answers, started_at, stderr_tail
 from runner.host.gateway import GatewayRun, ModelCall, ModelGateway, new_token, token_sha256
+from runner.host.hardening import SANDBOX_UID
 from runner.host.log_lines import capped_lines
 from runner.host.loop import BackgroundLoop
 from runner.repo_policy import FetchPolicy
-
-SANDBOX_UID = 10001
-EventSink = Callable[[int, Event], None]
 
 
 @dataclass(frozen=True)
@@ -92,6 +86,8 @@ class SandboxConfig:
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
     # The image for runs whose engine is `claude-code` (README "Engines"); "" none.
     claude_code_image: str = ""
+    # Warm containers kept ready for runs (`runner.host.pool`); 0: none, every run cold.
+    warm_pool: int = 0
 
     def image_for(self, engine: str) -> str:
         """The image holding `engine`'s agent."""
@@ -150,9 +146,19 @@ class Sandbox:
         # its verdict is stored, so that a crash before that adopts the ended run again
         # instead of finding it gone. False: removed as soon as the work is read back.
         self.release_when_recorded = False
+        # Warm containers (`config.warm_pool` of each engine with an image); none: every
+        # run starts cold. `pool` is the default engine's.
+        self.pools = [pool.WarmPool(client, config, config.warm_pool, engine)
+                      for engine in (Engine.BUILTIN, Engine.CLAUDE_CODE)
+                      if config.warm_pool > 0 and (engine == Engine.BUILTIN
+                                                   or config.claude_code_image)]
+        self.pool = self.pools[0] if self.pools else None
 
     def close(self) -> None:
-        """Stop serving every run (their containers run on, to be adopted) and the loop."""
+        """Stop serving every run (their containers run on, to be adopted) and the loop;
+        remove the warm containers no run was given."""
+        for warm in self.pools:
+            warm.close()
         self.gateway.stop()
         self.egress.close()
         self._servers.stop()
@@ -163,22 +169,30 @@ class Sandbox:
 
     def execute(self, spec: RunSpec, on_event: EventSink,
                 on_started: Callable[[str], None], control: RunControl) -> RunResult:
-        """Clone, open the run's gateway, start the container, follow it, and clean up,
-        whatever happens."""
+        """Clone, open the run's gateway, start the container (or give the run a warm one,
+        `runner.host.pool`), follow it, and clean up, whatever happens."""
         root = self.config.workspace_root
         token = new_token()
-        log = _RunLog(on_event)
+        log = RunLog(on_event)
+        warm = next((p for p in self.pools if p.engine == spec.engine), None)
+        slot = warm.take(spec.engine) if warm is not None else None
         try:
             repo = workspace.prepare(root, spec.run_id, spec.repo_url, spec.branch,
                                      SANDBOX_UID if os.geteuid() == 0 else None,
                                      policy=self.config.fetch_policy, resolve=self.resolve,
-                                     disk_limit=self.config.disk_limit)
+                                     disk_limit=self.config.disk_limit,
+                                     into=None if slot is None else slot.directory)
             self.reached(SandboxStage.CLONED)
+            if slot is not None:
+                pool.claim_sockets(slot, self.socket_dir(spec.run_id))
             door = self._open_gateway(spec, token_sha256(token), log, Resume())
             self._open_egress(spec, log)
-            container = self._start(spec, repo, token)
+            container = (self._start(spec, repo, token) if warm is None or slot is None
+                         else self._give(warm, slot, spec, token))
         except (workspace.WorkspaceError, GatewayUnavailable, ClaudeCodeImageMissing,
                 docker.errors.DockerException) as exc:
+            if warm is not None and slot is not None:
+                warm.discard(slot)
             self.gateway.close(spec.run_id)
             self.egress.close_run(spec.run_id)
             shutil.rmtree(self.socket_dir(spec.run_id), ignore_errors=True)
@@ -186,6 +200,14 @@ class Sandbox:
             return RunResult(run_id=spec.run_id, infra_error=_describe_infra_error(exc))
         on_started(container.id)
         return self._follow(spec, container, control, log, door, skip_events=0)
+
+    def _give(self, warm: pool.WarmPool, slot: pool.WarmSlot, spec: RunSpec,
+              token: str) -> Any:
+        """The warm container's turn of `_start`: it runs already, and is given the run."""
+        container = warm.deliver(slot, spec, token, token_sha256(token),
+                                 self.container_name(spec.run_id))
+        self.reached(SandboxStage.CONTAINER_CREATED)
+        return container
 
     def kill(self, run_id: int) -> None:
         """Kill a run's container at once (its follower then records how it ended); its
@@ -213,6 +235,7 @@ class Sandbox:
         for container in self.client.containers.list(all=True, filters={"label": labels}):
             with contextlib.suppress(ValueError):
                 found[int(container.labels[LABEL_RUN_ID])] = container
+        found.update(pool.given_containers(self.client, self.config.instance))
         return found
 
     def follow(self, spec: RunSpec, container: Any, on_event: EventSink,
@@ -221,10 +244,10 @@ class Sandbox:
         opened again on the same socket, for the same token (by its hash, a label), with
         the usage and report observed so far; the container's log is replayed from its
         start and the events already stored (`resume.skip_events`) skipped."""
-        log = _RunLog(on_event, resume.next_seq)
+        log = RunLog(on_event, resume.next_seq)
         try:
-            door = self._open_gateway(spec, str(container.labels.get(LABEL_TOKEN_SHA256, "")),
-                                      log, resume)
+            door = self._open_gateway(spec, pool.token_hash(
+                container, self.config.workspace_root, spec.run_id), log, resume)
             self._open_egress(spec, log)
         except GatewayUnavailable as exc:
             _kill(container)
@@ -240,7 +263,7 @@ class Sandbox:
                 return RunResult(run_id=spec.run_id, infra_error=_describe_infra_error(exc))
         return self._follow(spec, container, control, log, door, resume.skip_events)
 
-    def _open_egress(self, spec: RunSpec, log: _RunLog) -> None:
+    def _open_egress(self, spec: RunSpec, log: RunLog) -> None:
         """The run's proxy, for every policy (`none` included: refusals are logged too);
         each attempt, allowed or refused, becomes an `egress` event of the run's log."""
         def on_attempt(attempt: EgressAttempt) -> None:
@@ -253,7 +276,7 @@ class Sandbox:
         except OSError as exc:
             raise GatewayUnavailable(str(path), exc.strerror or str(exc)) from exc
 
-    def _open_gateway(self, spec: RunSpec, token_hash: str, log: _RunLog,
+    def _open_gateway(self, spec: RunSpec, token_hash: str, log: RunLog,
                       resume: Resume) -> GatewayRun:
         def on_call(call: ModelCall) -> None:
             log.emit(dict(call.to_event(), ts=round(time.time(), 3)))
@@ -268,7 +291,7 @@ class Sandbox:
             raise GatewayUnavailable(str(path), exc.strerror or str(exc)) from exc
         return door
 
-    def _follow(self, spec: RunSpec, container: Any, control: RunControl, log: _RunLog,
+    def _follow(self, spec: RunSpec, container: Any, control: RunControl, log: RunLog,
                 door: GatewayRun, skip_events: int) -> RunResult:
         """Stream a started container's events until it exits, times out, is killed, or
         its gateway refused a call over its token budget.
@@ -277,7 +300,7 @@ class Sandbox:
         skipped: the container's log is replayed from its start.
         """
         result = RunResult(run_id=spec.run_id)
-        started = _started_at(container)
+        started = started_at(container, self.config.workspace_root, spec.run_id)
         stream = container.logs(stream=True, follow=True, stdout=True, stderr=False)
         reader = threading.Thread(target=self._read_events,
                                   args=(stream, result, log, skip_events), daemon=True)
@@ -299,7 +322,7 @@ class Sandbox:
         result.report = door.report
         result.token_budget_exceeded = door.budget_exceeded
         if result.final is None:  # why it died matters most when it never reported
-            tail = _stderr_tail(container)
+            tail = stderr_tail(container)
             if tail:
                 log.emit({"type": "stderr", "text": tail})
         self._finish(spec, container, result)
@@ -331,7 +354,7 @@ class Sandbox:
             except requests.exceptions.ReadTimeout:
                 continue
             except requests.exceptions.ConnectionError:  # also how a read timeout may show
-                if not _engine_answers(container):  # restarted or stopped: wait for it
+                if not engine_answers(container):  # restarted or stopped: wait for it
                     engine_lost = True
                     time.sleep(0.5)
                 continue
@@ -350,40 +373,16 @@ class Sandbox:
         # Host-only fields are the host's business; left out, an older image still reads
         # the spec. The agent's key is the run's token, good only at the run's gateway;
         # everything else goes through the run's proxy (the forwarder's loopback port).
-        proxy = f"http://127.0.0.1:{PROXY_PORT}"
-        env = {SPEC_ENV: spec.for_container().to_json(),
-               "ANTHROPIC_API_KEY": token,
-               "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
-               "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy,
-               "https_proxy": proxy, "NO_PROXY": "127.0.0.1,localhost",
-               "no_proxy": "127.0.0.1,localhost"}
-        user = f"{SANDBOX_UID}:{SANDBOX_UID}" if os.geteuid() == 0 else f"{os.geteuid()}"
-        # `create` never pulls (unlike `run`): a missing image is an error, not a download.
-        container = self.client.containers.create(
-            cfg.image_for(spec.engine),
+        env = {SPEC_ENV: spec.for_container().to_json(), "ANTHROPIC_API_KEY": token,
+               **hardening.network_env()}
+        container = hardening.create(
+            self.client, cfg, image=cfg.image_for(spec.engine),
             name=self.container_name(spec.run_id),
             labels={LABEL_INSTANCE: cfg.instance, LABEL_RUN_ID: str(spec.run_id),
                     LABEL_ROUTINE: spec.routine, LABEL_TOKEN_SHA256: token_sha256(token)},
             environment=env,
-            user=user,
-            network_mode="none",  # loopback only: the host is reached through SOCKET_DIR
-            runtime=cfg.runtime or None,
             volumes={str(repo): {"bind": WORKSPACE, "mode": "rw"},
-                     str(self.socket_dir(spec.run_id)): {"bind": SOCKET_DIR, "mode": "ro"}},
-            working_dir=WORKSPACE,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"],
-            read_only=True,
-            tmpfs={"/tmp": "rw,size=512m,mode=1777",  # noqa: S108 - inside the container
-                   "/home/agent": f"rw,size=512m,uid={SANDBOX_UID},gid={SANDBOX_UID}"},
-            mem_limit=cfg.memory,
-            memswap_limit=cfg.memory,
-            nano_cpus=int(cfg.cpus * 1e9),
-            pids_limit=cfg.pids,
-            log_config=docker.types.LogConfig(
-                type=docker.types.LogConfig.types.JSON,
-                config={"max-size": cfg.log_file_size, "max-file": str(cfg.log_files)}),
-        )
+                     str(self.socket_dir(spec.run_id)): {"bind": SOCKET_DIR, "mode": "ro"}})
         self.reached(SandboxStage.CONTAINER_CREATED)
         try:
             container.start()
@@ -393,11 +392,11 @@ class Sandbox:
         return container
 
     @staticmethod
-    def _read_events(stream: Any, result: RunResult, log: _RunLog, skip_events: int) -> None:
+    def _read_events(stream: Any, result: RunResult, log: RunLog, skip_events: int) -> None:
         """The container's lines, in order. They count nothing: only a `result` line is
         kept, as the container's own account of how it ended (it can only fail a run)."""
         seen = 0
-        for line in capped_lines(_chunks(stream)):  # no line can exhaust the host's memory
+        for line in capped_lines(chunks(stream)):  # no line can exhaust the host's memory
             if not line.strip():
                 continue
             seen += 1
@@ -451,57 +450,9 @@ class Sandbox:
         return f"{title}\n\n{summary}"
 
 
-def _chunks(stream: Any) -> Any:
-    """The log stream's chunks, ending quietly when another thread closes the stream."""
-    try:
-        yield from stream
-    except (OSError, ValueError, AttributeError, requests.exceptions.RequestException):
-        return
-
-
-def _stderr_tail(container: Any) -> str:
-    try:
-        raw = container.logs(stdout=False, stderr=True, tail=20)
-    except docker.errors.APIError:
-        return ""
-    return str(raw.decode("utf-8", errors="replace")).strip()
-
-
-class _RunLog:
-    """The run's one sequence of events: the container's lines (the reader thread) and the
-    host's own (the gateway's loop), numbered in arrival order."""
-
-    def __init__(self, sink: EventSink, next_seq: int = 1) -> None:
-        self._sink = sink
-        self._next = next_seq
-        self._lock = threading.Lock()
-
-    def emit(self, event: Event) -> None:
-        with self._lock:
-            seq, self._next = self._next, self._next + 1
-            self._sink(seq, event)
-
-
 def _kill(container: Any) -> None:
     with contextlib.suppress(docker.errors.APIError):
         container.kill()
-
-
-def _engine_answers(container: Any) -> bool:
-    try:
-        return bool(container.client.ping())
-    except (requests.exceptions.RequestException, docker.errors.DockerException):
-        return False
-
-
-def _started_at(container: Any) -> float:
-    """When the container started, from the engine (so adoption keeps the same deadline)."""
-    container.reload()
-    raw = str(container.attrs.get("State", {}).get("StartedAt", ""))
-    try:
-        return datetime.fromisoformat(raw[:26].rstrip("Z") + "+00:00").timestamp()
-    except ValueError:
-        return time.time()
 
 
 def _describe_infra_error(exc: Exception) -> str:

@@ -88,9 +88,13 @@ def git_env(config: Mapping[str, str] | Sequence[tuple[str, str]],
 
 def prepare(root: Path, run_id: int, url: str, branch: str, owner_uid: int | None, *,
             policy: FetchPolicy, resolve: Resolver = system_resolve,
-            disk_limit: int = 0) -> Path:
+            disk_limit: int = 0, into: Path | None = None) -> Path:
     """Clone `url` at `branch` into a fresh directory, keep the host's copy of its git
     directory, and return the repo path (the one to mount).
+
+    `into`: a warm container's slot (`runner.host.pool`), made before the run with its
+    filesystem (when limited) and an empty `repo` the container already mounts. The run's
+    directory is then a link to it, so everything below reads and removes it as any other.
 
     `policy` is checked first, `resolve` answering for the host (`CloneRefused`, and
     nothing contacted, when it refuses); git then connects only to the addresses checked
@@ -102,9 +106,12 @@ def prepare(root: Path, run_id: int, url: str, branch: str, owner_uid: int | Non
         raise CloneRefused(url, fetch)
     target = repo_dir(root, run_id)
     remove(root, run_id)  # a leftover of an earlier process
-    target.parent.mkdir(parents=True)
+    if into is not None:
+        target.parent.symlink_to(into, target_is_directory=True)
+    else:
+        target.parent.mkdir(parents=True)
     try:
-        if disk_limit:
+        if disk_limit and into is None:
             disk.mount_limited(target.parent, disk_limit)
         return _clone(fetch, url, branch, target, owner_uid, disk_limit)
     except BaseException:
@@ -198,15 +205,21 @@ def contains_any(root: Path, run_id: int, values: list[str]) -> bool:
 
 
 def remove(root: Path, run_id: int) -> None:
-    """Delete the run's workspace: its filesystem unmounted first, when it has one."""
-    disk.unmount(run_dir(root, run_id))
-    shutil.rmtree(run_dir(root, run_id), ignore_errors=True)
+    """Delete the run's workspace: its filesystem unmounted first, when it has one (a
+    warm slot's, when the run's directory links to one)."""
+    path = run_dir(root, run_id)
+    if path.is_symlink():
+        target = path.resolve()
+        path.unlink()
+        path = target
+    disk.unmount(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def disk_limit_reached(root: Path, run_id: int) -> int | None:
     """The run's disk limit (bytes) if the run filled its filesystem; None otherwise.
     Read it before the host's own git work on the run (`diff`) takes any of the space."""
-    return disk.limit_reached(run_dir(root, run_id))
+    return disk.limit_reached(run_dir(root, run_id).resolve())
 
 
 def leftover_runs(root: Path) -> list[int]:

@@ -1,8 +1,9 @@
 """The program that runs inside the sandbox container: setup script, then the agent loop.
 
 It speaks the contract in `runner.contract`: the spec arrives in an environment
-variable, every step is printed as one JSON line, and the last line is a `result`
-event. It must never end silently: whatever happens, a `result` event is attempted.
+variable (in a warm container, later, as a file: `runner.inside.warm`), every step is
+printed as one JSON line, and the last line is a `result` event. It must never end
+silently: whatever happens, a `result` event is attempted.
 
 Those lines are for people: the host takes usage and the self-report from its model
 gateway, which this agent reaches with a run token (never the real key) through the
@@ -26,8 +27,16 @@ from typing import Any
 
 import anthropic
 
-from runner.contract import SPEC_ENV, WORKSPACE, Engine, Event, RunSpec, api_error_event
-from runner.inside import claude_code, forwarder
+from runner.contract import (
+    SPEC_ENV,
+    WARM_ENV,
+    WORKSPACE,
+    Engine,
+    Event,
+    RunSpec,
+    api_error_event,
+)
+from runner.inside import claude_code, forwarder, warm
 
 MAX_TOOL_OUTPUT = 16_000
 SHELL_TIMEOUT = 600
@@ -343,8 +352,13 @@ def scrub_environ(names: tuple[str, ...] = TOKEN_ENV) -> None:
 def main() -> int:
     make_undumpable()
     scrub_environ()
+    http_client = None
+    if os.environ.get(WARM_ENV):  # a warm container: the run comes later, as a file
+        http_client = warm.preload(TOOLS)
+        spec, os.environ["ANTHROPIC_API_KEY"] = warm.wait_for_run()
+    else:
+        spec = RunSpec.from_json(os.environ[SPEC_ENV])
     forwarder.start()  # before the setup script: it may need the proxy
-    spec = RunSpec.from_json(os.environ[SPEC_ENV])
     emit({"type": "started", "run_id": spec.run_id, "model": spec.model,
           "engine": spec.engine})
     if spec.setup_script.strip():
@@ -353,14 +367,16 @@ def main() -> int:
             emit({"type": "result", "kind": "setup_failed", "exit_code": code,
                   "summary": f"setup script exited with code {code}"})
             return 3
-    final = claude_code.run(spec, emit) if spec.engine == Engine.CLAUDE_CODE else builtin(spec)
+    final = (claude_code.run(spec, emit) if spec.engine == Engine.CLAUDE_CODE
+             else builtin(spec, http_client))
     emit(final)
     return 0 if final.get("kind") == "report" else 2
 
 
-def builtin(spec: RunSpec) -> Event:
-    """The built-in agent's run: its loop against the gateway; the final `result`."""
-    client = anthropic.Anthropic(max_retries=2)
+def builtin(spec: RunSpec, http_client: anthropic.DefaultHttpxClient | None = None) -> Event:
+    """The built-in agent's run: its loop against the gateway; the final `result`.
+    `http_client`: a warm container's, already made (`runner.inside.warm`)."""
+    client = anthropic.Anthropic(max_retries=2, http_client=http_client)
     try:
         return agent_loop(spec, client)
     except anthropic.APIError as exc:

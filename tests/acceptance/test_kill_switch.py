@@ -20,7 +20,8 @@ from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
 from tests.support.github_payloads import own
 from tests.support.http_doors import WEBHOOK_SECRET, call, deliver
-from tests.support.slack_flows import ALICE, BOB, CAROL, DAVE, routine
+from tests.support.served_bot import is_waiting_warm
+from tests.support.slack_flows import ALICE, BOB, CAROL, DAVE, routine, wait_until
 from tests.support.slack_requests import FakeSlack
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
@@ -30,15 +31,22 @@ RUNNING = 3
 
 
 async def containers_running(docker_client: Any, bot: Bot, count: int,
-                             timeout: float = 90) -> list[Any]:
+                             timeout: float = 90, drained: bool = False) -> list[Any]:
+    """The bot's running run containers; `drained` (the kill switch is engaged): no warm
+    container waits either (ROUTINES_TEST_WARM_POOL), once the pool has drained."""
     deadline = time.monotonic() + timeout
     while True:
-        found = docker_client.containers.list(
-            sparse=True, filters={"label": f"org.routines.instance={bot.settings.instance}",
-                     "status": "running"})
+        found = [c for c in docker_client.containers.list(
+            filters={"label": f"org.routines.instance={bot.settings.instance}",
+                     "status": "running"}) if not is_waiting_warm(c)]
         if len(found) >= count or time.monotonic() > deadline:
-            return list(found)
+            break
         await asyncio.sleep(0.5)
+    if drained:
+        await wait_until(lambda: not [c for c in docker_client.containers.list(filters={
+            "label": f"org.routines.instance={bot.settings.instance}"}) if is_waiting_warm(c)],
+            timeout=10)
+    return found
 
 
 async def runs_of(fake: FakeSlack, name: str) -> str:
@@ -82,7 +90,7 @@ async def test_engage_stops_all_runs_refuses_every_door_and_survives_a_restart(
                ) >= RUNNING:
             break
         await asyncio.sleep(0.1)
-    assert await containers_running(docker_client, bot, 0, timeout=0) == []
+    assert await containers_running(docker_client, bot, 0, timeout=0, drained=True) == []
     history = await runs_of(fake, "long")
     assert history.count("killed by the kill switch: Bad deploy") == RUNNING
     killed = [v.run for v in bot.services.routines.history("long")
@@ -201,4 +209,4 @@ async def test_the_kill_switch_engaged_from_the_cli_stops_the_bots_runs(
     assert done.params["text"] == "long run #1: killed"
     run = bot.services.runs.get(1).run
     assert (run.status, run.failure_kind) == (RunStatus.KILLED, FailureKind.KILLED)
-    assert await containers_running(docker_client, bot, 1, timeout=0) == []
+    assert await containers_running(docker_client, bot, 1, timeout=0, drained=True) == []

@@ -16,6 +16,9 @@ BOT_TOKEN = "xoxb-test-bot-token-000000"
 API_KEY = "sk-ant-test-key-0123456789"
 # CI runs the container tests a second time under gVisor: ROUTINES_SANDBOX_RUNTIME=runsc.
 SANDBOX_RUNTIME = os.environ.get("ROUTINES_SANDBOX_RUNTIME", "")
+# CI runs the run tests again with warm containers: ROUTINES_TEST_WARM_POOL=2 (README
+# "Warm pool"); by default the tests' bots start every run cold.
+WARM_POOL = int(os.environ.get("ROUTINES_TEST_WARM_POOL", "0") or "0")
 # The host's fetch policy for tests that clone and push straight through the runner: the
 # default hosts, and the local repositories `make_git_repo` makes.
 LOCAL_REPOS = FetchPolicy(allow_local=True)
@@ -30,7 +33,7 @@ def local_settings(tmp: Path, slack_api_url: str, anthropic_base_url: str,
         anthropic_base_url=anthropic_base_url,
         database_url=f"sqlite:///{tmp / 'routines.db'}", host="127.0.0.1", port=0,
         data_dir=tmp / "data", min_timeout_seconds=1,
-        sandbox_runtime=SANDBOX_RUNTIME,
+        sandbox_runtime=SANDBOX_RUNTIME, warm_pool=WARM_POOL,
         allow_local_repos=True, max_turns=8,
         # The suites written before live messages read each result as a postMessage;
         # tests/acceptance/test_live_progress.py turns it on (the product's default).

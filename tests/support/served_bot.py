@@ -18,8 +18,8 @@ from typing import Any
 import docker.errors
 
 from bot.settings import Settings
-from runner.contract import LABEL_INSTANCE
-from runner.host import workspace
+from runner.contract import LABEL_INSTANCE, LABEL_POOL, LOADED_FILE
+from runner.host import pool, workspace
 from tests.support.slack_requests import FakeSlack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +43,7 @@ def environment(settings: Settings, port: int) -> dict[str, str]:
         ROUTINES_ADMINS=",".join(settings.admins),
         ROUTINES_RUN_DISK_LIMIT=str(settings.run_disk_limit),
         ROUTINES_MAX_CONCURRENT_RUNS=str(settings.max_concurrent_runs),
+        ROUTINES_WARM_POOL="" if settings.warm_pool is None else str(settings.warm_pool),
         GITHUB_WEBHOOK_SECRET=settings.github_webhook_secret, LOG_LEVEL="INFO",
         PYTHONPATH=str(ROOT))
     return env
@@ -79,6 +80,8 @@ class ServedBot:
             assert self.proc.poll() is None, f"routines serve ended:\n{self.log()}"
             assert time.monotonic() < deadline, f"not ready in 60s:\n{self.log()}"
             await asyncio.sleep(0.1)
+        if self.settings.warm_pool:
+            await wait_for_warm_pool(self.workspace_root, self.settings.warm_pool)
 
     async def died(self, timeout: float = 90) -> int:
         """Wait for the process to end by itself; its return code (-9: SIGKILLed)."""
@@ -103,9 +106,11 @@ class ServedBot:
             self.proc.kill()
             self.proc.wait()
 
-    def containers(self, docker_client: Any) -> list[Any]:
-        return list(docker_client.containers.list(
-            all=True, filters={"label": f"{LABEL_INSTANCE}={self.settings.instance}"}))
+    def containers(self, docker_client: Any, warm: bool = False) -> list[Any]:
+        """The deployment's run containers; `warm`: with the warm ones no run was given."""
+        found = docker_client.containers.list(
+            all=True, filters={"label": f"{LABEL_INSTANCE}={self.settings.instance}"})
+        return [c for c in found if warm or not is_waiting_warm(c)]
 
     @property
     def workspace_root(self) -> Path:
@@ -113,11 +118,36 @@ class ServedBot:
 
     def remove_leftovers(self, docker_client: Any) -> None:
         """What a failed test left: its containers and mounted workspaces."""
-        for container in self.containers(docker_client):
+        for container in self.containers(docker_client, warm=True):
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
         for run_id in workspace.leftover_runs(self.workspace_root):
             workspace.remove(self.workspace_root, run_id)
+        remove_warm_slots(self.workspace_root)
+
+
+def is_waiting_warm(container: Any) -> bool:
+    """A warm container no run was given yet (`runner.host.pool`)."""
+    return LABEL_POOL in container.labels and "-warm-" in container.name
+
+
+def remove_warm_slots(root: Path) -> None:
+    """The warm slots a killed process left (their filesystems are mounts)."""
+    for path in root.glob("warm-*"):
+        if path.is_dir():
+            pool.remove_slot(path, None)
+
+
+async def wait_for_warm_pool(root: Path, size: int) -> None:
+    """Until `size` warm containers wait with their agent loaded (the file it leaves in its
+    delivery directory): the runs a test starts are then given one."""
+    def loaded() -> int:
+        return len(list(root.glob(f"warm-*/delivery/{LOADED_FILE}")))
+
+    deadline = time.monotonic() + 60
+    while await asyncio.to_thread(loaded) < size:
+        assert time.monotonic() < deadline, f"{size} warm containers not ready in 60s"
+        await asyncio.sleep(0.1)
 
 
 def free_port() -> int:
