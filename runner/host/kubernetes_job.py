@@ -31,7 +31,8 @@ from runner.contract import (
     RunSpec,
 )
 from runner.disk_limit import parse_size
-from runner.host.sandbox import SANDBOX_UID, SandboxConfig
+from runner.host.hardening import SANDBOX_UID
+from runner.host.sandbox import SandboxConfig
 
 SCRATCH_BYTES = 512 * 1024**2  # /tmp and the agent's home: the container's tmpfs sizes
 TOKEN_KEY = "token"  # noqa: S105 - the name of the key in the run's Secret, not a secret

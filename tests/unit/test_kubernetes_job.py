@@ -19,7 +19,8 @@ from runner.host.kubernetes_job import (
     kill_switch_selector,
     network_policy,
 )
-from runner.host.sandbox import SANDBOX_UID, SandboxConfig
+from runner.host.hardening import SANDBOX_UID
+from runner.host.sandbox import SandboxConfig
 
 REAL_KEY = "sk-ant-real-key-never-in-a-pod"
 CLUSTER = Cluster("routines", gateway_ip="10.96.0.40", proxy_ip="10.96.0.41")
