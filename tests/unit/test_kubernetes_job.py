@@ -13,13 +13,13 @@ import pytest
 from kubernetes.client import ApiClient
 
 from runner.contract import GATEWAY_PORT, PROXY_PORT, SPEC_ENV, Engine, RunSpec
+from runner.host.hardening import SANDBOX_UID
 from runner.host.kubernetes_job import (
     Cluster,
     job_manifest,
     kill_switch_selector,
     network_policy,
 )
-from runner.host.hardening import SANDBOX_UID
 from runner.host.sandbox import SandboxConfig
 
 REAL_KEY = "sk-ant-real-key-never-in-a-pod"
