@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -31,6 +31,21 @@ from bot.store.tables import (
     SpendCap,
     utcnow,
 )
+
+
+class Budgeted(Protocol):
+    """What the budgets read of a routine (a `Routine` row has it, so do lighter views)."""
+
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def max_runs_per_day(self) -> int | None: ...
+    @property
+    def max_concurrent(self) -> int | None: ...
+    @property
+    def busy_policy(self) -> BusyPolicy: ...
 
 
 class SpendService(Service):
@@ -106,7 +121,7 @@ class SpendService(Service):
             raise refusal
 
     def refusals(self, session: Session,
-                 routines: Sequence[Routine]) -> dict[int, BudgetExceeded | RoutineBusy]:
+                 routines: Sequence[Budgeted]) -> dict[int, BudgetExceeded | RoutineBusy]:
         """`enforce` for many routines at once, each judged by the same rules in the same
         order (its day, its busy limit, the spend cap), counted in three queries instead of
         three per routine: the refused ones' refusals by routine id. Budget hits are
