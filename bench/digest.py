@@ -8,6 +8,10 @@ What it measures:
   runs without a self-report, timeouts, infrastructure errors, kills), durations and token
   counts, plus one missed scheduled fire per routine. Rows go in through SQLAlchemy Core in
   batches; the schema (tables and indexes) is the bot's own, from `bot.store.schema.upgrade`.
+  Then the rollups (`RunRollup`) are built by `bot.store.rollups.backfill`, what migration
+  0008 runs on a database of runs: the upsert that counts each run as it finishes, over all
+  of them. Before timing, the facts from the rollups are checked equal to the facts read
+  from the runs alone.
 * Digest build: `DigestService.compose` for a channel subscribed `D` days ago, so its
   period covers every stored run, then `templates/digest.json.j2` rendered to the Block
   Kit payload: everything the bot does before the Slack call (the SQL aggregates, the
@@ -17,7 +21,9 @@ What it measures:
   as raw SQL on a DB-API connection from the same engine, rows fetched.
 
 Each is run `--repeat K` times after one untimed warm-up of each; the median, min and max
-are printed, then the ratio of the medians (digest / bare aggregate).
+are printed, then the ratio of the medians (digest / bare aggregate). Also timed: the
+facts read from the runs alone (the digest before rollups), and the rollup upsert one
+finished run adds to its unit of work (rolled back).
 
 Run from the repository root (SQLite in a temp dir by default; `DATABASE_URL` for another
 database, whose tables are then filled: use a scratch database):
@@ -44,7 +50,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from sqlalchemy import event, insert  # noqa: E402
+from sqlalchemy import event, func, insert, select  # noqa: E402
+from sqlmodel import Session  # noqa: E402
 
 from bench.report import print_json, readable_report  # noqa: E402
 from bot.core.digest import DigestFacts, build_digest  # noqa: E402
@@ -52,12 +59,19 @@ from bot.core.pricing import PriceTable  # noqa: E402
 from bot.core.statuses import FailureKind, RunStatus, TriggerKind  # noqa: E402
 from bot.doors.slack.messages import Messages  # noqa: E402
 from bot.services.digests import DigestService  # noqa: E402
-from bot.store import schema  # noqa: E402
+from bot.store import rollups, schema  # noqa: E402
 from bot.store.database import Database  # noqa: E402
-from bot.store.tables import DigestSubscription, MissedFire, Routine, Run  # noqa: E402
+from bot.store.tables import (  # noqa: E402
+    DigestSubscription,
+    MissedFire,
+    Routine,
+    Run,
+    RunRollup,
+)
 
 CHANNEL = "C0BENCH001"
 BATCH = 20_000
+UPSERTS = 500  # single-run rollup upserts timed
 # (status, share, reason, failure kind): the mix of a busy deployment
 MIX: list[tuple[RunStatus, float, str | None, FailureKind | None]] = [
     (RunStatus.SUCCEEDED, 0.80, None, None),
@@ -89,19 +103,19 @@ def main() -> None:
         db = Database(url)
         try:
             with readable_report(args.json):
-                digest_ms, bare_ms = bench(db, args.runs, args.routines, args.days,
-                                           args.repeat)
+                figures = bench(db, args.runs, args.routines, args.days, args.repeat)
         finally:
             db.close()
     if args.json:
-        print_json("digest", {"digest_build_ms": round(digest_ms, 1)},
-                   {"bare_group_by_ms": round(bare_ms, 1)}, digest_ms / bare_ms,
-                   runs=args.runs, backend=url.split(":", 1)[0])
+        bare_ms = figures.pop("bare_group_by_ms")
+        print_json("digest", figures, {"bare_group_by_ms": bare_ms},
+                   figures["digest_build_ms"] / bare_ms, runs=args.runs,
+                   backend=url.split(":", 1)[0], cpu_count=os.cpu_count())
 
 
-def bench(db: Database, runs: int, routines: int, days: int,
-          repeat: int) -> tuple[float, float]:
-    """Returns the medians in milliseconds: the digest build's, the bare aggregate's."""
+def bench(db: Database, runs: int, routines: int, days: int, repeat: int) -> dict[str, float]:
+    """The medians in milliseconds (the digest build's, the bare aggregate's, the facts read
+    from the runs alone) and what one run's rollup upsert costs."""
     now = datetime.now(UTC).replace(microsecond=0)
     start = now - timedelta(days=days)
     schema.upgrade(db)
@@ -130,14 +144,20 @@ def bench(db: Database, runs: int, routines: int, days: int,
 
     (digest, message), groups = build(), bare()  # warm-up, and a check of what is built
     assert digest.total_runs == runs, (digest.total_runs, runs)
+    assert service.facts(CHANNEL, start, end) == service.facts(CHANNEL, start, end,
+                                                              from_rollups=False)
     assert sum(row[2] for row in groups) == runs
     assert len(message["blocks"]) <= 50
-    digest_times, bare_times = [], []
+    digest_times, bare_times, from_runs_times = [], [], []
     for _ in range(repeat):
         bare_times.append(timed(bare))
         digest_times.append(timed(build))
+        from_runs_times.append(timed(lambda: service.facts(CHANNEL, start, end,
+                                                           from_rollups=False)))
     report("bare GROUP BY aggregate", bare_times)
     report("digest build (SQL + builder + template)", digest_times)
+    report("the facts read from the runs alone (no rollups: the digest before)",
+           from_runs_times)
     ratio = statistics.median(digest_times) / statistics.median(bare_times)
     print(f"ratio (digest / bare aggregate, medians): {ratio:.2f}x")
     print(f"digest: {digest.total_runs:,} runs, {len(message['blocks'])} blocks, "
@@ -151,7 +171,34 @@ def bench(db: Database, runs: int, routines: int, days: int,
     shape = timed(lambda: messages.render("digest.json.j2", digest=build_digest(
         facts[0], service.prices, service.limits)))
     print(f"  {shape * 1000:7.0f} ms  the builder, pricing and the template")
-    return statistics.median(digest_times) * 1000, statistics.median(bare_times) * 1000
+    upsert_ms = upsert_cost(db, runs)
+    print(f"what counting one finished run in its rollup adds to its unit of work: "
+          f"{upsert_ms:.2f} ms (mean of {UPSERTS}, rolled back)")
+    return {"digest_build_ms": round(statistics.median(digest_times) * 1000, 1),
+            "bare_group_by_ms": round(statistics.median(bare_times) * 1000, 1),
+            "facts_from_runs_ms": round(statistics.median(from_runs_times) * 1000, 1),
+            "rollup_upsert_ms_per_run": round(upsert_ms, 3),
+            "rollup_rows": rollup_rows(db)}
+
+
+def upsert_cost(db: Database, runs: int) -> float:
+    """The mean time of `rollups.count_finished` for one run (what the services add to the
+    unit of work that finishes a run), over runs spread through the history, in one
+    transaction that is rolled back so the rollups stay exact."""
+    rng = random.Random(11)
+    ids = [rng.randrange(runs) + 1 for _ in range(UPSERTS)]
+    with Session(db.engine) as session:
+        began = time.perf_counter()
+        for run_id in ids:
+            rollups.count_finished(session, [run_id])
+        spent = time.perf_counter() - began
+        session.rollback()
+    return spent / len(ids) * 1000
+
+
+def rollup_rows(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(RunRollup)).scalar_one())
 
 
 def sql_breakdown(db: Database, action: Callable[[], Any]) -> list[tuple[float, str]]:
@@ -218,6 +265,8 @@ def fill(db: Database, runs: int, routines: int, start: datetime, end: datetime)
                 output_tokens=rng.randrange(100, 20_000)))
         with db.engine.begin() as conn:
             conn.execute(insert(Run), rows)
+    with db.engine.begin() as conn:  # what migration 0008 does on a database of runs
+        rollups.backfill(conn)
 
 
 def timed(action: Callable[[], Any]) -> float:

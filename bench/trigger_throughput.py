@@ -352,7 +352,8 @@ def run_benchmarks(args: argparse.Namespace, tmp: Path) -> bool:
         figures: dict[str, object] = {f"{b.label} req/s": round(b.rate, 1) for b in bots}
         print_json("trigger_throughput", figures, {"bare aiohttp req/s": round(bare.rate, 1)},
                    bots[0].rate / bare.rate, verified=ok,
-                   ratios={b.label: round(b.rate / bare.rate, 4) for b in bots})
+                   ratios={b.label: round(b.rate / bare.rate, 4) for b in bots},
+                   cores=os.cpu_count())
     return ok
 
 

@@ -40,6 +40,7 @@ from bot.services.views import RunView
 from bot.settings import Settings
 from bot.store import schema
 from bot.store.database import Database
+from bot.store.one_process import OneProcess
 from runner.host.sandbox import Sandbox, SandboxConfig
 from runner.repo_policy import FetchPolicy
 
@@ -50,6 +51,7 @@ class Bot:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
+        self.one_process = OneProcess(settings.database_url)  # SQLite: this process alone
         redact = Redactor(settings.secrets)
         self.services = Services(
             self.db, ServicePolicy.from_settings(settings), redact,
@@ -111,6 +113,7 @@ class Bot:
         bus.subscribe(DigestScheduleChanged, self.scheduler.digest_schedule_changed)
 
     async def start(self) -> None:
+        self.one_process.claim()  # before anything reads or changes the database
         await asyncio.to_thread(schema.upgrade, self.db)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.progress.start()
@@ -152,6 +155,7 @@ class Bot:
         self.sandbox.close()
         self.docker.close()
         self.db.close()
+        self.one_process.release()
 
 
 def _sandbox_config(settings: Settings) -> SandboxConfig:

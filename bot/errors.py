@@ -458,6 +458,7 @@ class DatabaseProblem(StrEnum):
 
     LOCKED = "locked"
     UNREACHABLE = "unreachable"
+    FAILED = "failed"  # it refused a statement: a group commit rolled back for every call
 
 
 class DatabaseUnavailable(RoutinesError):
@@ -474,8 +475,26 @@ class DatabaseUnavailable(RoutinesError):
         if self.problem is DatabaseProblem.LOCKED:
             return ("the database is busy (another process holds its write lock): nothing "
                     f"was changed; try again in {self.retry_after}s")
+        if self.problem is DatabaseProblem.FAILED:
+            return ("the database failed to record this request: nothing was changed; try "
+                    f"again in {self.retry_after}s")
         return ("the database cannot be reached: nothing was changed; try again in "
                 f"{self.retry_after}s")
+
+
+class DatabaseInUse(RoutinesError):
+    """Another bot process serves this SQLite database: SQLite is one process's database
+    (`bot.store.one_process`); several processes share a PostgreSQL one."""
+
+    def __init__(self, database: str, holder: str) -> None:
+        super().__init__(database, holder)
+        self.database, self.holder = database, holder
+
+    def words(self, style: Style) -> str:
+        who = f"process {self.holder}" if self.holder else "another process"
+        return (f"{who} already serves the SQLite database {style.code(self.database)}: "
+                "a SQLite database takes one bot process; stop that one, or use PostgreSQL "
+                "(DATABASE_URL) to run several")
 
 
 class SlackUnavailable(RoutinesError):

@@ -68,3 +68,32 @@ class Spend:
             return None
         return BudgetExceeded(BudgetKind.SPEND_CAP, spent_usd=self.spent_usd,
                               cap_usd=self.cap_usd)
+
+
+@dataclass
+class TriggerBudget:
+    """A routine's budgets as its next trigger meets them, counted once. A group commit
+    admits several runs of one routine in one transaction, so each admitted run is counted
+    here (`admit`) instead of being counted again in the database."""
+
+    routine: str
+    runs_today: int
+    max_runs_per_day: int | None
+    active: int | None  # counted only under the `skip` busy policy with a limit
+    max_concurrent: int | None
+    spend: Spend
+
+    def refusal(self) -> BudgetExceeded | RoutineBusy | None:
+        """The routine's day first, then its busy limit, then the global spend cap."""
+        refusal = runs_per_day_refusal(self.routine, self.runs_today, self.max_runs_per_day)
+        if refusal is None and self.active is not None:
+            busy = busy_refusal(self.routine, self.active, self.max_concurrent)
+            if busy is not None:
+                return busy
+        return refusal if refusal is not None else self.spend.refusal()
+
+    def admit(self) -> None:
+        """A run was queued: it counts in today's runs and, while queued, as active."""
+        self.runs_today += 1
+        if self.active is not None:
+            self.active += 1

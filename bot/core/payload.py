@@ -18,6 +18,7 @@ from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import htmlsafe_json_dumps
 
 from bot.errors import RoutinesError
 
@@ -49,9 +50,17 @@ def _compiled(template: str) -> jinja2.Template:
     return _env.from_string(template)
 
 
+def _default(payload: Any) -> str:
+    """What `DEFAULT_TEMPLATE` renders, without a template: Jinja's own `tojson` with the
+    environment's policy, a fraction of the cost of a sandboxed render on every trigger."""
+    return str(htmlsafe_json_dumps(payload, dumps=json.dumps,
+                                   **_env.policies["json.dumps_kwargs"], indent=2))
+
+
 def render(template: str, payload: Any) -> str:
     try:
-        text = _compiled(template or DEFAULT_TEMPLATE).render(payload=payload)
+        text = (_compiled(template).render(payload=payload) if template
+                else _default(payload))
     except jinja2.exceptions.SecurityError as exc:
         raise PayloadRejected(f"template refused by the sandbox: {exc}") from None
     except jinja2.TemplateError as exc:

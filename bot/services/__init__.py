@@ -26,6 +26,7 @@ from bot.services.runs import RunService
 from bot.services.schedules import ScheduleService
 from bot.services.spend import SpendService
 from bot.services.tokens import TokenService
+from bot.services.trigger_batch import TriggerBatchService
 from bot.services.triggers import TriggerService
 from bot.services.workflows import WorkflowService
 from bot.store.database import Database
@@ -55,6 +56,7 @@ class Services:
         self.schedules = ScheduleService(shared, self.triggers, self.kill_switch)
         self.github = GitHubService(shared, self.triggers, self.kill_switch)
         self.tokens = TokenService(shared, self.triggers, self.routines, self.runs)
+        self.trigger_batch = TriggerBatchService(shared, self.triggers)
         self.home = HomeService(shared, self.routines, self.kill_switch)
         self.workflows = WorkflowService(shared, self.triggers)
         self.digests = DigestService(db, policy.prices, policy.limits.min_schedule_interval,

@@ -22,7 +22,7 @@ from bot.services.events import PublishDecided, RunQueued
 from bot.services.views import (
     ApprovalView,
 )
-from bot.store import audit, queries
+from bot.store import audit, queries, rollups
 from bot.store.queries import row_id
 from bot.store.tables import (
     Approval,
@@ -109,8 +109,10 @@ class ApprovalService(Service):
         values: dict[str, object] = {"status": RunStatus.QUEUED} if start else {
             "status": status, "reason": reason, "finished_at": utcnow(),
             "notified_at": utcnow()}  # the request message, updated in place, says it
-        session.execute(update(Run).where(
+        settled = session.execute(update(Run).where(
             col(Run.id) == run_id, col(Run.status) == RunStatus.AWAITING_APPROVAL).values(**values))
+        if not start and settled.rowcount == 1:  # type: ignore[attr-defined]
+            rollups.count_finished(session, [run_id])
 
     def expire(self, now: datetime) -> list[ApprovalView]:
         """Requests nobody decided in time: a waiting run ends `expired`, a kept commit

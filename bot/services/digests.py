@@ -1,8 +1,9 @@
 """Digest subscriptions and the facts of a period, from the database.
 
 The rules of what a digest says are in `bot.core.digest` (pure); this module stores who wants
-one and when, and gathers the facts with a handful of aggregate queries (GROUP BY in the
-database, bounded lists), so a digest over a million runs never loads them into Python.
+one and when, and gathers the facts with a handful of queries: the totals from the hourly
+rollups and the runs of the partial hours (`bot.services.digest_totals`), and bounded lists,
+so a digest over a million runs reads neither them all nor loads them into Python.
 Methods are synchronous; async doors call them through `asyncio.to_thread`.
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, extract, func, not_, update
+from sqlalchemy import ColumnElement, and_, func, not_, update
 from sqlalchemy import select as columns
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -25,18 +26,21 @@ from bot.core.digest import (
     DigestLimits,
     Listed,
     MissedFact,
+    PeriodSplit,
     RunFact,
     UpcomingFact,
     UsageFact,
     build_digest,
     digest_cron,
     digest_owed,
+    split_period,
 )
 from bot.core.pricing import PriceTable
-from bot.core.statuses import DIGEST_FAILURES, PENDING_STATUSES, STOPPED, FailureKind, RunStatus
+from bot.core.statuses import DIGEST_FAILURES, PENDING_STATUSES, STOPPED
 from bot.errors import RoutinesError, TryAgain
+from bot.services import digest_totals as totals
 from bot.services.events import DigestScheduleChanged, EventBus
-from bot.store import audit
+from bot.store import audit, rollups
 from bot.store.database import Database
 from bot.store.tables import DigestSubscription, MissedFire, Routine, Run, as_utc, utcnow
 
@@ -145,32 +149,31 @@ class DigestService:
                 col(DigestSubscription.channel_id) == digest.channel_id,
                 col(DigestSubscription.last_sent_at) < end).values(last_sent_at=end))
 
-    def facts(self, channel_id: str, start: datetime, end: datetime) -> DigestFacts:
-        """Everything that happened in [start, end), aggregated in the database."""
+    def facts(self, channel_id: str, start: datetime, end: datetime,
+              from_rollups: bool = True) -> DigestFacts:
+        """Everything that happened in [start, end), aggregated in the database: the whole
+        hours of the period from the rollups, its partial hours from the runs themselves.
+        `from_rollups` False reads every run of the period instead (the same facts, slower: what
+        the tests compare the rollups with)."""
         start, end = start.astimezone(UTC), end.astimezone(UTC)
+        split = split_period(start, end) if from_rollups else PeriodSplit.whole(start, end)
         in_period = and_(col(Run.finished_at) >= start, col(Run.finished_at) < end)
         limits = self.limits
         with self.db.session() as session:
-            groups = session.execute(
-                columns(col(Run.routine_id), col(Run.status), func.count(),
-                        func.sum(col(Run.input_tokens)), func.sum(col(Run.output_tokens)))
-                .where(in_period).group_by(col(Run.routine_id), col(Run.status))).all()
-            names, models = self._routines(session, {row[0] for row in groups})
+            groups = totals.groups(session, split)
+            names, models = self._routines(session, {routine for routine, _ in groups})
             counts: dict[str, int] = {}
             usage: list[UsageFact] = []
-            for routine_id, status, count, tokens_in, tokens_out in groups:
-                counts[str(status)] = counts.get(str(status), 0) + count
+            for (routine_id, status), group in groups.items():
+                counts[status] = counts.get(status, 0) + group.runs
                 usage.append(UsageFact(names.get(routine_id, f"#{routine_id}"),
-                                       models.get(routine_id, ""), count, int(tokens_in or 0),
-                                       int(tokens_out or 0)))
-            status = self._status(session)
-            # IS NOT DISTINCT FROM: never NULL (a run stored without a kind is no match),
-            # so `not_(no_report)` below keeps such runs among the failures.
-            no_report = and_(status == RunStatus.FAILED, col(Run.failure_kind)
-                             .is_not_distinct_from(FailureKind.NO_SELF_REPORT))
-            no_report_total = self._count(session, and_(in_period, no_report))
-            failures = and_(status.in_(DIGEST_FAILURES), not_(no_report))
-            stopped = status.in_(STOPPED)
+                                       models.get(routine_id, ""), group.runs,
+                                       group.input_tokens, group.output_tokens))
+            no_report_total = sum(group.no_report for group in groups.values())
+            status_of = totals.status_column(session)
+            no_report = rollups.no_report(status_of)
+            failures = and_(status_of.in_(DIGEST_FAILURES), not_(no_report))
+            stopped = status_of.in_(STOPPED)
             return DigestFacts(
                 channel_id=channel_id, start=start, end=end, status_counts=counts,
                 in_progress=self._count(session, col(Run.status).in_(PENDING_STATUSES)),
@@ -183,7 +186,8 @@ class DigestService:
                                           names),
                                sum(counts.get(s, 0) for s in STOPPED)),
                 missed=self._missed(session, start, end, limits.missed),
-                slowest=self._slowest(session, in_period, limits.slowest, names),
+                slowest=tuple(_run_fact(row, names) for row in totals.slowest(
+                    session, split, limits.slowest, _RUN_FACT)),
                 usage=tuple(usage),
                 upcoming=self._upcoming(session, end, limits.upcoming),
             )
@@ -211,34 +215,9 @@ class DigestService:
               names: dict[int, str]) -> tuple[RunFact, ...]:
         """The latest `limit` runs matching `where`."""
         rows = session.execute(
-            columns(*_RUN_FACT, self._duration(session)).where(where)
+            columns(*_RUN_FACT, totals.duration_column(session)).where(where)
             .order_by(col(Run.finished_at).desc(), col(Run.id).desc()).limit(limit)).all()
         return tuple(_run_fact(row, names) for row in rows)
-
-    def _slowest(self, session: Session, in_period: ColumnElement[bool], limit: int,
-                 names: dict[int, str]) -> tuple[RunFact, ...]:
-        duration = self._duration(session)
-        rows = session.execute(
-            columns(*_RUN_FACT, duration).where(in_period, col(Run.started_at).is_not(None))
-            .order_by(duration.desc(), col(Run.id)).limit(limit)).all()
-        return tuple(_run_fact(row, names) for row in rows)
-
-    @staticmethod
-    def _status(session: Session) -> ColumnElement[Any]:
-        """The status, to test on the period's rows (walked through ix_run_digest). SQLite's
-        planner, without statistics, would rather look statuses up in their own index and so
-        visit every run of that status ever stored; an expression cannot use that index."""
-        if session.get_bind().dialect.name == "sqlite":
-            return func.coalesce(col(Run.status), "")
-        return cast(ColumnElement[Any], col(Run.status))
-
-    @staticmethod
-    def _duration(session: Session) -> ColumnElement[Any]:
-        """Seconds from start to finish, in the database's own date arithmetic."""
-        if session.get_bind().dialect.name == "sqlite":
-            return (func.julianday(col(Run.finished_at))
-                    - func.julianday(col(Run.started_at))) * 86_400.0
-        return extract("epoch", col(Run.finished_at) - col(Run.started_at))
 
     @staticmethod
     def _missed(session: Session, start: datetime, end: datetime,

@@ -53,8 +53,13 @@ class HomeService(Service):
         with self.db.session() as session:
             audit = session.exec(select(func.max(AuditEntry.id))).one()
             newest_run = session.exec(select(func.max(Run.id))).one()
-            pending = tuple(session.exec(select(Run.id, Run.status).where(
-                col(Run.status).in_(PENDING_STATUSES)).order_by(col(Run.id))).all())
+            # Per status, how many and which (the sum of their ids): moves when one starts
+            # or finishes, counted by the database rather than a row per pending run
+            # brought into Python on every wake (thousands while the API queues a burst).
+            pending = tuple(session.exec(select(Run.status, func.count(), func.sum(Run.id))
+                                         .where(col(Run.status).in_(PENDING_STATUSES))
+                                         .group_by(col(Run.status))
+                                         .order_by(col(Run.status))).all())
             switch = KillSwitch.current(session)
             switch_state = (switch.engaged, switch.changed_at)
         return audit, newest_run, pending, switch_state

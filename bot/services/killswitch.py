@@ -27,7 +27,7 @@ from bot.services.views import (
     HeldRuns,
     KillSwitchReport,
 )
-from bot.store import audit
+from bot.store import audit, rollups
 from bot.store.queries import known_id
 from bot.store.tables import (
     Approval,
@@ -107,9 +107,10 @@ class KillSwitchService(Service):
                     col(Approval.run_id).in_(held_ids),
                     col(Approval.status) == ApprovalStatus.PENDING).values(
                     status=ApprovalStatus.WITHDRAWN, decided_by=actor, decided_at=utcnow()))
-                session.execute(update(Run).where(col(Run.id).in_(held_ids)).values(
+                dropped = session.execute(update(Run).where(col(Run.id).in_(held_ids)).values(
                     status=RunStatus.CANCELLED, finished_at=utcnow(), notified_at=utcnow(),
-                    reason=f"dropped after the kill switch by {actor}"))
+                    reason=f"dropped after the kill switch by {actor}").returning(col(Run.id)))
+                rollups.count_finished(session, list(dropped.scalars()))
             else:
                 session.execute(update(Run).where(col(Run.id).in_(held_ids))
                                 .values(held_at=None))
@@ -120,10 +121,14 @@ class KillSwitchService(Service):
         return held
 
     def refuse_if_engaged(self, session: Session) -> None:
-        """Inside a trigger's unit of work: refuse while the switch is engaged."""
-        state = KillSwitch.current(session)
-        if state.engaged:
-            raise KillSwitchEngaged(state.reason, state.changed_by)
+        """Inside a trigger's unit of work: refuse while the switch is engaged. Its columns
+        only: on every trigger, an ORM object (made afresh while the switch was never
+        touched) costs more than the rest of the check."""
+        row = session.execute(select(col(KillSwitch.engaged), col(KillSwitch.reason),
+                                     col(KillSwitch.changed_by))
+                              .where(col(KillSwitch.id) == 1)).first()
+        if row is not None and row.engaged:
+            raise KillSwitchEngaged(row.reason, row.changed_by)
 
     def _approves_anything(self, actor: str) -> bool:
         with self.db.session() as session:

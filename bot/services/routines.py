@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -39,6 +39,7 @@ from bot.store.tables import (
     Routine,
     Run,
     RunEvent,
+    RunRollup,
     utcnow,
 )
 from runner.contract import Engine, RepoConfig
@@ -160,10 +161,18 @@ class RoutineService(Service):
         with self.db.session() as session:
             return self._require(session, name)
 
-    def overviews(self) -> list[RoutineOverview]:
+    def overviews(self, limit: int | None = None) -> list[RoutineOverview]:
+        """The routines by name (the first `limit` of them), each with its last run."""
         with self.db.session() as session:
-            routines = session.exec(select(Routine).order_by(col(Routine.name))).all()
-            return [RoutineOverview(r, queries.last_run(session, r)) for r in routines]
+            routines = session.exec(
+                select(Routine).order_by(col(Routine.name)).limit(limit)).all()
+            last = queries.last_runs(session, None if limit is None
+                                     else [queries.row_id(r) for r in routines])
+            return [RoutineOverview(r, last.get(queries.row_id(r))) for r in routines]
+
+    def count(self) -> int:
+        with self.db.session() as session:
+            return session.exec(select(func.count()).select_from(Routine)).one()
 
     def overview(self, name: str) -> RoutineOverview:
         with self.db.session() as session:
@@ -207,7 +216,7 @@ def delete_in(session: Session, routine: Routine, actor: str, details: str = "")
     run_ids = select(Run.id).where(Run.routine_id == routine.id)
     for table, column in ((RunEvent, RunEvent.run_id), (Approval, Approval.run_id)):
         session.execute(delete(table).where(col(column).in_(run_ids)))
-    for owned in (Run, ApiToken, GitHubSubscription):
+    for owned in (RunRollup, Run, ApiToken, GitHubSubscription):
         session.execute(delete(owned).where(col(owned.routine_id) == routine.id))
     session.delete(routine)
     audit.record(session, actor, "delete", routine.name, details or f"repo {routine.repo_url}")

@@ -32,7 +32,7 @@ from bot.services.events import ApprovalRequested, RunQueued, StopRequested
 from bot.services.views import (
     RunView,
 )
-from bot.store import audit, queries
+from bot.store import audit, queries, rollups
 from bot.store.queries import known_id, row_id
 from bot.store.tables import (
     Approval,
@@ -182,6 +182,7 @@ class RunService(Service):
                         commit_sha=commit if publish else None))
             approval = None
             if finished.rowcount == 1:  # type: ignore[attr-defined]
+                rollups.count_finished(session, [run_id])
                 retried = self._queue_retry(session, run_id)
                 if publish:
                     session.refresh(run)
@@ -244,7 +245,9 @@ class RunService(Service):
                 col(Run.status).in_(NOT_STARTED)).values(
                 status=RunStatus.CANCELLED, finished_at=utcnow(),
                 reason=f"cancelled by {actor} before it started"))
-            if ended.rowcount != 1:  # type: ignore[attr-defined]
+            if ended.rowcount == 1:  # type: ignore[attr-defined]
+                rollups.count_finished(session, [run_id])
+            else:
                 session.execute(update(Run).where(col(Run.id) == run_id)
                                 .values(stop_requested_by=actor, stop_kind=StopKind.CANCEL))
             audit.record(session, actor, "cancel", view.routine.name, f"run #{run_id}")

@@ -92,8 +92,16 @@ class SpendService(Service):
                             .group_by(col(Routine.model))).all()
         spent = sum(self.policy.prices.cost_usd(model, int(i or 0), int(o or 0))
                     for model, i, o in rows)
+        return budget.Spend(spent, self._cap(session))
+
+    def _cap(self, session: Session) -> float:
         cap = session.get(SpendCap, 1)
-        return budget.Spend(spent, cap.cap_usd if cap else self.policy.daily_spend_cap_usd)
+        return cap.cap_usd if cap else self.policy.daily_spend_cap_usd
+
+    def _spend_for_trigger(self, session: Session, now: datetime) -> budget.Spend:
+        """Without a cap, nothing to refuse: today's cost is not summed for a trigger."""
+        cap = self._cap(session)
+        return self.spend_in(session, now) if cap > 0 else budget.Spend(0.0, cap)
 
     @staticmethod
     def _runs_since(session: Session, routine: Routine, since: datetime) -> int:
@@ -101,56 +109,59 @@ class SpendService(Service):
             Run.routine_id == routine.id, col(Run.queued_at) >= since,
             col(Run.status).not_in(NEVER_RAN))).one())
 
+    def budget_of(self, session: Session, routine: Routine) -> budget.TriggerBudget:
+        """The counts the routine's next trigger is measured against (each counted only
+        when a limit needs it)."""
+        now = utcnow()
+        runs_today = (self._runs_since(session, routine, budget.day_start(now))
+                      if routine.max_runs_per_day is not None else 0)
+        active = (queries.active_runs(session, routine)
+                  if routine.busy_policy == BusyPolicy.SKIP
+                  and routine.max_concurrent is not None else None)
+        return budget.TriggerBudget(routine.name, runs_today, routine.max_runs_per_day,
+                                    active, routine.max_concurrent,
+                                    self._spend_for_trigger(session, now))
+
     def enforce(self, session: Session, routine: Routine) -> None:
         """Refuse (and record) a trigger over the routine's day, its busy limit, or the
         global spend cap."""
-        now = utcnow()
-        refusal = budget.runs_per_day_refusal(
-            routine.name, self._runs_since(session, routine, budget.day_start(now)),
-            routine.max_runs_per_day)
-        if refusal is None and routine.busy_policy == BusyPolicy.SKIP:
-            busy = budget.busy_refusal(routine.name, queries.active_runs(session, routine),
-                                       routine.max_concurrent)
-            if busy is not None:
-                raise busy
-        if refusal is None:
-            refusal = self.spend_in(session, now).refusal()
-        if refusal is not None:
+        refusal = self.budget_of(session, routine).refusal()
+        if isinstance(refusal, BudgetExceeded):
             with self.db.session() as audit_session:  # kept although the trigger is refused
-                audit.record(audit_session, "budget", "budget_hit", routine.name, str(refusal))
+                self.record_hit(audit_session, routine, refusal)
+        if refusal is not None:
             raise refusal
+
+    @staticmethod
+    def record_hit(session: Session, routine: Budgeted, refusal: BudgetExceeded) -> None:
+        """A budget refusal is kept in the audit log, whatever becomes of the trigger."""
+        audit.record(session, "budget", "budget_hit", routine.name, str(refusal))
 
     def refusals(self, session: Session,
                  routines: Sequence[Budgeted]) -> dict[int, BudgetExceeded | RoutineBusy]:
-        """`enforce` for many routines at once, each judged by the same rules in the same
-        order (its day, its busy limit, the spend cap), counted in three queries instead of
-        three per routine: the refused ones' refusals by routine id. Budget hits are
-        recorded in `session` (the caller commits the others' runs with them)."""
+        """`enforce` for many routines at once, each judged by the same `TriggerBudget`,
+        counted in at most three queries instead of up to three per routine: the refused
+        ones' refusals by routine id. Budget hits are recorded in `session` (the caller
+        commits the others' runs with them)."""
         now = utcnow()
-        daily = [r for r in routines if r.max_runs_per_day is not None]
         busy = {row_id(r) for r in routines
                 if r.busy_policy == BusyPolicy.SKIP and r.max_concurrent is not None}
-        today = _counts(session, [row_id(r) for r in daily],
+        today = _counts(session, [row_id(r) for r in routines if r.max_runs_per_day is not None],
                         col(Run.queued_at) >= budget.day_start(now),
                         col(Run.status).not_in(NEVER_RAN))
         active = _counts(session, sorted(busy), col(Run.status).in_(ACTIVE))
-        spend: budget.Spend | None = None
+        spend = self._spend_for_trigger(session, now) if routines else None
         refused: dict[int, BudgetExceeded | RoutineBusy] = {}
         for routine in routines:
             key = row_id(routine)
-            refusal = budget.runs_per_day_refusal(routine.name, today.get(key, 0),
-                                                  routine.max_runs_per_day)
-            if refusal is None and key in busy:
-                held = budget.busy_refusal(routine.name, active.get(key, 0),
-                                           routine.max_concurrent)
-                if held is not None:
-                    refused[key] = held
-                    continue
-            if refusal is None:
-                spend = spend or self.spend_in(session, now)
-                refusal = spend.refusal()
+            assert spend is not None
+            refusal = budget.TriggerBudget(
+                routine.name, today.get(key, 0), routine.max_runs_per_day,
+                active.get(key, 0) if key in busy else None, routine.max_concurrent,
+                spend).refusal()
+            if isinstance(refusal, BudgetExceeded):
+                self.record_hit(session, routine, refusal)
             if refusal is not None:
-                audit.record(session, "budget", "budget_hit", routine.name, str(refusal))
                 refused[key] = refusal
         return refused
 

@@ -44,6 +44,8 @@ from bot.store.tables import (
     utcnow,
 )
 
+SEEN_LIVE_MAX = 10_000
+
 
 class TokenService(Service):
     def __init__(self, shared: Shared, triggers: TriggerService, routines: RoutineService,
@@ -52,6 +54,11 @@ class TokenService(Service):
         self.triggers = triggers
         self.routines = routines
         self.runs = runs
+        # Token hash -> its routine's name, for tokens found live: the door's check before
+        # it reads a body, without a query. Only a pre-check: every trigger checks its
+        # token again in its own transaction, so a token revoked by another process is
+        # refused from its next trigger on (and one revoked here at once).
+        self._seen_live: dict[str, str] = {}
 
     def create(self, name: str, token_name: str, actor: str) -> str:
         """A new token for the routine's API door; the value is returned once, never stored."""
@@ -88,6 +95,7 @@ class TokenService(Service):
             if token is None:
                 raise TokenNotFound(routine.name, token_name)
             token.revoked_at, token.revoked_by = utcnow(), actor
+            self._seen_live.pop(token.token_hash, None)
             audit.record(session, actor, "token_revoked", routine.name, token_name)
 
     def trigger(self, name: str, bearer: str, payload: object,
@@ -118,7 +126,16 @@ class TokenService(Service):
         """`InvalidToken` unless `bearer` is a live token of routine `name` (see the
         module's docstring); the door asks this before it reads the request's body."""
         with self.db.session() as session:
-            self._authorized(session, name, bearer)
+            routine, token = self._authorized(session, name, bearer)
+        if len(self._seen_live) >= SEEN_LIVE_MAX:
+            self._seen_live.clear()  # bounded: a flood of tokens only costs queries again
+        self._seen_live[token.token_hash] = routine.name
+
+    def seen_live(self, name: str, bearer: str) -> bool:
+        """True when `bearer` was lately found a live token of routine `name` (no query):
+        the door may then read the body before `trigger` checks the token for good."""
+        return bool(bearer) and self._seen_live.get(
+            queries.token_hash(bearer)) == name.strip().lower()
 
     @staticmethod
     def _authorized(session: Session, name: str, bearer: str) -> tuple[Routine, ApiToken]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -71,19 +73,12 @@ class TriggerService(Service):
         if retry_after is not None:
             raise RateLimited(routine.name, retry_after)
         self.spend.enforce(session, routine)
-        run = Run(routine_id=row_id(routine), trigger_kind=trigger.kind,
-                  triggered_by=trigger.actor, trigger_ref=trigger.ref, prompt=routine.prompt)
-        if trigger.has_payload:
-            rendered = payloads.render(routine.payload_template, trigger.payload)
-            run.prompt = payloads.compose_prompt(routine.prompt, trigger.describe(), rendered)
-            run.payload_hash = payloads.payload_hash(trigger.payload)
-        if routine.risk == RiskLevel.HIGH:
-            run.status = RunStatus.AWAITING_APPROVAL
-        session.add(run)
+        run = self.new_run(routine, trigger)
         try:
-            session.flush()  # assigns the id; the row's other values are already known
+            with self.db.savepoint(session):  # a conflict undoes this run only
+                session.add(run)
+                session.flush()  # assigns the id; the row's other values are known
         except IntegrityError:  # the same ref, committed a moment ago by another call
-            session.rollback()
             earlier = queries.run_for_ref(session, routine, trigger)
             assert earlier is not None
             return Triggered(RunView(earlier, routine), replayed=True)
@@ -94,6 +89,30 @@ class TriggerService(Service):
         audit.record(session, trigger.actor, "run", routine.name,
                f"run #{run.id} by {trigger.kind}" + (" (awaiting approval)" if approval else ""))
         return Triggered(RunView(run, routine), replayed=False, approval=approval)
+
+    @staticmethod
+    def new_run(routine: Routine, trigger: Trigger) -> Run:
+        """The run a trigger that passed the rules queues, not yet written."""
+        return Run(**TriggerService.run_values(routine, trigger))
+
+    @staticmethod
+    def run_values(routine: Routine, trigger: Trigger) -> dict[str, Any]:
+        """What the run row of a trigger that passed the rules holds (the table's defaults
+        aside): the payload mapped into the prompt by the routine's template
+        (`PayloadRejected` if it cannot be), a high-risk routine's run waiting for its
+        approval. Plain values, so a group commit writes many rows without building them."""
+        values: dict[str, Any] = {
+            "routine_id": row_id(routine), "trigger_kind": trigger.kind,
+            "triggered_by": trigger.actor, "trigger_ref": trigger.ref,
+            "prompt": routine.prompt, "status": RunStatus.QUEUED}
+        if trigger.has_payload:
+            rendered = payloads.render(routine.payload_template, trigger.payload)
+            values["prompt"] = payloads.compose_prompt(routine.prompt, trigger.describe(),
+                                                       rendered)
+            values["payload_hash"] = payloads.payload_hash(trigger.payload)
+        if routine.risk == RiskLevel.HIGH:
+            values["status"] = RunStatus.AWAITING_APPROVAL
+        return values
 
     def queued(self, triggered: Triggered) -> None:
         """After the trigger's unit of work is committed: say what now waits."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot.core import retry
+from bot.core.statuses import RunStatus
 from bot.errors import RoutinesError
 from bot.store.tables import Approval, KillSwitch, Routine, Run, as_utc
 
@@ -38,6 +39,22 @@ class Triggered:
     view: RunView
     replayed: bool  # an earlier run with the same Idempotency-Key or delivery id
     approval: Approval | None = None  # a high-risk run waits for this decision
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    """A trigger's answer without the rows: the run that holds it, and its status. What a
+    group commit returns for each call (see `bot.services.trigger_batch`)."""
+
+    run_id: int
+    status: RunStatus
+    replayed: bool  # an earlier run with the same Idempotency-Key
+
+    @classmethod
+    def of(cls, triggered: Triggered) -> QueuedRun:
+        run = triggered.view.run
+        assert run.id is not None
+        return cls(run.id, RunStatus(run.status), triggered.replayed)
 
 
 @dataclass(frozen=True)

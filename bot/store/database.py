@@ -57,6 +57,23 @@ class Database:
                 raise
             raise DatabaseUnavailable(problem) from exc
 
+    @contextmanager
+    def savepoint(self, session: Session) -> Iterator[None]:
+        """A savepoint in the session's transaction: an error inside undoes only what was
+        done inside, and the transaction goes on (a group commit refuses one call, not all).
+
+        On SQLite the driver opens its transaction only at the first write, and a SAVEPOINT
+        outside one is a transaction of its own, its RELEASE a commit: the rows inside
+        would be on disk before the unit of work ends, and stay there if it then failed.
+        So the driver's transaction is opened first."""
+        connection = session.connection()
+        if connection.dialect.name == "sqlite":
+            driver = connection.connection.dbapi_connection
+            if driver is not None and not driver.in_transaction:
+                connection.exec_driver_sql("BEGIN")
+        with session.begin_nested():
+            yield
+
     def ping(self) -> bool:
         try:
             with self.engine.connect() as conn:

@@ -4,6 +4,7 @@ concept; the lookups every concept needs live here once."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -48,6 +49,17 @@ def last_run(session: Session, routine: Routine) -> Run | None:
     return session.exec(
         select(Run).where(Run.routine_id == routine.id).order_by(col(Run.id).desc()).limit(1)
     ).first()
+
+
+def last_runs(session: Session, routine_ids: Collection[int] | None = None) -> dict[int, Run]:
+    """The latest run of each routine (of every one when `routine_ids` is None), by routine
+    id, in one statement: a list of ten thousand routines is two queries, not 10,001."""
+    query = select(col(Run.routine_id), func.max(Run.id).label("id"))
+    if routine_ids is not None:
+        query = query.where(col(Run.routine_id).in_(routine_ids))
+    latest = query.group_by(col(Run.routine_id)).subquery()
+    runs = session.exec(select(Run).join(latest, col(Run.id) == latest.c.id)).all()
+    return {run.routine_id: run for run in runs}
 
 
 def token_hash(value: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel
 
 from bot.core.statuses import (
@@ -264,6 +264,30 @@ class MissedFire(SQLModel, table=True):
                                   sa_type=DateTime(timezone=True))
 
 
+class RunRollup(SQLModel, table=True):
+    """The runs of one routine that finished in one hour (UTC) with one status, added up: what a
+    digest reads for the whole hours of its period instead of the runs themselves.
+
+    Kept by `bot.store.rollups.count_finished` in the unit of work that moves runs to a
+    finished status, exactly once per run; built from the stored runs by migration 0008.
+    The primary key leads with the hour, so a period is one range of it (a table without
+    rowid on SQLite: the rows are stored in that order)."""
+
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    hour: datetime = Field(primary_key=True, sa_type=DateTime(timezone=True))
+    routine_id: int = Field(primary_key=True, foreign_key="routine.id")
+    status: RunStatus = Field(primary_key=True)
+    runs: int = Field(sa_type=BigInteger)
+    input_tokens: int = Field(sa_type=BigInteger)
+    output_tokens: int = Field(sa_type=BigInteger)
+    no_report: int = Field(sa_type=BigInteger)  # failed without a self-report
+    # The slowest run of the group (the longest, then the lowest id: a digest's order), so a
+    # digest looks for its slowest runs in a few groups, not in every run of the period.
+    slowest_seconds: float | None = None
+    slowest_run_id: int | None = None  # a run id (no foreign key: it goes with its routine)
+
+
 # Digests aggregate the runs finished in a period: this index covers that query (range on
 # finished_at, GROUP BY routine and status, sums of tokens, durations, the count of runs
 # without a self-report) without table reads.
@@ -271,3 +295,9 @@ _RUN_COLUMNS = Run.__table__.c  # type: ignore[attr-defined]
 Index("ix_run_digest", *(_RUN_COLUMNS[name] for name in (
     "finished_at", "status", "routine_id", "input_tokens", "output_tokens", "started_at",
     "failure_kind")))
+
+# A digest's slowest runs start from the groups whose own slowest runs come first: walked
+# down this index, a period's first groups are found without sorting all of its rollups.
+_ROLLUP_COLUMNS = RunRollup.__table__.c  # type: ignore[attr-defined]
+Index("ix_runrollup_slowest", _ROLLUP_COLUMNS["slowest_seconds"].desc(),
+      _ROLLUP_COLUMNS["slowest_run_id"])

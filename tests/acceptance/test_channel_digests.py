@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy import update
 
 from bot.core.statuses import FailureKind, RunStatus
+from bot.store import rollups
+from bot.store.queries import row_id
 from bot.store.tables import DigestSubscription, Routine, Run, utcnow
 from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool
 from tests.standins.slack_api import SlackApiStandIn
@@ -101,10 +103,13 @@ async def test_a_digest_of_real_runs_then_one_that_summarises_the_overflow(
                 else (RunStatus.FAILED, "no self-report (exit code 0)",
                       FailureKind.NO_SELF_REPORT) if i < 42
                 else (RunStatus.TIMED_OUT, "timed out after 4s", FailureKind.TIMED_OUT))
-            session.add(Run(routine_id=red, status=status, reason=reason, failure_kind=kind,
-                            prompt="p", triggered_by="U0ALICE01", started_at=utcnow()
-                            - timedelta(seconds=i), finished_at=utcnow(), input_tokens=1000,
-                            output_tokens=100))
+            run = Run(routine_id=red, status=status, reason=reason, failure_kind=kind,
+                      prompt="p", triggered_by="U0ALICE01",
+                      started_at=utcnow() - timedelta(seconds=i), finished_at=utcnow(),
+                      input_tokens=1000, output_tokens=100)
+            session.add(run)
+            session.flush()
+            rollups.count_finished(session, [row_id(run)])  # as a finish counts it
     await fake.slash("digest now", channel=CHANNEL)
     second = await next_digest(slack_api, 1)
 

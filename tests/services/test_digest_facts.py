@@ -19,8 +19,9 @@ from bot.services import ServicePolicy, Services
 from bot.services.digests import DigestService, NotSubscribed
 from bot.services.events import DigestScheduleChanged
 from bot.settings import Settings
-from bot.store import schema
+from bot.store import rollups, schema
 from bot.store.database import Database
+from bot.store.queries import row_id
 from bot.store.tables import AuditEntry, Routine, Run
 from tests.support.digests import NOW, PRICES
 
@@ -53,11 +54,17 @@ def add_routine(db: Database, name: str, model: str = "cheap", **fields: Any) ->
 def add_run(db: Database, routine_id: int, status: RunStatus, finished: datetime | None,
             reason: str | None = None, seconds: float = 10, tokens: int = 100,
             failure: FailureKind | None = None) -> None:
+    """Stored as it ends (`finished`: None for a run still going), and counted in its
+    rollup in the same unit of work, as the services do when a run finishes."""
     with db.session() as session:
-        session.add(Run(routine_id=routine_id, status=status, triggered_by="U1", prompt="p",
-                        started_at=finished - timedelta(seconds=seconds) if finished else None,
-                        finished_at=finished, reason=reason, failure_kind=failure,
-                        input_tokens=tokens, output_tokens=tokens // 10))
+        run = Run(routine_id=routine_id, status=status, triggered_by="U1", prompt="p",
+                  started_at=finished - timedelta(seconds=seconds) if finished else None,
+                  finished_at=finished, reason=reason, failure_kind=failure,
+                  input_tokens=tokens, output_tokens=tokens // 10)
+        session.add(run)
+        session.flush()
+        if status.finished:
+            rollups.count_finished(session, [row_id(run)])
 
 
 def test_the_facts_of_a_period_come_from_sql_aggregates(db: Database) -> None:

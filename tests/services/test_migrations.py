@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
+from bot.core.pricing import PriceTable
 from bot.core.statuses import (
     ApprovalKind,
     ApprovalStatus,
@@ -28,6 +29,7 @@ from bot.core.statuses import (
 )
 from bot.doors import cli
 from bot.errors import DatabaseNewer
+from bot.services.digests import DigestService
 from bot.store import schema
 from bot.store.database import Database
 from bot.store.tables import (
@@ -46,6 +48,7 @@ from bot.store.tables import (
     as_utc,
 )
 from runner.egress_policy import NetworkMode
+from tests.support.rollups import assert_rollups_agree
 
 pytestmark = pytest.mark.postgres
 AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -172,6 +175,32 @@ def test_first_schema_filled_then_upgraded_reads_back_intact(db: Database) -> No
         assert json.loads(session.exec(select(AuditEntry)).one().details) == {"k": "v"}
 
 
+def test_an_upgrade_builds_the_rollups_of_the_runs_already_stored(db: Database) -> None:
+    migrate_to(db, "0007")
+    statuses = [RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.RUNNING, RunStatus.KILLED]
+    routine = {key: value for key, value in first_version_rows()["routine"][0].items()
+               if key not in {"schedule", "last_fire_at"}}
+    with db.engine.begin() as connection:  # through the tables as 0007 has them
+        tables = sa.MetaData()
+        tables.reflect(connection)
+        connection.execute(tables.tables["routine"].insert(), [routine])
+        connection.execute(tables.tables["run"].insert(), [dict(
+            routine_id=1, status=statuses[i % 4].name, trigger_kind=TriggerKind.API.name,
+            triggered_by="api", trigger_ref=f"old-{i}", prompt="p", queued_at=AT,
+            started_at=AT + timedelta(minutes=7 * i),
+            finished_at=None if i % 4 == 2 else AT + timedelta(minutes=7 * i + 3, seconds=i),
+            input_tokens=100 + i, output_tokens=i, diff="", attempt=1,
+            failure_kind="NO_SELF_REPORT" if i % 8 == 1 else None) for i in range(40)])
+
+    schema.upgrade(db)
+
+    assert assert_rollups_agree(db) == 30  # the finished ones
+    service = DigestService(db, PriceTable.default())
+    start, end = AT - timedelta(minutes=20), AT + timedelta(hours=5, minutes=10)
+    assert service.facts("C1", start, end) == service.facts("C1", start, end,
+                                                            from_rollups=False)
+
+
 def test_the_migration_head_and_the_models_agree(db: Database) -> None:
     migrate_to(db, "head")
     assert model_differences(db) == []
@@ -247,7 +276,7 @@ def test_the_db_command_upgrades_and_tells_where_it_stands(
     assert cli.main(["db", "history"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["0001", "0002", "0003", "0004", "0005",
-                                                  "0006", "0007"]
+                                                  "0006", "0007", "0008"]
     assert lines[0].startswith("0001  The first schema")
 
 

@@ -13,7 +13,7 @@ from bot.core.home_page import MAX_ROUTINES, home_page, mention
 from bot.core.redaction import Redactor
 from bot.core.retry import ScheduledRetry
 from bot.core.statuses import RunStatus, TriggerKind
-from bot.doors.slack.listeners import SlackHandlers
+from bot.doors.slack.listeners import LIST_SHOWN, SlackHandlers
 from bot.doors.slack.messages import Messages
 from bot.doors.slack.run_buttons import MAX_MESSAGES, log_thread
 from bot.services.views import RoutineOverview, RunView
@@ -80,8 +80,10 @@ def test_agent_text_cannot_mention_everyone_or_break_the_layout() -> None:
 def test_routine_list_stays_within_fifty_blocks(count: int) -> None:
     overviews = [RoutineOverview(routine(name=f"r-{i}"), run() if i % 2 else None)
                  for i in range(count)]
-    message = messages.render("routine_list.json.j2", overviews=overviews)
+    message = messages.render("routine_list.json.j2", overviews=overviews[:LIST_SHOWN],
+                              total=count)
     check_blocks(message)
+    assert message["text"] == f"{count} routine(s)"
     if count == 60:
         assert "15 more" in message["blocks"][-1]["elements"][0]["text"]
 

@@ -33,6 +33,7 @@ from bot.store.tables import utcnow
 log = logging.getLogger(__name__)
 CREATE_CALLBACK = "routine_create"
 REJECT_CALLBACK = "approval_reject"
+LIST_SHOWN = 45  # routines a `/routine list` shows: a message holds at most 50 blocks
 KILLSWITCH_ANNOUNCED = {"engage": "engaged", "disengage": "disengaged"}
 
 
@@ -233,7 +234,8 @@ class SlackHandlers:
 
     def _list(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         return self.messages.render("routine_list.json.j2",
-                                    overviews=self.services.routines.overviews())
+                                    overviews=self.services.routines.overviews(LIST_SHOWN),
+                                    total=self.services.routines.count())
 
     def _status(self, parsed: commands.Command, user_id: str) -> dict[str, Any]:
         return self.messages.render("routine_status.json.j2",

@@ -1,0 +1,121 @@
+"""A digest's totals over a period: its whole hours read from the rollups (`RunRollup`), its
+partial hours at the edges from the runs, added together (`bot.core.digest.split_period`).
+
+So a digest over a million runs reads a few thousand rollups and the runs of at most two
+hours, and says exactly what one GROUP BY over all of the period's runs would: the
+rollups hold the same sums, computed by the database in the same expressions
+(`bot.store.rollups`). The slowest runs need the runs themselves: each rollup names its
+slowest run, and the slowest runs of the period can only be in the groups whose own
+slowest runs are the period's first `limit` (see `slowest`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, and_, case, false, func, or_
+from sqlalchemy import select as columns
+from sqlmodel import Session, col
+
+from bot.core.digest import HOUR, PeriodSplit
+from bot.store import rollups
+from bot.store.tables import Run, RunRollup, as_utc
+
+
+@dataclass
+class Group:
+    """The runs of one routine and status in the period, added up."""
+
+    runs: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    no_report: int = 0
+
+    def add(self, runs: Any, input_tokens: Any, output_tokens: Any, no_report: Any) -> None:
+        self.runs += int(runs or 0)
+        self.input_tokens += int(input_tokens or 0)
+        self.output_tokens += int(output_tokens or 0)
+        self.no_report += int(no_report or 0)
+
+
+def groups(session: Session, split: PeriodSplit) -> dict[tuple[int, str], Group]:
+    """The period's runs by (routine id, status), in that order."""
+    found: dict[tuple[int, str], Group] = {}
+    if split.hours is not None:
+        first, last = split.hours
+        for routine_id, status, *sums in session.execute(
+                columns(col(RunRollup.routine_id), col(RunRollup.status),
+                        func.sum(col(RunRollup.runs)), func.sum(col(RunRollup.input_tokens)),
+                        func.sum(col(RunRollup.output_tokens)),
+                        func.sum(col(RunRollup.no_report)))
+                .where(col(RunRollup.hour) >= first, col(RunRollup.hour) < last)
+                .group_by(col(RunRollup.routine_id), col(RunRollup.status))):
+            found.setdefault((routine_id, str(status)), Group()).add(*sums)
+    if split.edges:
+        no_report = func.sum(case((rollups.no_report(status_column(session)), 1), else_=0))
+        for routine_id, status, *sums in session.execute(
+                columns(col(Run.routine_id), col(Run.status), func.count(),
+                        func.sum(col(Run.input_tokens)), func.sum(col(Run.output_tokens)),
+                        no_report)
+                .where(_edges(split)).group_by(col(Run.routine_id), col(Run.status))):
+            found.setdefault((routine_id, str(status)), Group()).add(*sums)
+    return dict(sorted(found.items()))
+
+
+def slowest(session: Session, split: PeriodSplit, limit: int,
+            fields: Sequence[Any]) -> list[Any]:
+    """The period's `limit` slowest runs (the longest first, then by id): rows of `fields`
+    and the duration.
+
+    In the whole hours, each rollup names its group's slowest run. Take the `limit` groups
+    whose slowest runs come first: those are `limit` runs, so the period's `limit`-th
+    slowest run comes no later than the last of them. Any run among the `limit` slowest
+    then comes no later either, and so does its own group's slowest run: its group is one
+    of those taken. So only the runs of those groups (at most `limit` hours of one routine
+    and status each) and of the edges are read."""
+    where = _edges(split)
+    if split.hours is not None:
+        first, last = split.hours
+        leaders = session.execute(
+            columns(col(RunRollup.hour), col(RunRollup.routine_id), col(RunRollup.status))
+            .where(col(RunRollup.hour) >= first, col(RunRollup.hour) < last,
+                   col(RunRollup.slowest_seconds).is_not(None))
+            .order_by(col(RunRollup.slowest_seconds).desc(), col(RunRollup.slowest_run_id))
+            .limit(limit)).all()
+        routine_id, status = _unindexed(session, col(Run.routine_id), 0), status_column(session)
+        where = or_(where, *(and_(
+            col(Run.finished_at) >= as_utc(hour), col(Run.finished_at) < as_utc(hour) + HOUR,
+            routine_id == routine, status == group_status)
+            for hour, routine, group_status in leaders))
+    duration = duration_column(session)
+    return list(session.execute(
+        columns(*fields, duration).where(where, col(Run.started_at).is_not(None))
+        .order_by(duration.desc(), col(Run.id)).limit(limit)).all())
+
+
+def status_column(session: Session) -> ColumnElement[Any]:
+    """The status, to test on the period's rows (walked through ix_run_digest). SQLite's
+    planner, without statistics, would rather look statuses up in their own index and so
+    visit every run of that status ever stored; an expression cannot use that index."""
+    return _unindexed(session, col(Run.status), "")
+
+
+def duration_column(session: Session) -> ColumnElement[Any]:
+    """Seconds from start to finish, in the database's own date arithmetic."""
+    return rollups.duration(session.get_bind().dialect.name)
+
+
+def _unindexed(session: Session, column: Any, empty: object) -> ColumnElement[Any]:
+    """`column` on PostgreSQL; on SQLite an expression of it, which no index answers."""
+    if session.get_bind().dialect.name == "sqlite":
+        return func.coalesce(column, empty)
+    return cast(ColumnElement[Any], column)
+
+
+def _edges(split: PeriodSplit) -> ColumnElement[bool]:
+    """The runs finished in the partial hours (none: a test nothing matches)."""
+    return or_(false(), *(and_(col(Run.finished_at) >= start, col(Run.finished_at) < end)
+                          for start, end in split.edges))
+
