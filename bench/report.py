@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,3 +27,8 @@ def print_json(bench: str, figures: dict[str, Any], baseline: dict[str, Any],
     print(json.dumps({"bench": bench, "date": datetime.now(UTC).date().isoformat(),
                       "figures": figures, "baseline": baseline, "ratio": round(ratio, 4),
                       **context}))
+
+
+def percentile(ordered: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an ascending, non-empty list."""
+    return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]

@@ -1,4 +1,4 @@
-"""Trigger throughput of the API door, and fire lateness of 1,000 schedules due together.
+"""Trigger throughput of the API door (fire lateness is `bench/schedule_lateness.py`).
 
 What it measures:
 
@@ -16,10 +16,6 @@ What it measures:
   answers 202, hit by the same client code with the same N and concurrency. Both rates
   and the ratio (bot / bare) are printed. The client shares the process and event loop
   with the server in both cases, so the ratio compares like with like.
-* Fire lateness: a fresh bot on SQLite gets 1,000 routines scheduled `* * * * *`, all due
-  at the same minute boundary. Lateness of each fire = the run's `queued_at` minus its
-  scheduled time (the run's `trigger_ref`). Prints count, p50, p99 and max; if fewer than
-  1,000 runs were queued within 120 s of the boundary, it says how many.
 
 Everything is local: the bot, a Slack API stand-in and the bare server listen on
 127.0.0.1; PostgreSQL only if `DATABASE_URL` points at one. Docker must be reachable (the
@@ -31,15 +27,13 @@ Run from the repository root:
     DATABASE_URL=postgresql+psycopg://USER:PASSWORD@127.0.0.1:5432/postgres \\
         python bench/trigger_throughput.py
 
-Options: `--requests N` (default 2000), `--concurrency C` (default 32), `--skip-lateness`
-(the lateness part waits for a minute boundary: up to about two minutes).
+Options: `--requests N` (default 2000), `--concurrency C` (default 32).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import sys
 import tempfile
@@ -48,8 +42,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,15 +55,12 @@ import sqlalchemy  # noqa: E402
 from aiohttp import web  # noqa: E402
 from sqlalchemy.engine import Connection, make_url  # noqa: E402
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError  # noqa: E402
-from sqlmodel import col, func, select  # noqa: E402
 
 from bench.report import print_json, readable_report  # noqa: E402
 from bot.app import Bot  # noqa: E402
 from bot.core.routine import RoutineDraft  # noqa: E402
-from bot.core.statuses import TriggerKind  # noqa: E402
 from bot.services import Services  # noqa: E402
 from bot.settings import Settings  # noqa: E402
-from bot.store.tables import AuditEntry, Run, utcnow  # noqa: E402
 from tests.standins.environment import local_settings  # noqa: E402
 from tests.standins.slack_api import SlackApiStandIn  # noqa: E402
 
@@ -83,10 +73,6 @@ ACTOR = "UBENCH0001"
 RESULTS_CHANNEL = "C0RESULTS1"
 # Runs are never executed (max_concurrent_runs=0): nothing ever calls this address.
 NO_ANTHROPIC = "http://127.0.0.1:9"
-SCHEDULES = 1000
-EVERY_MINUTE = "* * * * *"
-LATENESS_TIMEOUT = 120.0  # seconds after the boundary to wait for every fire
-BOUNDARY_MARGIN = 5.0  # seconds: a boundary closer than this after set-up is skipped
 REQUEST_TIMEOUT = 60.0
 TIMED_PREFIX = "timed-"
 
@@ -118,23 +104,6 @@ class Batch:
     @property
     def ok(self) -> bool:
         return self.accepted == self.requests and self.recorded in (None, self.requests)
-
-
-@dataclass
-class Lateness:
-    """The fires of the `SCHEDULES` routines at one minute boundary."""
-
-    due: datetime
-    routines: int
-    setup_seconds: float
-    jobs: int  # scheduler jobs in place before the boundary
-    late_seconds: list[float] = field(default_factory=list)  # sorted
-    other_fires: int = 0  # scheduled runs for another time (a boundary crossed in set-up)
-    missed: int = 0  # fires the scheduler reported missed (audit entries)
-
-    @property
-    def ok(self) -> bool:
-        return len(self.late_seconds) == self.routines
 
 
 # The client, the same for every target ---------------------------------------------------
@@ -325,106 +294,7 @@ def scratch_postgres(admin_url: str) -> Iterator[str]:
         engine.dispose()
 
 
-# Fire lateness ---------------------------------------------------------------------------
-
-
-def create_scheduled_routines(services: Services, tmp: Path, count: int) -> None:
-    for index in range(count):
-        name = f"late-{index:04d}"
-        services.routines.create(draft(name, tmp), ACTOR)
-        services.schedules.set(name, EVERY_MINUTE, "UTC", ACTOR)
-
-
-def next_boundary(after: datetime) -> datetime:
-    """The first whole minute strictly after `after`."""
-    return after.replace(second=0, microsecond=0) + timedelta(minutes=1)
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def scheduled_runs(bot: Bot) -> list[tuple[str | None, datetime]]:
-    with bot.db.session() as session:
-        return [(ref, queued) for ref, queued in session.exec(
-            select(Run.trigger_ref, Run.queued_at)
-            .where(Run.trigger_kind == TriggerKind.SCHEDULE)).all()]
-
-
-def fires_for(bot: Bot, ref: str) -> int:
-    with bot.db.session() as session:
-        return int(session.exec(select(func.count()).select_from(Run).where(
-            Run.trigger_kind == TriggerKind.SCHEDULE, Run.trigger_ref == ref)).one())
-
-
-def missed_fires(bot: Bot) -> int:
-    with bot.db.session() as session:
-        return int(session.exec(select(func.count()).select_from(AuditEntry).where(
-            col(AuditEntry.action) == "schedule_missed")).one())
-
-
-async def wait_for_fires(bot: Bot, due: datetime, count: int) -> None:
-    """Sleep to the boundary, then poll until `count` runs are queued for it, or time out."""
-    await asyncio.sleep(max(0.0, (due - utcnow()).total_seconds()))
-    deadline = due + timedelta(seconds=LATENESS_TIMEOUT)
-    fired = 0
-    while utcnow() < deadline:
-        fired = await asyncio.to_thread(fires_for, bot, due.isoformat())
-        if fired >= count:
-            return
-        await asyncio.sleep(0.25)
-    print(f"  lateness: only {fired} of {count} fires after {LATENESS_TIMEOUT:.0f}s",
-          file=sys.stderr, flush=True)
-
-
-def collect_lateness(result: Lateness, rows: list[tuple[str | None, datetime]]) -> None:
-    late: list[float] = []
-    for ref, queued in rows:
-        try:
-            scheduled = as_utc(datetime.fromisoformat(ref or ""))
-        except ValueError:
-            result.other_fires += 1
-            continue
-        if scheduled != result.due:
-            result.other_fires += 1
-            continue
-        late.append((as_utc(queued) - scheduled).total_seconds())
-    result.late_seconds = sorted(late)
-
-
-async def bench_lateness(tmp: Path, count: int) -> Lateness:
-    slack_api = SlackApiStandIn()
-    bot: Bot | None = None
-    try:
-        await slack_api.start()
-        bot = make_bot(bot_settings(tmp, slack_api.url, f"sqlite:///{tmp / 'routines.db'}",
-                                    min_schedule_interval_seconds=60))
-        await bot.start()
-        t0 = time.monotonic()
-        await asyncio.to_thread(create_scheduled_routines, bot.services, tmp, count)
-        setup_seconds = time.monotonic() - t0
-        await asyncio.sleep(0.1)  # the scheduler applies saved schedules on the loop
-        due = next_boundary(utcnow() + timedelta(seconds=BOUNDARY_MARGIN))
-        result = Lateness(due, count, setup_seconds, len(bot.scheduler.runner.names()))
-        print(f"  lateness: {count} routines set up in {setup_seconds:.1f}s; waiting for "
-              f"{due:%H:%M:%S} UTC", file=sys.stderr, flush=True)
-        await wait_for_fires(bot, due, count)
-        collect_lateness(result, await asyncio.to_thread(scheduled_runs, bot))
-        result.missed = await asyncio.to_thread(missed_fires, bot)
-        return result
-    finally:
-        if bot is not None:
-            await bot.stop()
-        await slack_api.stop()
-
-
 # Report ----------------------------------------------------------------------------------
-
-
-def percentile(ordered: list[float], pct: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]
 
 
 def report_throughput(batches: list[Batch], concurrency: int) -> None:
@@ -457,38 +327,14 @@ def report_throughput(batches: list[Batch], concurrency: int) -> None:
     print(flush=True)
 
 
-def report_lateness(result: Lateness) -> None:
-    late = result.late_seconds
-    print(f"Fire lateness: {result.routines} routines scheduled `{EVERY_MINUTE}` (UTC), "
-          f"SQLite, due {result.due.isoformat()}")
-    print(f"lateness = run.queued_at - scheduled time; set-up {result.setup_seconds:.1f}s, "
-          f"{result.jobs} scheduler jobs before the boundary")
-    print()
-    if late:
-        print(f"fired: {len(late)}   p50: {percentile(late, 50) * 1000:.1f} ms   "
-              f"p99: {percentile(late, 99) * 1000:.1f} ms   max: {late[-1] * 1000:.1f} ms   "
-              f"min: {late[0] * 1000:.1f} ms")
-    if not result.ok:
-        print(f"ONLY {len(late)} OF {result.routines} fires were queued within "
-              f"{LATENESS_TIMEOUT:.0f}s of the boundary")
-    if result.other_fires:
-        print(f"not counted: {result.other_fires} scheduled run(s) for an earlier minute, "
-              "which passed while the routines were being set up")
-    if result.missed:
-        print(f"the scheduler reported {result.missed} missed fire(s)")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="API trigger requests/s durably recorded (SQLite, and PostgreSQL when "
-                    "DATABASE_URL is one) beside a bare aiohttp handler; fire lateness of "
-                    f"{SCHEDULES} schedules due in the same minute.")
+                    "DATABASE_URL is one) beside a bare aiohttp handler.")
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
                         help=f"timed requests per target (default {DEFAULT_REQUESTS})")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                         help=f"requests in flight (default {DEFAULT_CONCURRENCY})")
-    parser.add_argument("--skip-lateness", action="store_true",
-                        help="skip the fire-lateness part (it waits for a minute boundary)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.requests < 1:
@@ -500,15 +346,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_benchmarks(args: argparse.Namespace, tmp: Path) -> bool:
     with readable_report(args.json):
-        ok, batches, lateness = measure_all(args, tmp)
+        ok, batches = measure_all(args, tmp)
     if args.json:
         bare, bots = batches[0], batches[1:]
         figures: dict[str, object] = {f"{b.label} req/s": round(b.rate, 1) for b in bots}
-        if lateness is not None and lateness.late_seconds:
-            late = lateness.late_seconds
-            figures["lateness_p50_s"] = round(percentile(late, 50), 4)
-            figures["lateness_p99_s"] = round(percentile(late, 99), 4)
-            figures["lateness_fired"] = len(late)
         print_json("trigger_throughput", figures, {"bare aiohttp req/s": round(bare.rate, 1)},
                    bots[0].rate / bare.rate, verified=ok,
                    ratios={b.label: round(b.rate / bare.rate, 4) for b in bots},
@@ -516,8 +357,7 @@ def run_benchmarks(args: argparse.Namespace, tmp: Path) -> bool:
     return ok
 
 
-def measure_all(args: argparse.Namespace,
-                tmp: Path) -> tuple[bool, list[Batch], Lateness | None]:
+def measure_all(args: argparse.Namespace, tmp: Path) -> tuple[bool, list[Batch]]:
     admin_url = postgres_admin_url()
     batches = [asyncio.run(bench_bare(args.requests, args.concurrency))]
     batches.append(bot_batch("bot, SQLite", f"sqlite:///{tmp / 'sqlite' / 'routines.db'}",
@@ -526,14 +366,7 @@ def measure_all(args: argparse.Namespace,
         with scratch_postgres(admin_url) as database_url:
             batches.append(bot_batch("bot, PostgreSQL", database_url, tmp / "postgres", args))
     report_throughput(batches, args.concurrency)
-    ok = all(batch.ok for batch in batches)
-    lateness = None
-    if not args.skip_lateness:
-        (tmp / "lateness").mkdir()
-        lateness = asyncio.run(bench_lateness(tmp / "lateness", SCHEDULES))
-        report_lateness(lateness)
-        ok = ok and lateness.ok
-    return ok, batches, lateness
+    return all(batch.ok for batch in batches), batches
 
 
 def main(argv: list[str] | None = None) -> int:

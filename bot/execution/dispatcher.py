@@ -78,6 +78,9 @@ class Dispatcher:
         self.poll_seconds = poll_seconds
         self._active: dict[int, tuple[asyncio.Task[None], RunControl]] = {}
         self._executor = ThreadPoolExecutor(max_concurrent + 1, thread_name_prefix="run")
+        # Kills have threads of their own, one per run that can be running: the kill switch
+        # stops every container at once (the default executor has cores + 4 threads).
+        self._kills = ThreadPoolExecutor(max(1, max_concurrent), thread_name_prefix="kill")
         self._claims = WakeLoop("dispatcher", self._claim, poll_seconds)
         self._loop: asyncio.AbstractEventLoop | None = None
         # Results owed to Slack: retried while the bot runs, not before Slack's Retry-After
@@ -125,7 +128,8 @@ class Dispatcher:
             if future.exception() is not None:
                 log.warning("could not kill run %s: %s", run_id, future.exception())
 
-        self._loop.run_in_executor(None, self.sandbox.kill, run_id).add_done_callback(done)
+        self._loop.run_in_executor(self._kills, self.sandbox.kill, run_id).add_done_callback(
+            done)
 
     async def stop(self) -> None:
         """Stop waiting on runs without killing them: the next start adopts them."""
@@ -136,6 +140,7 @@ class Dispatcher:
         await asyncio.gather(*(task for task, _ in self._active.values()),
                              return_exceptions=True)
         self._executor.shutdown(wait=True)
+        self._kills.shutdown(wait=True)
 
     @property
     def active_runs(self) -> list[int]:

@@ -64,7 +64,8 @@ class CatalogService(Service):
         for item in plan.routines:
             if item.outcome is PlanOutcome.DELETED:
                 self.bus.publish(ScheduleChanged(item.name, None))
-            elif any(c.key.startswith("schedule.") for c in item.changes):
+            elif any(c.key.startswith("schedule.") for c in item.changes) or (
+                    item.outcome is PlanOutcome.CREATED and wanted[item.name][0].schedule):
                 spec = wanted[item.name][0]
                 self.bus.publish(ScheduleChanged(item.name, schedule.Schedule(
                     spec.schedule, spec.timezone) if spec.schedule else None))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot.core import retry
 from bot.core.statuses import RunStatus
+from bot.errors import RoutinesError
 from bot.store.tables import Approval, KillSwitch, Routine, Run, as_utc
 
 
@@ -102,3 +103,14 @@ class KillSwitchReport:
     state: KillSwitch
     stopping: int  # running runs being killed (engage)
     held: HeldRuns
+
+
+@dataclass(frozen=True)
+class ScheduledFires:
+    """What one scheduled time did to the routines due at it (`ScheduleService.fired_all`)."""
+
+    scheduled_for: datetime
+    queued: dict[str, int]  # routine -> its run for this time (new, or queued earlier)
+    paused: tuple[str, ...] = ()  # skipped: their triggers are held
+    refused: dict[str, RoutinesError] = field(default_factory=dict)  # rate limit, budgets...
+    held: bool = False  # the kill switch was engaged: none ran, each was recorded missed

@@ -116,3 +116,70 @@ async def test_digest_jobs_share_the_scheduler_without_touching_routine_jobs() -
     finally:
         runner.shutdown()
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(15)
+async def test_names_sharing_a_schedule_fire_together_once_per_time() -> None:
+    """One job per schedule: every name due is handed over in one call, each time once; a
+    name that joins later gets only the fires after it joined; the last one out takes the
+    job with it."""
+    fired: asyncio.Queue[tuple[tuple[str, ...], datetime]] = asyncio.Queue()
+
+    async def fire_all(names: tuple[str, ...], when: datetime) -> None:
+        fired.put_nowait((names, when))
+
+    every_second = parse_schedule("every 1s", min_interval_seconds=1)
+    runner = ScheduleRunner(grace_seconds=5)
+    runner.register_group("", fire_all, missed=_never_fire_all)
+    runner.start()
+    try:
+        many = [f"r{index:03d}" for index in range(200)]
+        for name in many:
+            runner.set(name, every_second)
+        assert runner.names() == set(many)
+        first = await asyncio.wait_for(fired.get(), timeout=3)
+        runner.set("late", every_second)
+        second = await asyncio.wait_for(fired.get(), timeout=3)
+        assert runner.next_fire_time("late") == runner.next_fire_time("r000")
+        for name in [*many, "late"]:
+            runner.remove(name)
+        assert runner.names() == set() and runner.next_fire_time("r000") is None
+    finally:
+        runner.shutdown()
+        await asyncio.sleep(0.05)
+    assert first[0] == tuple(many)
+    assert second == (tuple(sorted([*many, "late"])), first[1] + timedelta(seconds=1))
+
+
+async def _never_fire_all(names: tuple[str, ...], when: datetime) -> None:
+    raise AssertionError(f"{names} fired for {when}")
+
+
+@pytest.mark.timeout(15)
+async def test_a_dropped_fire_of_a_shared_schedule_is_reported_once_for_every_name() -> None:
+    # `after` two days back and one second of grace: the shared fire is too late to run,
+    # so it is reported missed, once, with every name, and never run.
+    events: asyncio.Queue[tuple[str, tuple[str, ...], datetime]] = asyncio.Queue()
+
+    async def fire_all(names: tuple[str, ...], when: datetime) -> None:
+        events.put_nowait(("fired", names, when))
+
+    async def missed_all(names: tuple[str, ...], when: datetime) -> None:
+        events.put_nowait(("missed", names, when))
+
+    schedule = parse_schedule("every 1d")
+    now = datetime.now(UTC)
+    runner = ScheduleRunner(grace_seconds=1)
+    runner.register_group("", fire_all, missed=missed_all)
+    runner.start()
+    try:
+        for name in ("a", "b", "c"):
+            runner.set(name, schedule, after=now - timedelta(days=2))
+        event = await asyncio.wait_for(events.get(), timeout=3)
+        await asyncio.sleep(0.2)
+        assert events.empty()
+    finally:
+        runner.shutdown()
+        await asyncio.sleep(0.05)
+    latest = fires_between(schedule, now - timedelta(days=1), now)[-1]
+    assert event == ("missed", ("a", "b", "c"), latest)

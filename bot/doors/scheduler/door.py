@@ -19,8 +19,8 @@ from datetime import datetime
 from bot.core.backoff import Backoff
 from bot.core.digest import Digest
 from bot.core.schedule import Schedule
-from bot.doors.scheduler.jobs import ScheduleRunner
-from bot.errors import RoutinesError, SlackUnavailable
+from bot.doors.scheduler.jobs import ROUTINES, ScheduleRunner
+from bot.errors import DatabaseUnavailable, RoutinesError, SlackUnavailable
 from bot.services import Services
 from bot.services.events import DigestScheduleChanged, ScheduleChanged
 from bot.services.views import MissedFires
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 AnnounceMissed = Callable[[MissedFires], Awaitable[None]]
 PostDigest = Callable[[Digest], Awaitable[None]]
 DIGEST = "digest"  # the job kind of channel digests, beside routines
+FIRE_ATTEMPTS = 3  # tries of a fire the database could not take
+FIRE_RETRY_SECONDS = 1.0
 
 
 class Scheduler:
@@ -41,7 +43,9 @@ class Scheduler:
         self.announce_missed = announce_missed
         self.post_digest = post_digest
         self.grace_seconds = grace_seconds
-        self.runner = ScheduleRunner(self._fire, grace_seconds, missed=self._missed)
+        self.runner = ScheduleRunner(grace_seconds=grace_seconds)
+        # Every routine due at one time is queued together (`ScheduleService.fired_all`).
+        self.runner.register_group(ROUTINES, self._fire_all, missed=self._missed_all)
         self.runner.register(DIGEST, self._fire_digest)  # a late digest covers it all
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sync_seconds = sync_seconds
@@ -166,16 +170,32 @@ class Scheduler:
         if subscribed is not None:  # not if unsubscribed as it fired
             await self.send_digest(channel_id)
 
-    async def _fire(self, name: str, scheduled_for: datetime) -> None:
-        try:
-            await asyncio.to_thread(self.services.schedules.fired, name, scheduled_for)
-        except RoutinesError as exc:  # rate limited, routine deleted...: said, not raised
-            log.warning("scheduled run of %s at %s not queued: %s", name, scheduled_for, exc)
+    async def _fire_all(self, names: tuple[str, ...], scheduled_for: datetime) -> None:
+        """Queue every routine due at this time; the ones the database could not take
+        (locked, out of reach) are tried again a few times: the time is their runs'
+        reference, so a second try never queues twice."""
+        for attempt in range(1, FIRE_ATTEMPTS + 1):
+            try:
+                fires = await asyncio.to_thread(self.services.schedules.fired_all, names,
+                                                scheduled_for)
+            except RoutinesError as exc:
+                log.warning("scheduled runs of %d routine(s) at %s not queued: %s",
+                            len(names), scheduled_for, exc)
+                return
+            names = tuple(name for name, refusal in fires.refused.items()
+                          if isinstance(refusal, DatabaseUnavailable))
+            for name, refusal in fires.refused.items():  # rate limited, deleted...: said
+                if name not in names or attempt == FIRE_ATTEMPTS:
+                    log.warning("scheduled run of %s at %s not queued: %s", name,
+                                scheduled_for, refusal)
+            if not names or attempt == FIRE_ATTEMPTS:
+                return
+            await asyncio.sleep(FIRE_RETRY_SECONDS)
 
-    async def _missed(self, name: str, scheduled_for: datetime) -> None:
-        missed = await asyncio.to_thread(self.services.schedules.missed, name,
-                                         (scheduled_for,), "the scheduler was late")
-        await self._announce(missed)
+    async def _missed_all(self, names: tuple[str, ...], scheduled_for: datetime) -> None:
+        for missed in await asyncio.to_thread(self.services.schedules.missed_all, names,
+                                              (scheduled_for,), "the scheduler was late"):
+            await self._announce(missed)
 
     async def _announce(self, missed: MissedFires) -> None:
         try:
