@@ -509,3 +509,16 @@ class SlackUnavailable(RoutinesError):
         answer = f"answered {self.status}" if self.status else "did not answer"
         wait = f"; retry after {self.retry_after:g}s" if self.retry_after is not None else ""
         return f"Slack {answer} to {style.code(self.method)}{wait}"
+
+
+class WorkerIdInUse(RoutinesError):
+    """A live process on this host already serves the database under this worker id: two
+    processes with one id would adopt each other's containers (`bot.services.workers`)."""
+
+    def __init__(self, worker_id: str, pid: int) -> None:
+        super().__init__(worker_id, pid)
+        self.worker_id, self.pid = worker_id, pid
+
+    def words(self, style: Style) -> str:
+        return (f"worker id {style.code(self.worker_id)} is in use by process {self.pid} on "
+                "this host: give this process a name of its own (ROUTINES_WORKER_NAME)")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +95,13 @@ class Settings:
     # Every run's updates together: chat.update is in Slack's Tier 3 (about 50 a minute).
     progress_updates_per_second: float = 0.8
     progress_idle_seconds: float = 300.0  # silent this long: "no activity for N min"
+    # Scale-out (docs/scale-out.md). A process's worker id is "host/name": stable across
+    # restarts, so a restarted worker adopts its own containers and no one else's.
+    worker_host: str = ""  # "" : this machine's host name
+    worker_name: str = "main"
+    execute: bool = True  # `serve` executes runs too unless ROUTINES_EXECUTE=off
+    lease_seconds: float = 30.0  # a claimed run, or the scheduler, is lost this long after
+    # its holder's last heartbeat
     # Test-only (the crash tests): the process SIGKILLs itself when a run reaches this
     # stage (bot.execution.crash). Never set in production.
     test_crash_at: CrashStage | None = None
@@ -100,6 +109,11 @@ class Settings:
     @property
     def socket_mode(self) -> bool:
         return bool(self.slack_app_token)
+
+    @property
+    def worker_id(self) -> str:
+        """Names this process on the runs it claims and its containers' labels."""
+        return f"{self.worker_host or socket.gethostname()}/{self.worker_name}"
 
     @property
     def instance(self) -> str:
@@ -188,6 +202,10 @@ class Settings:
                                                cls.progress_updates_per_second),
             progress_idle_seconds=_float(env, "ROUTINES_PROGRESS_IDLE_SECONDS",
                                          cls.progress_idle_seconds),
+            worker_host=_parsed(env, "ROUTINES_WORKER_HOST", _worker_part),
+            worker_name=_parsed(env, "ROUTINES_WORKER_NAME", _worker_part) or cls.worker_name,
+            execute=_flag(env, "ROUTINES_EXECUTE", True),
+            lease_seconds=_lease(env),
             test_crash_at=_parsed(env, "ROUTINES_TEST_CRASH_AT", parse_stage),
             extra_secrets=tuple(
                 v for v in env.get("ROUTINES_REDACT", "").split(",") if v.strip()
@@ -228,6 +246,24 @@ def _warm_pool(env: Mapping[str, str]) -> int | None:
     if size < 0:
         raise SettingsError(f"setting ROUTINES_WARM_POOL must be 0 or more, got {size}")
     return size
+
+
+_WORKER_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _worker_part(raw: str) -> str:
+    """A worker's host or name: a label that fits a container label and a log line."""
+    value = raw.strip()
+    if value and not _WORKER_PART.fullmatch(value):
+        raise ValueError(f"expected letters, digits, '.', '_' or '-' (63 at most), got {value!r}")
+    return value
+
+
+def _lease(env: Mapping[str, str]) -> float:
+    lease = _float(env, "ROUTINES_LEASE_SECONDS", Settings.lease_seconds)
+    if lease < 3:
+        raise SettingsError(f"setting ROUTINES_LEASE_SECONDS must be 3 or more, got {lease:g}")
+    return lease
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -28,6 +28,7 @@ from bot.services.spend import SpendService
 from bot.services.tokens import TokenService
 from bot.services.trigger_batch import TriggerBatchService
 from bot.services.triggers import TriggerService
+from bot.services.workers import WorkerService
 from bot.services.workflows import WorkflowService
 from bot.store.database import Database
 
@@ -59,5 +60,6 @@ class Services:
         self.trigger_batch = TriggerBatchService(shared, self.triggers)
         self.home = HomeService(shared, self.routines, self.kill_switch)
         self.workflows = WorkflowService(shared, self.triggers)
+        self.workers = WorkerService(shared)
         self.digests = DigestService(db, policy.prices, policy.limits.min_schedule_interval,
                                      bus=self.bus)

@@ -132,6 +132,13 @@ class Run(SQLModel, table=True):
     # run's outputs, or failed with its reason) once when the run ends.
     workflow_execution_id: str | None = None
     workflow_completed_at: datetime | None = timestamp_field()
+    # Scale-out: the worker that claimed it ("host/name"), and until when its claim holds
+    # unless that worker's heartbeat renews it; past it, the run is the worker's no more.
+    worker_id: str | None = Field(default=None, index=True, max_length=128)
+    lease_until: datetime | None = timestamp_field()
+    # Its result message is posted by one process: the one that claimed it, until then.
+    announce_claimed_by: str | None = Field(default=None, max_length=128)
+    announce_claim_until: datetime | None = timestamp_field()
 
 
 class RunEvent(SQLModel, table=True):
@@ -264,6 +271,40 @@ class MissedFire(SQLModel, table=True):
                                   sa_type=DateTime(timezone=True))
 
 
+class Worker(SQLModel, table=True):
+    """A process serving this database (`routines serve` or `routines worker`), by its
+    stable worker id "host/name"; its heartbeat says it is alive."""
+
+    id: str = Field(primary_key=True, max_length=128)
+    host: str = Field(max_length=63)
+    name: str = Field(max_length=63)
+    role: str = Field(max_length=16)  # "serve" or "worker"
+    executes: bool = True  # whether it claims runs
+    pid: int
+    started_at: datetime = timestamp_field(required=True)
+    heartbeat_at: datetime = timestamp_field(required=True)
+    stopped_at: datetime | None = timestamp_field()  # None: running, or died without saying
+
+
+class Lease(SQLModel, table=True):
+    """Something one process at a time does (the scheduler), held by a worker id until
+    `until` unless renewed; a lease past its time may be taken by any process."""
+
+    name: str = Field(primary_key=True, max_length=40)
+    holder: str = Field(max_length=128)
+    until: datetime = Field(sa_type=DateTime(timezone=True))
+    taken_at: datetime = timestamp_field(required=True)  # when this holder took it
+
+
+class TriggerHit(SQLModel, table=True):
+    """One accepted trigger of a routine, for the rate limit every process shares (old
+    hits are pruned as new ones come)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    routine_id: int = Field(foreign_key="routine.id")
+    at: datetime = Field(sa_type=DateTime(timezone=True))
+
+
 class RunRollup(SQLModel, table=True):
     """The runs of one routine that finished in one hour (UTC) with one status, added up: what a
     digest reads for the whole hours of its period instead of the runs themselves.
@@ -295,6 +336,10 @@ _RUN_COLUMNS = Run.__table__.c  # type: ignore[attr-defined]
 Index("ix_run_digest", *(_RUN_COLUMNS[name] for name in (
     "finished_at", "status", "routine_id", "input_tokens", "output_tokens", "started_at",
     "failure_kind")))
+
+# The rate limit counts a routine's hits in its window.
+_HIT_COLUMNS = TriggerHit.__table__.c  # type: ignore[attr-defined]
+Index("ix_triggerhit_routine_at", _HIT_COLUMNS["routine_id"], _HIT_COLUMNS["at"])
 
 # A digest's slowest runs start from the groups whose own slowest runs come first: walked
 # down this index, a period's first groups are found without sorting all of its rollups.

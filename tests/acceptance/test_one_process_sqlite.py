@@ -17,7 +17,7 @@ from sqlmodel import select
 from bot.settings import Settings
 from bot.store.database import Database
 from bot.store.tables import AuditEntry
-from tests.support.served_bot import ROOT, SERVE, ServedBot, environment, free_port
+from tests.support.served_bot import COMMAND, ROOT, ServedBot, environment, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -32,7 +32,7 @@ async def test_second_serve_on_one_sqlite_file_is_refused(
         assert bot.proc is not None
         audit_before = audit_count(settings)
         second = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-c", SERVE], cwd=ROOT,
+            subprocess.run, [sys.executable, "-c", COMMAND.format("serve")], cwd=ROOT,
             env=environment(settings, free_port()), stdin=subprocess.DEVNULL,
             capture_output=True, text=True, timeout=60)
         assert second.returncode == 1

@@ -23,7 +23,8 @@ from runner.host import pool, workspace
 from tests.support.slack_requests import FakeSlack
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVE = "from bot.doors.cli import main; raise SystemExit(main(['serve']))"
+COMMAND = "from bot.doors.cli import main; raise SystemExit(main([{!r}]))"
+READY = ("routines bot ready", "routines worker ready")
 
 
 def environment(settings: Settings, port: int) -> dict[str, str]:
@@ -50,34 +51,45 @@ def environment(settings: Settings, port: int) -> dict[str, str]:
 
 
 class ServedBot:
-    """One deployment (one database, one data directory) served by a process at a time."""
+    """One deployment (one database, one data directory) served by a process at a time.
 
-    def __init__(self, settings: Settings, logs: Path) -> None:
+    Scale-out tests start several on one database, each with a data directory of its own
+    (as on hosts of their own), a `command` (`serve` or `worker`) and a worker name
+    (`env`: ROUTINES_WORKER_NAME and any other variable)."""
+
+    def __init__(self, settings: Settings, logs: Path, command: str = "serve",
+                 env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.port = free_port()
         self.logs = logs
+        self.command = command
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.slack = FakeSlack(f"http://127.0.0.1:{self.port}", settings.slack_signing_secret)
 
     @property
+    def label(self) -> str:
+        return self.env.get("ROUTINES_WORKER_NAME", self.command)
+
+    @property
     def log_file(self) -> Path:
-        return self.logs / f"serve-{self.starts}.log"
+        return self.logs / f"{self.label}-{self.starts}.log"
 
     async def start(self, crash_at: str = "") -> None:
         """Start `routines serve` (dying at `crash_at`, when given) and wait until ready."""
         assert self.proc is None or self.proc.poll() is not None, "already serving"
         self.starts += 1
-        env = environment(self.settings, self.port)
+        env = {**environment(self.settings, self.port), **self.env}
         if crash_at:
             env["ROUTINES_TEST_CRASH_AT"] = crash_at
         with self.log_file.open("wb") as err:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                [sys.executable, "-c", SERVE], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=err)
+                [sys.executable, "-c", COMMAND.format(self.command)], cwd=ROOT, env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 60
-        while "routines bot ready" not in self.log():
-            assert self.proc.poll() is None, f"routines serve ended:\n{self.log()}"
+        while not any(ready in self.log() for ready in READY):
+            assert self.proc.poll() is None, f"routines {self.command} ended:\n{self.log()}"
             assert time.monotonic() < deadline, f"not ready in 60s:\n{self.log()}"
             await asyncio.sleep(0.1)
         if self.settings.warm_pool:

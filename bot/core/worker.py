@@ -1,0 +1,41 @@
+"""Who serves the database (docs/scale-out.md): a process is a worker by its stable id
+"host/name", alive while its heartbeat is younger than the lease."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class WorkerRole(StrEnum):
+    SERVE = "serve"  # the doors (Slack, HTTP), the scheduler's candidate, and runs unless off
+    WORKER = "worker"  # runs only
+
+
+class WorkerState(StrEnum):
+    ALIVE = "alive"  # its heartbeat is within the lease
+    SILENT = "silent"  # no heartbeat within the lease: dead, or cut off; its runs are lost
+    STOPPED = "stopped"  # it said so as it stopped
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    host: str
+    name: str
+    role: WorkerRole
+    executes: bool
+    pid: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.host}/{self.name}"
+
+
+def worker_state(heartbeat_at: datetime, stopped_at: datetime | None, now: datetime,
+                 lease_seconds: float) -> WorkerState:
+    if stopped_at is not None:
+        return WorkerState.STOPPED
+    if now - heartbeat_at > timedelta(seconds=lease_seconds):
+        return WorkerState.SILENT
+    return WorkerState.ALIVE
