@@ -16,16 +16,12 @@ from bot.core.roles import Action
 from bot.core.routine import network_columns, network_policy
 from bot.core.routine_file import (
     Defaults,
-    FieldChange,
-    Plan,
-    PlannedRoutine,
-    PlanOutcome,
     PromptReader,
     RoutineDocument,
     RoutineSpec,
-    differences,
     to_spec,
 )
+from bot.core.routine_plan import FieldChange, Plan, PlannedRoutine, PlanOutcome, differences
 from bot.errors import RoutineFileInvalid, RoutineFileProblem
 from bot.services.context import Service
 from bot.services.events import ScheduleChanged

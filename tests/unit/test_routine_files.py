@@ -16,13 +16,12 @@ from bot.core.routine import RoutineLimits
 from bot.core.routine_file import (
     KEYS,
     Defaults,
-    FieldChange,
     RoutineSpec,
-    differences,
     dump,
     read_documents,
     to_spec,
 )
+from bot.core.routine_plan import FieldChange, differences
 from bot.core.statuses import BusyPolicy, RiskLevel
 from bot.errors import RoutineFileInvalid
 from runner.contract import Engine
