@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from bot.core.roles import Action
 from bot.core.routine import NAME_RE
-from bot.core.statuses import (
-    TriggerKind,
-)
-from bot.core.trigger import Trigger
 from bot.errors import (
     InvalidToken,
     RunNotFound,
@@ -34,7 +29,6 @@ from bot.services.runs import RunService
 from bot.services.triggers import TriggerService
 from bot.services.views import (
     RunView,
-    Triggered,
 )
 from bot.store import audit, queries
 from bot.store.queries import row_id
@@ -97,22 +91,6 @@ class TokenService(Service):
             token.revoked_at, token.revoked_by = utcnow(), actor
             self._seen_live.pop(token.token_hash, None)
             audit.record(session, actor, "token_revoked", routine.name, token_name)
-
-    def trigger(self, name: str, bearer: str, payload: object,
-                idempotency_key: str | None) -> Triggered:
-        """The API door's rule: a live token of this very routine (else `InvalidToken`,
-        whether or not `name` exists), then a normal trigger, all in one unit of work
-        (the token's last use is written with the run)."""
-        with self.db.session() as session:
-            routine, token = self._authorized(session, name, bearer)
-            token_id, token_name = token.id, token.name
-            triggered = self.triggers.trigger_in(session, routine, Trigger(
-                TriggerKind.API, f"token:{token_name}", ref=idempotency_key, payload=payload),
-                requester=token.created_by)
-            session.execute(update(ApiToken).where(col(ApiToken.id) == token_id)
-                            .values(last_used_at=utcnow()))
-        self.triggers.queued(triggered)
-        return triggered
 
     def set_paused(self, name: str, bearer: str, paused: bool) -> Routine:
         """Pause or resume through the API, with the authority of the token's creator

@@ -11,6 +11,8 @@ from bot.core.redaction import Redactor
 from bot.core.routine import RoutineDraft, RoutineLimits
 from bot.errors import ValidationFailed
 from bot.services import ServicePolicy, Services
+from bot.services.trigger_batch import ApiCall
+from bot.services.views import QueuedRun
 from bot.store import schema
 from bot.store.database import Database
 
@@ -52,13 +54,16 @@ def test_racing_calls_with_one_idempotency_key_give_one_run(database_url: str) -
     services.routines.create(RoutineDraft(name="hook", prompt="p", repo_url="file:///r",
                                         channel_id="C0123ABC"), "U1")
     token = services.tokens.create("hook", "ci", "U1")
-    results: list[tuple[int | None, str]] = []
+    results: list[tuple[int, bool]] = []
     barrier = threading.Barrier(8)
 
     def call() -> None:
         barrier.wait()
-        triggered = services.tokens.trigger("hook", token, {"n": 1}, "same-key")
-        results.append((triggered.view.run.id, triggered.view.routine.name))
+        # Each thread is a batch of its own: the batches race on one key.
+        [triggered] = services.trigger_batch.trigger_api_calls(
+            [ApiCall("hook", token, {"n": 1}, "same-key")])
+        assert isinstance(triggered, QueuedRun), triggered
+        results.append((triggered.run_id, triggered.replayed))
 
     threads = [threading.Thread(target=call) for _ in range(8)]
     for thread in threads:
@@ -66,6 +71,6 @@ def test_racing_calls_with_one_idempotency_key_give_one_run(database_url: str) -
     for thread in threads:
         thread.join()
     assert len(results) == 8 and len({run_id for run_id, _ in results}) == 1
-    assert {name for _, name in results} == {"hook"}
+    assert sorted(replayed for _, replayed in results) == [False] + [True] * 7
     assert len(services.routines.history("hook")) == 1
     db.close()
