@@ -80,7 +80,8 @@ class Bot:
                                      settings.max_concurrent_runs,
                                      announce_spend=announcer.spend,
                                      watcher=self.progress if settings.live_progress else None,
-                                     crash=crash)
+                                     crash=crash, worker_id=settings.worker_id,
+                                     claim_seconds=settings.lease_seconds)
         self.approvals = ApprovalDesk(self.services, self.slack_client,
                                       ApprovalMessages(self.services, self.messages),
                                       Publisher(self.services.publishing,
