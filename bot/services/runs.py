@@ -216,11 +216,14 @@ class RunService(Service):
         """Finished runs whose result message has not reached Slack yet and that no other
         live process has claimed (`claim_announcement`); with `settled_seconds`, only
         those finished at least that long ago (a sweep leaves a fresh result to the
-        process that ran it)."""
+        process that ran it, and this worker's own live claims too: one it holds off after
+        Slack refused it waits out its time)."""
         now = utcnow()
+        sweep = settled_seconds > 0
         query = select(Run.id).where(col(Run.notified_at).is_(None),
-                                     col(Run.finished_at).is_not(None), _claimable(worker_id, now))
-        if settled_seconds > 0:
+                                     col(Run.finished_at).is_not(None),
+                                     _claimable(None if sweep else worker_id, now))
+        if sweep:
             query = query.where(col(Run.finished_at) < now - timedelta(seconds=settled_seconds))
         with self.db.session() as session:
             ids = session.exec(query.order_by(col(Run.id))).all()
@@ -321,8 +324,10 @@ class RunService(Service):
                                     max(round(delay), 0))
 
 
-def _claimable(worker_id: str, now: datetime) -> Any:
+def _claimable(worker_id: str | None, now: datetime) -> Any:
     """No live claim of another worker: none, one that ran out, or this worker's own (a
-    restarted process of the same id takes its own claims back)."""
-    return or_(col(Run.announce_claimed_by).is_(None), col(Run.announce_claim_until) <= now,
-               col(Run.announce_claimed_by) == worker_id)
+    restarted process of the same id takes its own claims back); None: no live claim."""
+    free = [col(Run.announce_claimed_by).is_(None), col(Run.announce_claim_until) <= now]
+    if worker_id is not None:
+        free.append(col(Run.announce_claimed_by) == worker_id)
+    return or_(*free)

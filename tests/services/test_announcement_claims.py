@@ -134,3 +134,16 @@ def test_a_sweep_leaves_a_fresh_result_to_the_process_that_ran_it(database_url: 
         session.execute(update(Run).where(col(Run.id) == run_id).values(
             finished_at=utcnow() - timedelta(seconds=CLAIM + 1)))
     assert [v.run.id for v in one.runs.to_announce("b/other", CLAIM)] == [run_id]
+
+
+def test_a_sweep_leaves_a_held_result_alone_even_its_holders(database_url: str) -> None:
+    one = services_on(database_url, triggers_per_minute=1000)
+    [run_id] = finished_runs(one, 1)
+    with one.runs.db.session() as session:  # finished a while ago
+        session.execute(update(Run).where(col(Run.id) == run_id).values(
+            finished_at=utcnow() - timedelta(seconds=CLAIM + 1)))
+    assert one.runs.claim_announcement(run_id, "a/one", CLAIM)
+    one.runs.release_announcement(run_id, "a/one", hold_seconds=600)  # refused outright
+    assert one.runs.to_announce("a/one", CLAIM) == []  # not every sweep
+    assert one.runs.to_announce("b/other", CLAIM) == []
+    assert [v.run.id for v in one.runs.to_announce("a/one")] == [run_id]  # its next start
