@@ -80,7 +80,8 @@ class Bot:
                                      settings.max_concurrent_runs,
                                      announce_spend=announcer.spend,
                                      watcher=self.progress if settings.live_progress else None,
-                                     crash=crash)
+                                     crash=crash, worker_id=settings.worker_id,
+                                     claim_seconds=settings.lease_seconds)
         self.approvals = ApprovalDesk(self.services, self.slack_client,
                                       ApprovalMessages(self.services, self.messages),
                                       Publisher(self.services.publishing,
@@ -92,7 +93,7 @@ class Bot:
                                    settings.schedule_sync_seconds)
         self.slack = build_slack_app(settings, self.services, self.messages, self.slack_client)
         self.home = HomeTab(self.services, self.messages, self.slack_client,
-                            settings.home_refresh_seconds)
+                            settings.home_refresh_seconds, settings.lease_seconds)
         self.home.register(self.slack)
         self._wire()
         self._web: web.AppRunner | None = None
@@ -135,7 +136,8 @@ class Bot:
         await self.home.start()
         web_app = build_web_app(self.slack, self.db, self.services, self.settings)
         add_ops_routes(web_app, Readiness(self.db, self.docker), build_registry(
-            self.db, running_containers(self.docker, self.settings.instance)))
+            self.db, running_containers(self.docker, self.settings.instance),
+            lambda: self.services.workers.all(self.settings.lease_seconds)))
         # keepalive_timeout also bounds a connection's wait for a request's headers (aiohttp
         # closes a connection whose request has not fully arrived when it expires); after a
         # refusal, the rest of a body is drained for no longer than a body may take.

@@ -21,11 +21,15 @@ import docker.errors
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from bot.core.redaction import Redactor
+from bot.core.worker import WorkerState
 from bot.doors.slack.scopes import BOT_SCOPES
 from bot.errors import RoutinesError
+from bot.services import ServicePolicy, Services
 from bot.settings import Settings
 from bot.store import schema
 from bot.store.database import Database
+from bot.store.tables import utcnow
 from runner.disk_limit import describe_size
 from runner.egress_policy import EgressPolicy
 from runner.fingerprint import LABEL, runner_fingerprint
@@ -79,7 +83,46 @@ def diagnose(env: Mapping[str, str]) -> list[Finding]:
             findings.append(Finding(name, False, exc.detail, exc.fix))
         except Exception as exc:  # a check must report, not crash the report
             findings.append(Finding(name, False, f"{type(exc).__name__}: {exc}"[:300]))
+    if all(f.ok for f in findings if f.check == "database"):
+        findings.extend(_workers(settings))
     return findings
+
+
+def _workers(settings: Settings) -> list[Finding]:
+    """A line per process that served this database (`bot.services.workers`): its role,
+    state, heartbeat age and running runs. A silent worker that still holds runs fails
+    the check (those runs are being lost); a silent one holding nothing is only said."""
+    db = Database(settings.database_url)
+    try:
+        workers = Services(db, ServicePolicy.from_settings(settings),
+                           Redactor(settings.secrets)).workers.all(settings.lease_seconds)
+    except Exception as exc:  # a check must report, not crash the report
+        return [Finding("workers", False, f"{type(exc).__name__}: {exc}"[:300])]
+    finally:
+        db.close()
+    if not workers:
+        return [Finding("workers", True, "none registered yet (no process has served it)")]
+    now = utcnow()
+    found: list[Finding] = []
+    for worker in workers:
+        age = describe_age((now - worker.heartbeat_at).total_seconds())
+        runs = (f"running #{', #'.join(map(str, worker.running_runs))}"
+                if worker.running_runs else "no runs")
+        detail = (f"{worker.role}, {worker.state}, last heartbeat {age} ago, {runs}")
+        stuck = worker.state == WorkerState.SILENT and bool(worker.running_runs)
+        found.append(Finding(f"worker {worker.id}", not stuck, detail,
+                             "its runs end when their lease runs out; restart the process, "
+                             "or check its host" if stuck else ""))
+    return found
+
+
+def describe_age(seconds: float) -> str:
+    """A heartbeat's age as people read it: 4s, 3m, 5h, 2d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def _consistent(settings: Settings) -> str:

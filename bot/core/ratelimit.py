@@ -1,32 +1,44 @@
-"""A sliding-window limit per key (a routine). In memory on purpose: a restart forgiving
-a burst is harmless, and a database write per check would cost more than it protects."""
+"""The trigger rate limit of one routine: at most `limit` accepted triggers in any window.
+
+Pure decisions over what the database holds (`bot.store.trigger_hits` reads it, locked,
+and writes the accepted hits in the same transaction): a restart must not forgive a
+burst, and two processes together must allow the configured rate, not twice it. Kept
+as plain numbers so a group commit counts once per routine and then decides every call
+of the batch here, the ones admitted earlier in it included.
+"""
 
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+WINDOW = timedelta(seconds=60)  # the limit is "triggers per minute"
 
 
-class SlidingWindow:
-    def __init__(self, max_hits: int, window_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_hits = max_hits
-        self.window = window_seconds
-        self.clock = clock
-        self._hits: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
+@dataclass
+class RateWindow:
+    """The accepted triggers of one routine within the window ending `now`: how many, and
+    when the oldest was (what a refused caller waits for)."""
 
-    def hit(self, key: str) -> int | None:
-        """Record a hit; None when allowed, else the seconds to wait (nothing recorded)."""
-        now = self.clock()
-        with self._lock:
-            hits = self._hits.setdefault(key, deque())
-            while hits and hits[0] <= now - self.window:
-                hits.popleft()
-            if len(hits) >= self.max_hits:
-                return max(1, math.ceil(hits[0] + self.window - now))
-            hits.append(now)
+    limit: int
+    now: datetime
+    count: int
+    oldest: datetime | None
+    window: timedelta = WINDOW
+
+    def retry_after(self) -> int | None:
+        """None when one more trigger is allowed, else the whole seconds until the oldest
+        hit leaves the window (at least 1, as Retry-After counts)."""
+        if self.count < self.limit:
             return None
+        if self.oldest is None:  # a limit of 0: never allowed, retry after a window
+            return math.ceil(self.window.total_seconds())
+        waited = (self.oldest + self.window - self.now).total_seconds()
+        return max(1, math.ceil(waited))
+
+    def admit(self) -> None:
+        """Count one more accepted trigger, at `now` (the caller writes its hit)."""
+        self.count += 1
+        if self.oldest is None:
+            self.oldest = self.now

@@ -60,6 +60,9 @@ class Unwatched:
         pass
 
 
+# A result Slack refused outright (not an outage) is not tried again before this, unless
+# the process that tried restarts.
+REFUSED_HOLD_SECONDS = 600.0
 LOST_CONTAINER = "interrupted: the bot restarted and the run's container was gone"
 
 
@@ -67,8 +70,14 @@ class Dispatcher:
     def __init__(self, services: Services, sandbox: Sandbox, announce: Announce,
                  max_concurrent: int, poll_seconds: float = 2.0,
                  announce_spend: AnnounceSpend | None = None,
-                 watcher: RunWatcher | None = None, crash: CrashPoints | None = None) -> None:
+                 watcher: RunWatcher | None = None, crash: CrashPoints | None = None,
+                 worker_id: str = "local", claim_seconds: float = 30.0) -> None:
         self.services = services
+        # Who claims the results this process posts, and for how long a claim holds if
+        # this process dies holding it (`RunService.claim_announcement`).
+        self.worker_id = worker_id
+        self.claim_seconds = claim_seconds
+        self._swept = time.monotonic()  # the last look for results nobody is posting
         self.crash = crash or CrashPoints(None)  # test-only: ROUTINES_TEST_CRASH_AT
         self.watcher: RunWatcher = watcher or Unwatched()
         self.sandbox = sandbox
@@ -100,8 +109,8 @@ class Dispatcher:
             await self._reconcile()
         except docker.errors.DockerException as exc:
             log.error("docker engine unavailable at start, runs will error: %s", exc)
-        for view in await asyncio.to_thread(self.services.runs.to_announce):
-            await self._announce(view)
+        for view in await asyncio.to_thread(self.services.runs.to_announce, self.worker_id):
+            await self._announce(view)  # every process does this: the claim picks one
         self._claims.start()
 
     def wake(self) -> None:
@@ -160,7 +169,10 @@ class Dispatcher:
     async def _announce_owed(self) -> None:
         """Post the results Slack could not take earlier (down, 5xx, 429), once its
         Retry-After or the backoff is over; oldest first, stopping at the first refusal.
-        (A result owed when the bot stopped is posted at the next start.)"""
+        Every `claim_seconds` it also takes the results nobody is posting: released by
+        a process that failed to post them, or claimed by one that died. (A result owed
+        when every process stopped is posted at the next start.)"""
+        await self._sweep_unclaimed()
         for posted in list(self._posted):
             await asyncio.to_thread(self.services.runs.mark_announced, posted)
             self._posted.discard(posted)
@@ -173,6 +185,20 @@ class Dispatcher:
                 continue
             if not await self._announce(view):
                 return
+
+    async def _sweep_unclaimed(self) -> None:
+        """The results of runs that finished a claim's time ago and are still unposted,
+        unclaimed or past their claim: owed here now (posted only if claimed here)."""
+        now = time.monotonic()
+        if now - self._swept < self.claim_seconds:
+            return
+        self._swept = now
+        try:
+            views = await asyncio.to_thread(self.services.runs.to_announce, self.worker_id,
+                                            self.claim_seconds)
+        except DatabaseUnavailable:
+            return  # looked at again after the next claim's time
+        self._owed.update(v.run.id for v in views if v.run.id is not None)
 
     async def _stop_asked_elsewhere(self) -> None:
         """A cancel or the kill switch from another process (the CLI, another bot) is
@@ -272,6 +298,15 @@ class Dispatcher:
             log.info("run %s's result waits for Slack (backing off)", run_id)
             self._owed.add(run_id)
             return False
+        try:
+            claimed = await asyncio.to_thread(self.services.runs.claim_announcement, run_id,
+                                              self.worker_id, self.claim_seconds)
+        except DatabaseUnavailable:
+            self._owed.add(run_id)  # claimed (or found posted) once the database is back
+            return False
+        if not claimed:  # posted already, or another live process is posting it
+            self._owed.discard(run_id)
+            return True
         self._announcing.add(run_id)
         try:
             await self.announce(view)
@@ -280,6 +315,7 @@ class Dispatcher:
             log.warning("could not announce run %s (%s): trying again in %.0fs", run_id,
                         exc, wait)
             self._owed.add(run_id)
+            await self._release(run_id)
             return False
         except DatabaseUnavailable:
             # Posted, then the database failed as its place was recorded: marked later by
@@ -288,9 +324,11 @@ class Dispatcher:
             self._owed.discard(run_id)
             return True
         except Exception:
-            # Refused for another reason (a channel gone...): retried at the next start.
+            # Refused for another reason (a channel gone...): retried at the next start,
+            # or by any process once the held claim runs out.
             log.exception("could not announce run %s", run_id)
             self._owed.discard(run_id)
+            await self._release(run_id, REFUSED_HOLD_SECONDS)
             return True
         finally:
             self._announcing.discard(run_id)
@@ -303,6 +341,13 @@ class Dispatcher:
             return True  # posted: `_announce_owed` marks it once the database is back
         self._posted.discard(run_id)
         return True
+
+    async def _release(self, run_id: int, hold_seconds: float = 0.0) -> None:
+        """Give up the claim of a result not posted, so it is tried again (its claim runs
+        out by itself if the database cannot take this now)."""
+        with contextlib.suppress(DatabaseUnavailable):
+            await asyncio.to_thread(self.services.runs.release_announcement, run_id,
+                                    self.worker_id, hold_seconds)
 
     async def _reconcile(self) -> None:
         containers = await asyncio.to_thread(self.sandbox.find_run_containers)

@@ -22,8 +22,10 @@ from sqlalchemy import ColumnElement, case, extract, func, select
 from sqlmodel import col
 
 from bot.core.statuses import PENDING_STATUSES, RunStatus
+from bot.core.worker import WorkerState
+from bot.services.workers import WorkerView
 from bot.store.database import Database
-from bot.store.tables import KillSwitch, Routine, Run
+from bot.store.tables import KillSwitch, Lease, Routine, Run, as_utc, utcnow
 from runner.contract import LABEL_INSTANCE, LABEL_POOL, LABEL_RUN_ID
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
                     3600.0, 7200.0, 14400.0)
 ContainerCount = Callable[[], int]
+# The processes serving the database, as `WorkerService.all` sees them now.
+WorkersSeen = Callable[[], list[WorkerView]]
+SCHEDULER_LEASE = "scheduler"  # the `Lease` row of the one process that schedules
 
 
 def running_containers(docker_client: Any, instance: str) -> ContainerCount:
@@ -48,20 +53,55 @@ def running_containers(docker_client: Any, instance: str) -> ContainerCount:
     return count
 
 
-def build_registry(db: Database, containers: ContainerCount) -> CollectorRegistry:
+def build_registry(db: Database, containers: ContainerCount,
+                   workers: WorkersSeen | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RoutinesCollector(db, containers))
+    registry.register(RoutinesCollector(db, containers, workers))
     return registry
 
 
 class RoutinesCollector(Collector):
-    def __init__(self, db: Database, containers: ContainerCount) -> None:
+    def __init__(self, db: Database, containers: ContainerCount,
+                 workers: WorkersSeen | None = None) -> None:
         self.db = db
         self.containers = containers
+        self.workers = workers
 
     def collect(self) -> Iterator[Metric]:
         yield from self._from_database()
+        if self.workers is not None:
+            yield from self._of_workers(self.workers())
         yield from self._from_engine()
+
+    def _of_workers(self, workers: list[WorkerView]) -> Iterator[Metric]:
+        """Every process that served this database: when it last beat, whether that is
+        within the lease, the runs it holds; and which one holds the scheduler lease."""
+        heartbeat = GaugeMetricFamily(
+            "routines_worker_heartbeat_timestamp_seconds",
+            "Unix time of the worker's last heartbeat.", labels=["worker", "role"])
+        alive = GaugeMetricFamily(
+            "routines_worker_alive",
+            "1 while the worker's heartbeat is within the lease, else 0 (silent or stopped).",
+            labels=["worker", "role"])
+        running = GaugeMetricFamily(
+            "routines_worker_running_runs", "Runs the worker holds now.", labels=["worker"])
+        for worker in workers:
+            labels = [worker.id, worker.role.value]
+            heartbeat.add_metric(labels, worker.heartbeat_at.timestamp())
+            alive.add_metric(labels, 1 if worker.state == WorkerState.ALIVE else 0)
+            running.add_metric([worker.id], len(worker.running_runs))
+        yield heartbeat
+        yield alive
+        yield running
+        with self.db.session() as session:
+            lease = session.get(Lease, SCHEDULER_LEASE)
+        holder = GaugeMetricFamily(
+            "routines_scheduler_holder",
+            "1 for the worker holding the scheduler lease while it holds it, 0 once it "
+            "has run out (absent before any process took it).", labels=["worker"])
+        if lease is not None:
+            holder.add_metric([lease.holder], 1 if as_utc(lease.until) > utcnow() else 0)
+        yield holder
 
     def _from_database(self) -> Iterator[Metric]:
         finished = CounterMetricFamily(

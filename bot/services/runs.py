@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError
@@ -210,19 +212,56 @@ class RunService(Service):
                               FailureKind.CANCELLED)
         return outcome
 
-    def to_announce(self) -> list[RunView]:
-        """Finished runs whose result message has not reached Slack yet."""
+    def to_announce(self, worker_id: str, settled_seconds: float = 0.0) -> list[RunView]:
+        """Finished runs whose result message has not reached Slack yet and that no other
+        live process has claimed (`claim_announcement`); with `settled_seconds`, only
+        those finished at least that long ago (a sweep leaves a fresh result to the
+        process that ran it, and this worker's own live claims too: one it holds off after
+        Slack refused it waits out its time)."""
+        now = utcnow()
+        sweep = settled_seconds > 0
+        query = select(Run.id).where(col(Run.notified_at).is_(None),
+                                     col(Run.finished_at).is_not(None),
+                                     _claimable(None if sweep else worker_id, now))
+        if sweep:
+            query = query.where(col(Run.finished_at) < now - timedelta(seconds=settled_seconds))
         with self.db.session() as session:
-            ids = session.exec(
-                select(Run.id).where(col(Run.notified_at).is_(None),
-                                     col(Run.finished_at).is_not(None))
-            ).all()
+            ids = session.exec(query.order_by(col(Run.id))).all()
         return [self.get(run_id) for run_id in ids if run_id is not None]
 
+    def claim_announcement(self, run_id: int, worker_id: str, seconds: float) -> bool:
+        """Take the posting of the run's result for `seconds`: True if this worker now holds
+        it. False if it is announced already or another worker's claim is live; a claim
+        of a process that died ends with its time, and another takes it then. One
+        conditional UPDATE, so of two processes racing, one wins."""
+        now = utcnow()
+        with self.db.session() as session:
+            claimed = session.execute(
+                update(Run).where(col(Run.id) == run_id, col(Run.notified_at).is_(None),
+                                  col(Run.finished_at).is_not(None), _claimable(worker_id, now))
+                .values(announce_claimed_by=worker_id,
+                        announce_claim_until=now + timedelta(seconds=seconds)))
+            return bool(claimed.rowcount)  # type: ignore[attr-defined]
+
+    def release_announcement(self, run_id: int, worker_id: str,
+                             hold_seconds: float = 0.0) -> None:
+        """Posting failed: the claim is given up so the result is tried again, by this
+        process later or by another. With `hold_seconds`, the claim is kept that long
+        first (Slack refused it outright: not every few seconds, nor by every process)."""
+        until = utcnow() + timedelta(seconds=hold_seconds) if hold_seconds > 0 else None
+        with self.db.session() as session:
+            session.execute(update(Run).where(
+                col(Run.id) == run_id, col(Run.announce_claimed_by) == worker_id,
+                col(Run.notified_at).is_(None)).values(
+                announce_claimed_by=worker_id if until is not None else None,
+                announce_claim_until=until))
+
     def mark_announced(self, run_id: int) -> None:
+        """Posted: it is never posted again, and its claim is done with."""
         with self.db.session() as session:
             session.execute(update(Run).where(col(Run.id) == run_id)
-                            .values(notified_at=utcnow()))
+                            .values(notified_at=utcnow(), announce_claimed_by=None,
+                                    announce_claim_until=None))
 
     def record_announcement(self, run_id: int, channel: str, ts: str) -> None:
         """Where the run's result message is: its log is posted in that thread."""
@@ -283,3 +322,12 @@ class RunService(Service):
         return retry.ScheduledRetry(nxt.id, nxt.attempt,
                                     max(1 + routine.retry_attempts, nxt.attempt),
                                     max(round(delay), 0))
+
+
+def _claimable(worker_id: str | None, now: datetime) -> Any:
+    """No live claim of another worker: none, one that ran out, or this worker's own (a
+    restarted process of the same id takes its own claims back); None: no live claim."""
+    free = [col(Run.announce_claimed_by).is_(None), col(Run.announce_claim_until) <= now]
+    if worker_id is not None:
+        free.append(col(Run.announce_claimed_by) == worker_id)
+    return or_(*free)

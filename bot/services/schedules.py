@@ -38,7 +38,7 @@ from bot.services.events import RunQueued, ScheduleChanged
 from bot.services.killswitch import KillSwitchService
 from bot.services.triggers import TriggerService
 from bot.services.views import MissedFires, ScheduledFires
-from bot.store import audit
+from bot.store import audit, trigger_hits
 from bot.store.queries import row_id
 from bot.store.tables import (
     AuditEntry,
@@ -210,17 +210,22 @@ class ScheduleService(Service):
 
     def _within_limits(self, session: Session, routines: list[_Due],
                        done: _Chunk) -> list[_Due]:
-        """The rate limit (shared with every door), then the routines' budgets."""
+        """The rate limit (shared with every door and process: its windows read locked in
+        one go, the admitted fires' hits written with them), then the routines' budgets."""
         admitted: list[_Due] = []
+        now = utcnow()
+        rates = self.triggers.rate_windows(session, [r.id for r in routines], now)
         for routine in routines:
-            retry_after = self.triggers.rate_limit.hit(routine.name)
+            retry_after = rates[routine.id].retry_after()
             if retry_after is not None:
                 done.refused[routine.name] = RateLimited(routine.name, retry_after)
             else:
                 admitted.append(routine)
         refusals = self.triggers.spend.refusals(session, admitted)
         done.refused.update({r.name: refusals[r.id] for r in admitted if r.id in refusals})
-        return [r for r in admitted if r.id not in refusals]
+        admitted = [r for r in admitted if r.id not in refusals]
+        trigger_hits.record(session, [(r.id, now) for r in admitted])
+        return admitted
 
     def missed(self, name: str, times: tuple[datetime, ...], why: str,
                more: bool = False) -> MissedFires:

@@ -9,7 +9,8 @@ Every rule of a single trigger still applies to each call, in the same order as
 `TriggerService.trigger_in` (the live token of this very routine, the kill switch, pause,
 idempotency, the rate limit, budgets, the payload template) and each run is audited as
 there. The state the rules read (the switch, the tokens, the routines, earlier runs with
-the same keys, the budgets' counts) is read once per batch, in its unit of work, so a
+the same keys, the budgets' counts, the rate limit's windows, locked until the commit: see
+`bot.store.trigger_hits`) is read once per batch, in its unit of work, so a
 revoked token or an engaged switch refuses from the next batch on (the door's cached
 token check is only a pre-check; this one decides). Runs admitted earlier in the batch
 count in its budgets, and a key seen earlier in it is a replay. A refused call writes
@@ -28,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy
@@ -36,6 +38,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col
 
 from bot.core.budget import TriggerBudget
+from bot.core.ratelimit import RateWindow
 from bot.core.statuses import RiskLevel, RunStatus, TriggerKind
 from bot.core.trigger import Trigger
 from bot.errors import (
@@ -52,7 +55,8 @@ from bot.services.context import Service, Shared
 from bot.services.events import ApprovalRequested, RunQueued
 from bot.services.triggers import TriggerService
 from bot.services.views import QueuedRun
-from bot.store import queries
+from bot.store import queries, trigger_hits
+from bot.store.queries import row_id
 from bot.store.tables import ApiToken, AuditEntry, Routine, Run, utcnow
 
 log = logging.getLogger(__name__)
@@ -97,11 +101,13 @@ class _Pending:
 @dataclass
 class _RoutineState:
     """What the batch read of one routine: the row, its earlier runs with this batch's
-    keys (then the batch's own pending runs by key), and its budgets' counts."""
+    keys (then the batch's own pending runs by key), its budgets' counts and its rate
+    limit's window (the batch's admitted calls counted in as they are decided)."""
 
     routine: Routine
     earlier: dict[str, QueuedRun]
     budget: TriggerBudget
+    rate: RateWindow
     pending: dict[str, _Pending] = field(default_factory=dict)
 
 
@@ -111,9 +117,12 @@ class _Batch:
     held: KillSwitchEngaged | None  # the switch, read once for the batch
     tokens: dict[str, _Token]
     outcomes: list[Outcome | None]
+    now: datetime
+    rates: dict[int, RateWindow]  # by routine id, read locked once for the batch
     states: dict[int, _RoutineState] = field(default_factory=dict)
     pending: list[_Pending] = field(default_factory=list)
     announce: list[QueuedRun] = field(default_factory=list)  # runs awaiting an approval
+    hits: list[tuple[int, datetime]] = field(default_factory=list)  # the rate limit's
 
 
 class TriggerBatchService(Service):
@@ -142,13 +151,17 @@ class TriggerBatchService(Service):
             held = None
         except KillSwitchEngaged as engaged:
             held = engaged
-        batch = _Batch(calls, held, self._live_tokens(session, calls), [None] * len(calls))
+        tokens = self._live_tokens(session, calls)
+        now = utcnow()
+        rates = self.triggers.rate_windows(session, {t.routine_id for t in tokens.values()}, now)
+        batch = _Batch(calls, held, tokens, [None] * len(calls), now, rates)
         for index, call in enumerate(calls):
             try:
                 batch.outcomes[index] = self._decide(session, batch, index, call)
             except RoutinesError as exc:
                 batch.outcomes[index] = exc
         self._write(session, batch)
+        trigger_hits.record(session, batch.hits)
         used = {batch.tokens[queries.token_hash(c.bearer)].id for c, o in
                 zip(calls, batch.outcomes, strict=True) if isinstance(o, QueuedRun)}
         if used:  # the tokens' last use is written with their runs
@@ -182,7 +195,8 @@ class TriggerBatchService(Service):
                            RUN_TABLE.c.trigger_kind == TriggerKind.API,
                            RUN_TABLE.c.trigger_ref.in_(keys)))} if keys else {}
             state = _RoutineState(routine, earlier,
-                                  self.triggers.spend.budget_of(session, routine))
+                                  self.triggers.spend.budget_of(session, routine),
+                                  batch.rates[routine_id])
             batch.states[routine_id] = state
         return state
 
@@ -209,7 +223,7 @@ class TriggerBatchService(Service):
             if call.key in state.pending:  # the same key earlier in this very batch
                 state.pending[call.key].replays.append(index)
                 return None
-        self._within_limits(session, state)
+        self._within_limits(session, batch, state)
         pending = _Pending(index, self.triggers.run_values(routine, trigger), routine.name)
         state.budget.admit()
         if call.key is not None:
@@ -217,12 +231,16 @@ class TriggerBatchService(Service):
         batch.pending.append(pending)
         return None
 
-    def _within_limits(self, session: Session, state: _RoutineState) -> None:
-        """The rate limit (shared with every door), then the routine's budgets."""
+    def _within_limits(self, session: Session, batch: _Batch, state: _RoutineState) -> None:
+        """The rate limit (shared with every door and process), then the routine's budgets.
+        A call past the rate limit counts in it whatever refuses it next (a budget, the
+        payload template), as it always has: its hit is written with the batch."""
         routine = state.routine
-        retry_after = self.triggers.rate_limit.hit(routine.name)
+        retry_after = state.rate.retry_after()
         if retry_after is not None:
             raise RateLimited(routine.name, retry_after)
+        state.rate.admit()
+        batch.hits.append((row_id(routine), batch.now))
         refusal = state.budget.refusal()
         if isinstance(refusal, BudgetExceeded):
             self.triggers.spend.record_hit(session, routine, refusal)  # kept: not rolled back

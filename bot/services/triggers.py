@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from bot.core import payload as payloads
-from bot.core.ratelimit import SlidingWindow
+from bot.core.ratelimit import RateWindow
 from bot.core.statuses import (
     ApprovalKind,
     RiskLevel,
@@ -31,11 +33,12 @@ from bot.services.views import (
     RunView,
     Triggered,
 )
-from bot.store import audit, queries
+from bot.store import audit, queries, trigger_hits
 from bot.store.queries import row_id
 from bot.store.tables import (
     Routine,
     Run,
+    utcnow,
 )
 
 
@@ -46,8 +49,6 @@ class TriggerService(Service):
         self.kill_switch = kill_switch
         self.spend = spend
         self.approvals = approvals
-        # In memory: a restart forgives a burst (see `bot.core.ratelimit`).
-        self.rate_limit = SlidingWindow(shared.policy.triggers_per_minute, 60)
 
     def trigger(self, name: str, trigger: Trigger) -> Triggered:
         """Queue a run, whichever door it came through. Written before this returns, so an
@@ -69,7 +70,9 @@ class TriggerService(Service):
         earlier = queries.run_for_ref(session, routine, trigger)
         if earlier is not None:
             return Triggered(RunView(earlier, routine), replayed=True)
-        retry_after = self.rate_limit.hit(routine.name)
+        now = utcnow()
+        retry_after = self.rate_windows(session, [row_id(routine)], now)[row_id(routine)] \
+            .retry_after()
         if retry_after is not None:
             raise RateLimited(routine.name, retry_after)
         self.spend.enforce(session, routine)
@@ -82,6 +85,7 @@ class TriggerService(Service):
             earlier = queries.run_for_ref(session, routine, trigger)
             assert earlier is not None
             return Triggered(RunView(earlier, routine), replayed=True)
+        trigger_hits.record(session, [(row_id(routine), now)])
         approval = None
         if run.status == RunStatus.AWAITING_APPROVAL:
             approval = self.approvals.request(session, run, routine, ApprovalKind.START,
@@ -89,6 +93,14 @@ class TriggerService(Service):
         audit.record(session, trigger.actor, "run", routine.name,
                f"run #{run.id} by {trigger.kind}" + (" (awaiting approval)" if approval else ""))
         return Triggered(RunView(run, routine), replayed=False, approval=approval)
+
+    def rate_windows(self, session: Session, routine_ids: Iterable[int],
+                     now: datetime) -> dict[int, RateWindow]:
+        """The rate limit's window of each routine by id, locked until the caller's unit of
+        work ends: shared by every door and every process (`bot.store.trigger_hits`). The
+        caller records the hits of the triggers it accepts in that unit of work."""
+        limit = self.policy.triggers_per_minute
+        return trigger_hits.windows(session, dict.fromkeys(routine_ids, limit), now)
 
     @staticmethod
     def new_run(routine: Routine, trigger: Trigger) -> Run:

@@ -16,6 +16,7 @@ from slack_sdk.models.views import View
 
 from bot.app import Bot
 from bot.core.routine import RoutineDraft
+from bot.core.worker import WorkerIdentity, WorkerRole
 from bot.store.tables import KillSwitch, utcnow
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import RESULTS_CHANNEL, BotFactory
@@ -228,3 +229,24 @@ async def test_home_over_socket_mode(start_bot: BotFactory, slack_api: SlackApiS
 
     await next_home(slack_api, ALICE, seen, "paused by")
     assert bot.services.routines.get("socket-home").paused_by == ALICE
+
+
+async def test_admins_see_the_workers_and_nobody_else_does(
+    start_bot: BotFactory, slack_api: SlackApiStandIn,
+) -> None:
+    bot, fake = await home_bot(start_bot, admins=(BOB,))
+    bot.services.workers.register(WorkerIdentity("far-host", "w7", WorkerRole.WORKER, True, 1),
+                                  alive=lambda _pid: False)
+
+    await fake.open_home(BOB)
+    view = await next_home(slack_api, BOB, 0, shows="far-host/w7")
+    assert any(h.startswith("Workers (") for h in headers(view))
+    workers = next(b["text"]["text"] for b in view["blocks"] if b.get("block_id") == "workers")
+    line = next(line for line in workers.split("\n") if "far-host/w7" in line)
+    assert line.startswith(":large_green_circle: `far-host/w7` · worker · alive · last heartbeat ")
+    assert line.endswith(" · no runs")
+
+    await fake.open_home(ALICE)
+    mine = await next_home(slack_api, ALICE, 0)
+    assert not any(h.startswith("Workers") for h in headers(mine))
+    assert "far-host" not in json.dumps(mine)

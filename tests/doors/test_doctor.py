@@ -5,6 +5,7 @@ wrong and the fix; the exit status says whether anything failed."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from bot.doors.cli import main
 from bot.store import schema
 from bot.store.database import Database
 from runner.fingerprint import runner_fingerprint
+from tests.services.test_group_commit import services_on
+from tests.services.test_workers_shown import workers_of_three_kinds
 from tests.standins.environment import BOT_TOKEN, SIGNING_SECRET
 from tests.standins.slack_api import SlackApiStandIn
 from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE
@@ -54,7 +57,8 @@ async def test_a_healthy_setup_passes_every_check(
     assert list(found) == ["settings", "settings agree", "slack token", "slack mode",
                            "docker engine", "sandbox image", "claude-code image",
                            "sandbox runtime", "database", "run disk limit",
-                           "gateway and proxy"]
+                           "gateway and proxy", "workers"]
+    assert found["workers"].detail == "none registered yet (no process has served it)"
     assert found["run disk limit"].detail == "2 GiB per run"
     assert found["slack token"].detail == "authenticated as routines in Team, scopes granted"
     assert found["sandbox image"].detail == f"{SANDBOX_IMAGE}, runner {runner_fingerprint()}"
@@ -67,7 +71,7 @@ async def test_a_healthy_setup_passes_every_check(
     code = await asyncio.to_thread(main, ["doctor"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert len(lines) == 11 and all(line.startswith("ok    ") for line in lines)
+    assert len(lines) == 12 and all(line.startswith("ok    ") for line in lines)
 
 
 async def test_a_refused_token_and_missing_scopes(
@@ -109,6 +113,28 @@ async def test_a_missing_image_an_image_of_another_runner_and_an_unknown_runtime
     found = await findings({**env, "ROUTINES_SANDBOX_RUNTIME": "no-such-runtime"})
     assert failed(found) == {"sandbox runtime"}
     assert "no runtime 'no-such-runtime'" in found["sandbox runtime"].detail
+
+
+async def test_a_line_per_worker_and_a_silent_one_holding_runs_fails(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    run_id = workers_of_three_kinds(services_on(env["DATABASE_URL"]))
+    found = await findings(env)
+    assert failed(found) == {"worker h2/w2"}
+    assert "workers" not in found  # a line per worker instead
+    assert found["worker h1/serve"].detail.startswith("serve, alive, last heartbeat ")
+    assert found["worker h1/serve"].detail.endswith(" ago, no runs")
+    assert found["worker h1/old"].detail.startswith("worker, stopped, ")
+    silent = found["worker h2/w2"]
+    assert re.match(r"worker, silent, last heartbeat \d+m ago", silent.detail)
+    assert silent.detail.endswith(f", running #{run_id}") and "lease" in silent.fix
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert await asyncio.to_thread(main, ["doctor"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("FAIL  worker h2/w2: worker, silent") for line in lines) == 1
+    assert sum(line.startswith("ok    worker ") for line in lines) == 2
 
 
 async def test_a_database_behind_or_not_answering(env: dict[str, str]) -> None:

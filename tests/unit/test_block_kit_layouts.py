@@ -13,14 +13,17 @@ from bot.core.home_page import MAX_ROUTINES, home_page, mention
 from bot.core.redaction import Redactor
 from bot.core.retry import ScheduledRetry
 from bot.core.statuses import RunStatus, TriggerKind
+from bot.core.worker import WorkerRole, WorkerState
 from bot.doors.slack.listeners import LIST_SHOWN, SlackHandlers
 from bot.doors.slack.messages import Messages
 from bot.doors.slack.run_buttons import MAX_MESSAGES, log_thread
 from bot.services.views import RoutineOverview, RunView
+from bot.services.workers import WorkerView
 from bot.settings import Settings
 from bot.store.tables import ApiToken, KillSwitch, Routine, Run
 from tests.support.block_kit import check_blocks
 
+NO_ROUTINES: list[RoutineOverview] = []
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 messages = Messages()
 
@@ -290,3 +293,48 @@ def test_the_status_of_a_routine_managed_from_files_says_so() -> None:
     plain = messages.render("routine_status.json.j2", github=[],
                             overview=RoutineOverview(routine(), None))
     assert "Managed from files" not in dump(plain)
+
+
+def worker_view(index: int, state: WorkerState, running: int = 0) -> WorkerView:
+    return WorkerView(f"host-{index:03d}.example/<w&{index}>", WorkerRole.WORKER, True, 100 + index,
+                      NOW, NOW - timedelta(seconds=5), state,
+                      tuple(range(1000 * index, 1000 * index + running)))
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 40])
+def test_an_admins_home_lists_the_workers_within_a_hundred_blocks(count: int) -> None:
+    overviews = [RoutineOverview(routine(name=f"t-{i:03d}", created_by="U0BOB0001"), run())
+                 for i in range(200)]
+    workers = [worker_view(i, [WorkerState.ALIVE, WorkerState.SILENT, WorkerState.STOPPED][i % 3],
+                           running=i % 9) for i in range(count)]
+    page = home_page(overviews, KillSwitch(id=1), "U0ALICE01", NOW, notice="x" * 3000,
+                     workers=workers)
+    view = messages.render("app_home.json.j2", page=page, mention=mention)
+
+    View(**view).validate_json()
+    assert len(view["blocks"]) <= 100
+    [section] = [b for b in view["blocks"] if b.get("block_id") == "workers"]
+    text = section["text"]["text"]
+    assert len(text) <= 3000
+    assert "<w&" not in text  # a worker id is shown escaped
+    if count == 0:
+        assert text == "None registered yet."
+    else:
+        assert "&lt;w&amp;" in text
+    if count == 3:
+        lines = text.split("\n")
+        assert lines[0].startswith(":red_circle: `host-001.example/")  # the silent one first
+        assert ":large_green_circle:" in lines[1] and ":white_circle:" in lines[2]
+        assert "· worker · silent · last heartbeat 2026-" in lines[0]
+        assert lines[0].endswith("running #1000")
+        assert lines[1].endswith("no runs")
+    if count == 40:
+        assert "… and 30 more: `routines doctor` lists them all." in text
+        assert "running #7000, #7001, #7002, #7003, #7004 and 2 more" in text  # not all listed
+
+
+def test_the_workers_are_not_on_a_non_admins_home() -> None:
+    page = home_page(NO_ROUTINES, KillSwitch(id=1), "U0ALICE01", NOW)
+    view = messages.render("app_home.json.j2", page=page, mention=mention)
+    assert not any(b.get("block_id") == "workers" for b in view["blocks"])
+    assert "Workers" not in json.dumps(view)

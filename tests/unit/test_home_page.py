@@ -8,10 +8,24 @@ from typing import Any
 
 import pytest
 
-from bot.core.home_page import MAX_ROUTINES, belongs_to, home_page, mention, next_run
+from bot.core.home_page import (
+    BLOCKS_PER_ROUTINE,
+    BLOCKS_PER_SECTION,
+    FIXED_BLOCKS,
+    MAX_BLOCKS,
+    MAX_ROUTINES,
+    MAX_WORKERS_SHOWN,
+    WORKER_BLOCKS,
+    belongs_to,
+    home_page,
+    mention,
+    next_run,
+)
+from bot.core.worker import WorkerRole, WorkerState
 from bot.services.views import RoutineOverview
 from bot.store.tables import KillSwitch, Routine
 
+NO_ROUTINES: list[RoutineOverview] = []
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 ALICE = "U0ALICE01"
 
@@ -109,3 +123,36 @@ def test_mentions_only_for_slack_user_ids() -> None:
     assert mention("token:ci") == "token:ci"
     assert mention("<!here>") == "&lt;!here&gt;"
     assert mention(None) == mention("") == "someone"
+
+
+@dataclass(frozen=True)
+class PlainWorker:
+    id: str
+    state: WorkerState
+    role: WorkerRole = WorkerRole.WORKER
+    heartbeat_at: datetime = NOW
+    running_runs: tuple[int, ...] = ()
+
+
+def test_an_admins_page_lists_the_workers_silent_first_and_makes_room() -> None:
+    workers = [PlainWorker("h/b", WorkerState.ALIVE), PlainWorker("h/z", WorkerState.SILENT),
+               PlainWorker("h/a", WorkerState.STOPPED), PlainWorker("h/c", WorkerState.SILENT)]
+    page = home_page(NO_ROUTINES, KillSwitch(id=1), ALICE, NOW, workers=workers)
+    assert page.workers is not None
+    assert [w.id for w in page.workers.entries] == ["h/c", "h/z", "h/b", "h/a"]
+    assert page.workers.more == 0
+    assert home_page(NO_ROUTINES, KillSwitch(id=1), ALICE, NOW).workers is None  # not an admin's
+
+    many = [PlainWorker(f"h/{i:02d}", WorkerState.ALIVE) for i in range(MAX_WORKERS_SHOWN + 4)]
+    shown = home_page(NO_ROUTINES, KillSwitch(id=1), ALICE, NOW, workers=many).workers
+    assert shown is not None and (len(shown.entries), shown.more) == (MAX_WORKERS_SHOWN, 4)
+
+
+def test_the_workers_section_takes_two_routines_room() -> None:
+    overviews = [RoutineOverview(routine(f"t{i}"), None) for i in range(200)]
+    plain = home_page(overviews, KillSwitch(id=1), ALICE, NOW)
+    admin = home_page(overviews, KillSwitch(id=1), ALICE, NOW, workers=[])
+    assert len(plain.team.entries) == MAX_ROUTINES
+    assert len(admin.team.entries) == MAX_ROUTINES - 2
+    blocks = FIXED_BLOCKS + 2 * BLOCKS_PER_SECTION + WORKER_BLOCKS
+    assert blocks + BLOCKS_PER_ROUTINE * len(admin.team.entries) <= MAX_BLOCKS

@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,6 +36,7 @@ from bot.errors import RoutinesError
 from bot.execution.wake import WakeLoop
 from bot.services import Services
 from bot.services.home import Snapshot
+from bot.services.workers import WorkerView
 from bot.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ PUBLISH_CONCURRENCY = 4
 
 class HomeTab:
     def __init__(self, services: Services, messages: Messages, client: AsyncWebClient,
-                 refresh_seconds: float) -> None:
+                 refresh_seconds: float, lease_seconds: float = 30.0) -> None:
         self.services = services
+        self.lease_seconds = lease_seconds  # whether a worker's heartbeat is recent enough
         self.home = services.home
         self.messages = messages
         self.client = client
@@ -114,13 +116,16 @@ class HomeTab:
 
     # Publishing ----------------------------------------------------------------------
 
-    def view_for(self, snapshot: Snapshot, user_id: str, now: datetime) -> dict[str, Any]:
+    def view_for(self, snapshot: Snapshot, user_id: str, now: datetime,
+                 workers: Sequence[WorkerView] = ()) -> dict[str, Any]:
+        """The user's Home; `workers` (read once per round) are shown to admins only."""
         overviews, kill_switch = snapshot
         notice, until = self._notices.get(user_id, ("", 0.0))
         if notice and until < time.monotonic():
             del self._notices[user_id]
             notice = ""
-        page = home_page(overviews, kill_switch, user_id, now, notice)
+        shown = workers if self.home.roles.is_admin(user_id) else None
+        page = home_page(overviews, kill_switch, user_id, now, notice, workers=shown)
         return self.messages.render("app_home.json.j2", page=page, mention=mention)
 
     async def refresh(self) -> None:
@@ -138,11 +143,12 @@ class HomeTab:
 
     async def _publish(self, users: Iterable[str], always: set[str]) -> None:
         snapshot = await asyncio.to_thread(self.home.snapshot)
+        workers = await asyncio.to_thread(self.services.workers.all, self.lease_seconds)
         now = utcnow()
         slots = asyncio.Semaphore(PUBLISH_CONCURRENCY)
 
         async def publish(user_id: str) -> None:
-            view = self.view_for(snapshot, user_id, now)
+            view = self.view_for(snapshot, user_id, now, workers)
             digest = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()
             if user_id not in always and self._published.get(user_id) == digest:
                 return  # they already have exactly this
