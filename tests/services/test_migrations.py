@@ -276,7 +276,8 @@ def test_the_db_command_upgrades_and_tells_where_it_stands(
     assert cli.main(["db", "history"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["0001", "0002", "0003", "0004", "0005",
-                                                  "0006", "0007", "0008", "0009"]
+                                                  "0006", "0007", "0008", "0009",
+                                                  "0010"]
     assert lines[0].startswith("0001  The first schema")
 
 
