@@ -10,6 +10,7 @@ so the test costs no container per second; what is counted is what the scheduler
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -104,7 +105,7 @@ async def test_the_scheduler_survives_its_holder_killed_with_no_fire_doubled(
         assert [when for when, count in missed.items() if count > 1] == []
         assert set(runs) & set(missed) == set()  # a time is run or missed, never both
         times = sorted(set(runs) | set(missed))
-        gaps = [b for a, b in zip(times, times[1:], strict=False)
+        gaps = [b for a, b in itertools.pairwise(times)
                 if b - a != timedelta(seconds=1)]
         assert gaps == []  # and none lost: every second from the first to the last
         assert len(times) >= WATCHED_SECONDS - 5
