@@ -6,6 +6,7 @@ stops firing and drops its jobs. On SQLite, and PostgreSQL with -m postgres."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -123,3 +124,21 @@ async def test_a_holder_whose_lease_was_taken_after_its_end_stops_firing(
         assert shown is not None and shown.holder == B
     finally:
         await one.scheduler.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_digest_subscribed_through_another_process_is_sent_by_the_holder_once(
+        db: Database) -> None:
+    one, other = Process(db, A), Process(db, B)
+    await one.scheduler.start()
+    await other.scheduler.start()
+    try:
+        other.services.digests.subscribe("C0DIGEST1", "every 1s", "UTC", "U0OWNER01")
+        await wait_until(lambda: len(one.digests) >= 2, timeout=10)  # within a resync
+        assert one.scheduler.runner.names("digest") == {"C0DIGEST1"}
+        assert other.scheduler.runner.names("digest") == set() and other.digests == []
+        periods = [(d.start, d.end) for d in one.digests]
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(periods))  # none sent twice
+    finally:
+        await one.scheduler.stop()
+        await other.scheduler.stop()

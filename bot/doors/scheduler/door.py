@@ -60,6 +60,7 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sync_seconds = sync_seconds
         self._known: dict[str, Schedule] = {}  # the routines' jobs as last set here
+        self._known_digests: dict[str, Schedule] = {}  # and the channels' digest jobs
         self._sync: asyncio.Task[None] | None = None
         # Digests Slack could not take (down, 5xx, 429): sent again, covering their whole
         # period, once its Retry-After or the backoff is over (`_send_owed`).
@@ -143,7 +144,7 @@ class Scheduler:
             self._sync = None
         self.runner.shutdown()
         self.runner = self._new_runner()
-        self._known = {}
+        self._known, self._known_digests = {}, {}
         self._owed.clear()
 
     async def _send_owed_forever(self) -> None:
@@ -164,6 +165,8 @@ class Scheduler:
             await asyncio.sleep(self.sync_seconds)
             try:
                 self.resync(await asyncio.to_thread(self.services.schedules.all))
+                # Subscribed through another serve process: its event was not heard here.
+                self.resync_digests(await asyncio.to_thread(self.digests.schedules))
             except Exception:
                 log.exception("could not read the schedules")
 
@@ -176,12 +179,21 @@ class Scheduler:
             if self._known.get(name) != when:
                 self._apply(name, when)
 
+    def resync_digests(self, saved: dict[str, Schedule]) -> None:
+        """The same for the channels' digests."""
+        for channel in self._known_digests.keys() - saved.keys():
+            self._apply_digest(channel, None)
+        for channel, when in saved.items():
+            if self._known_digests.get(channel) != when:
+                self._apply_digest(channel, when)
+
     async def _start_digests(self, now: datetime) -> None:
         """One digest now for each channel whose digest fell due while the bot was down
         (covering the whole period: no burst), then the jobs, from the database."""
         for channel in await asyncio.to_thread(self.digests.owed, now):
             await self.send_digest(channel)
-        for channel, when in (await asyncio.to_thread(self.digests.schedules)).items():
+        self._known_digests = await asyncio.to_thread(self.digests.schedules)
+        for channel, when in self._known_digests.items():
             self.runner.set(channel, when, after=now, kind=DIGEST)
 
     async def send_digest(self, channel_id: str) -> None:
@@ -253,8 +265,10 @@ class Scheduler:
             return
         if when is None:
             self.runner.remove(channel_id, kind=DIGEST)
+            self._known_digests.pop(channel_id, None)
         else:
             self.runner.set(channel_id, when, kind=DIGEST)
+            self._known_digests[channel_id] = when
 
     async def _fire_digest(self, channel_id: str, scheduled_for: datetime) -> None:
         if not self.leading():
