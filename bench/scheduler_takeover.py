@@ -3,12 +3,13 @@ what one try at the lease costs, beside a bare transaction on the same database.
 
 What it measures:
 
-* Takeover (`--trials T`): a holder (a worker id no process has) takes the `scheduler`
-  lease and dies at once, the worst moment: just after a renewal, with the whole lease
-  ahead. A real `Scheduler` door (the bot's own, with its services, on the same database)
-  had started meanwhile and was refused the lease. Timed from the dead holder's last try
-  to the survivor leading (its catch-up done, its jobs set), and to the first scheduled run
-  it queued (a routine on `every 1s`). The baseline is the lease itself
+* Takeover (`--trials T`): a holder (a worker id no process has) holds the `scheduler`
+  lease, and a real `Scheduler` door (the bot's own, with its services, on the same
+  database) starts and is refused it. The holder renews once more and dies at once, the
+  worst moment, with the whole lease ahead; that renewal falls at phases spread evenly
+  between two of the survivor's tries. Timed from it to the survivor leading (its catch-up
+  done, its jobs set), and to the first scheduled run it queued (a routine on `every 1s`:
+  the catch-up's run). The baseline is the lease itself
   (`--lease-seconds`): what a takeover cannot beat. The ratio is the median takeover over
   the lease; the door's design bounds it by 1 + 1/3 (it tries every third of the lease).
 * One try (`--tries N`): `LeaseService.hold` renewing the lease, one short transaction,
@@ -75,16 +76,20 @@ async def _until(condition: Callable[[], bool], every: float = 0.005) -> None:
     raise TimeoutError("not reached in 60 s")
 
 
-async def _takeover(services: Services, db: Database, lease: float) -> tuple[float, float]:
+async def _takeover(services: Services, db: Database, lease: float,
+                    phase: float) -> tuple[float, float]:
     """(seconds to lead, seconds to the first run it queued) after the holder died."""
     with db.session() as session:
         session.execute(delete(Lease))
     services.leases.hold(SCHEDULER, DEAD, lease)
-    died = time.monotonic()
     survivor = Scheduler(services, _say, _say, grace_seconds=60, sync_seconds=30,
                          holder="bench-survivor/main", lease_seconds=lease)
     await survivor.start()
     assert not survivor.leading(), "the dead holder's lease was not respected"
+    # The holder's last renewal falls anywhere between two of the survivor's tries.
+    await asyncio.sleep(phase * lease / 3)
+    services.leases.hold(SCHEDULER, DEAD, lease, renewing=True)
+    died = time.monotonic()
     before = _scheduled_runs(db)
     try:
         await _until(survivor.leading)
@@ -126,7 +131,8 @@ async def _bench(url: str, args: argparse.Namespace) -> tuple[dict[str, float],
             schedule="every 1s", schedule_tz="UTC"), "U0BENCH01")
     led, fired = [], []
     for trial in range(args.trials):
-        to_lead, to_fire = await _takeover(services, db, args.lease_seconds)
+        phase = (trial + 0.5) / args.trials  # spread evenly over a third of the lease
+        to_lead, to_fire = await _takeover(services, db, args.lease_seconds, phase)
         led.append(to_lead)
         fired.append(to_fire)
         print(f"trial {trial + 1}: led after {to_lead:.3f} s, first run after {to_fire:.3f} s"
