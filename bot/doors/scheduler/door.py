@@ -57,6 +57,8 @@ class Scheduler:
         self._holding = Holding()  # until when this process holds the lease
         self._leading = False  # whether the jobs are set here
         self._lease_task: asyncio.Task[None] | None = None
+        # Taking the lease runs the catch-up beside the renewals (it may outlast a lease).
+        self._lead_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.sync_seconds = sync_seconds
         self._known: dict[str, Schedule] = {}  # the routines' jobs as last set here
@@ -82,6 +84,8 @@ class Scheduler:
         on trying in the background."""
         self._loop = asyncio.get_running_loop()
         await self._try_lease()
+        if self._lead_task is not None:
+            await self._lead_task
         self._lease_task = asyncio.create_task(self._lease_forever(), name="scheduler-lease")
         self._owed_task = asyncio.create_task(self._send_owed_forever(), name="digests-owed")
 
@@ -110,11 +114,17 @@ class Scheduler:
             log.warning("could not take or renew the scheduler lease: %s", exc or type(exc))
             got = None
         step, self._holding = lease_step(self._holding, utcnow(), got)
-        if step == LeaseStep.TAKEN or (step == LeaseStep.KEPT and not self._leading):
-            await self._lead()
-        elif step == LeaseStep.LOST and self._leading:
-            log.warning("the scheduler lease was lost: %s fires nothing now", self.holder)
+        starting = self._lead_task is not None and not self._lead_task.done()
+        if step == LeaseStep.LOST or (step == LeaseStep.TAKEN and (self._leading or starting)):
+            # Taken again after it lapsed here: another may have fired meanwhile, so the
+            # catch-up is made again, from a clean start.
+            if self._leading or starting:
+                log.warning("the scheduler lease lapsed: %s stops firing", self.holder)
             self._step_down()
+            starting = False
+        if step == LeaseStep.TAKEN or (step == LeaseStep.KEPT and not self._leading
+                                       and not starting):
+            self._lead_task = asyncio.create_task(self._lead(), name="scheduler-lead")
 
     async def _lead(self) -> None:
         """What start-up does, on taking the lease: the one catch-up, then the jobs."""
@@ -139,6 +149,8 @@ class Scheduler:
     def _step_down(self) -> None:
         """No job left here: another process fires from now on."""
         self._leading = False
+        if self._lead_task is not None and self._lead_task is not asyncio.current_task():
+            self._lead_task.cancel()
         if self._sync is not None:
             self._sync.cancel()
             self._sync = None
