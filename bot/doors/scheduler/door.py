@@ -95,6 +95,7 @@ class Scheduler:
         return self._leading and self._holding.holds(utcnow())
 
     def lease(self) -> Holding:
+        """Until when this process holds the lease, as far as it knows."""
         return self._holding
 
     async def _lease_forever(self) -> None:
