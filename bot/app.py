@@ -82,15 +82,17 @@ class Bot:
                                      watcher=self.progress if settings.live_progress else None,
                                      crash=crash, worker_id=settings.worker_id,
                                      claim_seconds=settings.lease_seconds)
+        self.scheduler = Scheduler(self.services, announcer.missed, announcer.digest,
+                                   settings.schedule_grace_seconds,
+                                   settings.schedule_sync_seconds, holder=settings.worker_id,
+                                   lease_seconds=settings.lease_seconds)
         self.approvals = ApprovalDesk(self.services, self.slack_client,
                                       ApprovalMessages(self.services, self.messages),
                                       Publisher(self.services.publishing,
                                                 self.sandbox.config.workspace_root,
                                                 self.sandbox.config.fetch_policy, crash),
-                                      min(5.0, max(0.5, settings.approval_timeout_seconds / 4)))
-        self.scheduler = Scheduler(self.services, announcer.missed, announcer.digest,
-                                   settings.schedule_grace_seconds,
-                                   settings.schedule_sync_seconds)
+                                      min(5.0, max(0.5, settings.approval_timeout_seconds / 4)),
+                                      may_expire=self.scheduler.leading)
         self.slack = build_slack_app(settings, self.services, self.messages, self.slack_client)
         self.home = HomeTab(self.services, self.messages, self.slack_client,
                             settings.home_refresh_seconds, settings.lease_seconds)
@@ -161,7 +163,7 @@ class Bot:
         if self._web is not None:
             await self._web.cleanup()
         await self.home.stop()
-        self.scheduler.stop()
+        await self.scheduler.stop()
         await self.approvals.stop()
         await self.dispatcher.stop()
         await self.progress.stop()

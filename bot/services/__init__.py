@@ -20,6 +20,7 @@ from bot.services.events import EventBus
 from bot.services.github import GitHubService
 from bot.services.home import HomeService
 from bot.services.killswitch import KillSwitchService
+from bot.services.leases import LeaseService
 from bot.services.publishing import PublishService
 from bot.services.routines import RoutineService
 from bot.services.runs import RunService
@@ -61,5 +62,6 @@ class Services:
         self.home = HomeService(shared, self.routines, self.kill_switch)
         self.workflows = WorkflowService(shared, self.triggers)
         self.workers = WorkerService(shared)
+        self.leases = LeaseService(shared)
         self.digests = DigestService(db, policy.prices, policy.limits.min_schedule_interval,
                                      bus=self.bus)

@@ -141,13 +141,17 @@ class DigestService:
         start = as_utc(row.last_sent_at) if row else now - DEFAULT_PERIOD
         return build_digest(self.facts(channel_id, start, now), self.prices, self.limits)
 
-    def mark_sent(self, digest: Digest) -> None:
-        """The digest reached the channel: the next one starts where it ended."""
-        end = digest.end.astimezone(UTC)
+    def mark_sent(self, digest: Digest) -> bool:
+        """The digest reached the channel: the next one starts where it ended. Only if its
+        period is still the next one (not marked from a later start, by another process
+        that sent it too): whether this one moved it."""
+        start, end = digest.start.astimezone(UTC), digest.end.astimezone(UTC)
         with self.db.session() as session:
-            session.execute(update(DigestSubscription).where(
+            result = session.execute(update(DigestSubscription).where(
                 col(DigestSubscription.channel_id) == digest.channel_id,
+                col(DigestSubscription.last_sent_at) <= start,
                 col(DigestSubscription.last_sent_at) < end).values(last_sent_at=end))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def facts(self, channel_id: str, start: datetime, end: datetime,
               from_rollups: bool = True) -> DigestFacts:

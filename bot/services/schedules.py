@@ -18,6 +18,7 @@ from datetime import datetime
 
 import sqlalchemy
 from sqlalchemy import insert, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 # Routines per transaction: large enough that 10,000 due at once are a few commits, small
 # enough that SQLite's write lock is never held near its 2 s busy timeout.
 FIRE_CHUNK = 1000
+MISSED_ROWS = 500  # rows of one INSERT of missed fires (4 values each: SQLite's limit)
 SCHEDULER = "schedule"  # the actor of scheduled runs and of their audit entries
 RUN_TABLE: sqlalchemy.Table = Run.__table__  # type: ignore[attr-defined]
 AUDIT_TABLE: sqlalchemy.Table = AuditEntry.__table__  # type: ignore[attr-defined]
@@ -229,26 +231,32 @@ class ScheduleService(Service):
 
     def missed(self, name: str, times: tuple[datetime, ...], why: str,
                more: bool = False) -> MissedFires:
-        """Scheduled times that will not run: recorded, and returned to be announced."""
+        """Scheduled times that will not run: recorded, and returned to be announced (no
+        time at all if every one was recorded already, by this process or another)."""
         missed = self.missed_all((name,), times, why, more)
-        if not missed:
-            raise RoutineNotFound(name)
-        return missed[0]
+        if missed:
+            return missed[0]
+        with self.db.session() as session:
+            return MissedFires(self._require(session, name), (), why, more)
 
     def missed_all(self, names: Iterable[str], times: tuple[datetime, ...], why: str,
                    more: bool = False) -> list[MissedFires]:
         """The same missed times for many routines (a dropped fire of a shared schedule,
         a restart): recorded in a few transactions, one notice per routine returned, in
-        name order. Routines deleted meanwhile are left out."""
+        name order, of the times this call recorded: a time another process recorded
+        first is its to announce, so no notice is posted twice. Routines deleted
+        meanwhile are left out."""
         missed: list[MissedFires] = []
         for chunk in _chunks(sorted(set(names)), FIRE_CHUNK):
             with self.db.session() as session:
                 routines = _routines(session, chunk)
+                recorded: dict[int, tuple[datetime, ...]] = {}
                 if routines:
                     pairs = [(row_id(r), r.name) for r in routines.values()]
                     _advance(session, [routine_id for routine_id, _ in pairs], times[-1])
-                    _record_missed(session, pairs, times, why)
-            missed.extend(MissedFires(routines[n], times, why, more) for n in sorted(routines))
+                    recorded = _record_missed(session, pairs, times, why)
+            missed.extend(MissedFires(routines[n], recorded[row_id(routines[n])], why, more)
+                          for n in sorted(routines) if row_id(routines[n]) in recorded)
         return missed
 
     def catch_up(self, now: datetime, grace_seconds: int) -> list[MissedFires]:
@@ -316,15 +324,30 @@ def _advance(session: Session, routine_ids: list[int], when: datetime) -> None:
 
 
 def _record_missed(session: Session, routines: list[tuple[int, str]],
-                   times: tuple[datetime, ...], why: str) -> None:
-    """Each missed time in the digests' table, one audit entry per routine (id, name)."""
-    session.execute(insert(MISSED_TABLE), [
-        {"routine_id": routine_id, "scheduled_for": when, "why": why}
-        for routine_id, _ in routines for when in times])
-    session.execute(insert(AUDIT_TABLE), [
-        {"actor": SCHEDULER, "action": "schedule_missed", "routine": name,
-         "details": f"{len(times)} fire(s), last {times[-1].isoformat()}"}
-        for _, name in routines])
+                   times: tuple[datetime, ...], why: str) -> dict[int, tuple[datetime, ...]]:
+    """Each missed time in the digests' table, unless another process recorded it first
+    (once per routine and time), and one audit entry per routine (id, name) that had one
+    recorded here: which times of which routine were, to be announced by this process."""
+    names = dict(routines)
+    rows = [{"routine_id": routine_id, "scheduled_for": when, "why": why,
+             "recorded_at": utcnow()} for routine_id, _ in routines for when in times]
+    insert_of = (sqlite.insert if session.get_bind().dialect.name == "sqlite"
+                 else postgresql.insert)
+    recorded: defaultdict[int, set[datetime]] = defaultdict(set)
+    for start in range(0, len(rows), MISSED_ROWS):
+        statement = insert_of(MISSED_TABLE).values(rows[start:start + MISSED_ROWS])
+        for routine_id, when in session.execute(
+                statement.on_conflict_do_nothing(index_elements=["routine_id", "scheduled_for"])
+                .returning(MISSED_TABLE.c.routine_id, MISSED_TABLE.c.scheduled_for)).all():
+            recorded[int(routine_id)].add(as_utc(when))
+    mine = {routine_id: tuple(t for t in times if t in recorded[routine_id])
+            for routine_id in names if recorded.get(routine_id)}
+    if mine:
+        session.execute(insert(AUDIT_TABLE), [
+            {"actor": SCHEDULER, "action": "schedule_missed", "routine": names[routine_id],
+             "details": f"{len(mine_times)} fire(s), last {mine_times[-1].isoformat()}"}
+            for routine_id, mine_times in mine.items()])
+    return mine
 
 
 def _earlier_runs(session: Session, routine_ids: list[int], when: datetime) -> dict[int, int]:

@@ -260,8 +260,11 @@ class DigestSubscription(SQLModel, table=True):
 
 
 class MissedFire(SQLModel, table=True):
-    """A scheduled time that did not run (the bot was down, the scheduler was late)."""
+    """A scheduled time that did not run (the bot was down, the scheduler was late); once
+    per routine and time, whichever process saw it first (its notice is posted once)."""
 
+    __table_args__ = (UniqueConstraint("routine_id", "scheduled_for",
+                                       name="uq_missedfire_routine_scheduled_for"),)
     id: int | None = Field(default=None, primary_key=True)
     routine_id: int = Field(foreign_key="routine.id", index=True)
     scheduled_for: datetime = timestamp_field(required=True)

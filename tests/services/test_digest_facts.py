@@ -182,6 +182,22 @@ def test_subscriptions_are_validated_saved_replaced_and_audited(db: Database) ->
                            ("U3", "digest_unsubscribed")]
 
 
+def test_one_period_is_marked_sent_once_when_two_processes_composed_it(
+        db: Database) -> None:
+    """Two schedulers composed the same period (one lost its lease meanwhile): only the
+    first mark moves the next period; the other is told it was marked already."""
+    one, other = DigestService(db, PRICES), DigestService(db, PRICES)
+    one.subscribe("C0DIGEST1", "daily 09:00", "UTC", "U1")
+    first = one.compose("C0DIGEST1", datetime.now(UTC) + timedelta(seconds=1))
+    late = other.compose("C0DIGEST1", datetime.now(UTC) + timedelta(seconds=2))
+
+    assert first.start == late.start
+    assert one.mark_sent(first) is True
+    assert other.mark_sent(late) is False
+    row = one.subscription("C0DIGEST1")
+    assert row is not None and aware(row.last_sent_at) == first.end
+
+
 def test_each_digest_starts_where_the_last_one_ended(db: Database) -> None:
     service = DigestService(db, PRICES)
     routine = add_routine(db, "red")

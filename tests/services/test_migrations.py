@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlmodel import SQLModel, select
+from sqlmodel import SQLModel, col, select
 
 from bot.core.pricing import PriceTable
 from bot.core.statuses import (
@@ -201,6 +201,27 @@ def test_an_upgrade_builds_the_rollups_of_the_runs_already_stored(db: Database) 
                                                             from_rollups=False)
 
 
+def test_an_upgrade_keeps_the_first_of_missed_fires_recorded_twice(db: Database) -> None:
+    """Before 0010 two processes could record one missed fire twice: the earliest stays."""
+    migrate_to(db, "0009")
+    routine = {key: value for key, value in first_version_rows()["routine"][0].items()
+               if key not in {"schedule", "last_fire_at"}}
+    with db.engine.begin() as connection:  # through the tables as 0009 has them
+        tables = sa.MetaData()
+        tables.reflect(connection)
+        connection.execute(tables.tables["routine"].insert(), [routine])
+        connection.execute(tables.tables["missedfire"].insert(), [
+            dict(routine_id=1, scheduled_for=AT + timedelta(minutes=minute), why=why,
+                 recorded_at=AT) for minute, why in ((0, "first"), (0, "again"), (1, "one"))])
+
+    schema.upgrade(db)
+
+    with db.session() as session:
+        rows = session.exec(select(MissedFire.scheduled_for, MissedFire.why)
+                            .order_by(col(MissedFire.scheduled_for))).all()
+    assert [why for _, why in rows] == ["first", "one"]
+
+
 def test_the_migration_head_and_the_models_agree(db: Database) -> None:
     migrate_to(db, "head")
     assert model_differences(db) == []
@@ -276,7 +297,8 @@ def test_the_db_command_upgrades_and_tells_where_it_stands(
     assert cli.main(["db", "history"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["0001", "0002", "0003", "0004", "0005",
-                                                  "0006", "0007", "0008", "0009"]
+                                                  "0006", "0007", "0008", "0009",
+                                                  "0010"]
     assert lines[0].startswith("0001  The first schema")
 
 

@@ -94,8 +94,11 @@ class ApprovalMessages:
 class ApprovalDesk:
     def __init__(self, services: Services, client: AsyncWebClient,
                  approval_messages: ApprovalMessages, publish: Publish,
-                 sweep_seconds: float = 5.0) -> None:
+                 sweep_seconds: float = 5.0,
+                 may_expire: Callable[[], bool] = lambda: True) -> None:
         self.services = services
+        # Expiry is the scheduler's (one process: the lease holder); posting is every one's.
+        self.may_expire = may_expire
         self.client = client
         self.approval_messages = approval_messages
         self.publish = publish
@@ -114,8 +117,9 @@ class ApprovalDesk:
         self.loop.wake()
 
     async def sweep(self) -> None:
-        for view in await asyncio.to_thread(self.services.approvals.expire, utcnow()):
-            await self.approval_messages.update(self.client, view)
+        if self.may_expire():
+            for view in await asyncio.to_thread(self.services.approvals.expire, utcnow()):
+                await self.approval_messages.update(self.client, view)
         await self._post_requests()
         for run in await asyncio.to_thread(self.services.publishing.publish_pending):
             await self.publish(run)
