@@ -67,8 +67,14 @@ class Dispatcher:
     def __init__(self, services: Services, sandbox: Sandbox, announce: Announce,
                  max_concurrent: int, poll_seconds: float = 2.0,
                  announce_spend: AnnounceSpend | None = None,
-                 watcher: RunWatcher | None = None, crash: CrashPoints | None = None) -> None:
+                 watcher: RunWatcher | None = None, crash: CrashPoints | None = None,
+                 worker_id: str | None = None, lease_seconds: float = 30.0,
+                 executes: bool = True) -> None:
         self.services = services
+        # Scale-out: the worker holding what this process claims, for how long a claim
+        # lasts unrenewed; `executes` False (ROUTINES_EXECUTE=off) claims nothing.
+        self.worker_id, self.lease_seconds, self.executes = worker_id, lease_seconds, executes
+        self._lost: set[int] = set()  # runs another process failed for a lapsed lease
         self.crash = crash or CrashPoints(None)  # test-only: ROUTINES_TEST_CRASH_AT
         self.watcher: RunWatcher = watcher or Unwatched()
         self.sandbox = sandbox
@@ -97,7 +103,8 @@ class Dispatcher:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
-            await self._reconcile()
+            if self.executes:
+                await self._reconcile()
         except docker.errors.DockerException as exc:
             log.error("docker engine unavailable at start, runs will error: %s", exc)
         for view in await asyncio.to_thread(self.services.runs.to_announce):
@@ -113,6 +120,14 @@ class Dispatcher:
         follower sees the kill and records the verdict the service decides."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stop_run, run_id)
+
+    def lose(self, run_id: int) -> None:
+        """On the loop: this worker no longer holds the run (its lease lapsed and another
+        process failed it): kill its container now, so no run executes twice, and leave its
+        result to the process that recorded it."""
+        self._lost.add(run_id)
+        log.warning("run %s is no longer held by this worker: killing its container", run_id)
+        self._stop_run(run_id)
 
     def _stop_run(self, run_id: int) -> None:
         active = self._active.get(run_id)
@@ -150,8 +165,9 @@ class Dispatcher:
         """Stop the runs another process asked to stop; start queued runs while a slot is
         free."""
         await self._stop_asked_elsewhere()
-        while len(self._active) < self.max_concurrent:
-            view = await asyncio.to_thread(self.services.runs.claim_next)
+        while self.executes and len(self._active) < self.max_concurrent:
+            view = await asyncio.to_thread(self.services.runs.claim_next, self.worker_id,
+                                           self.lease_seconds, self.max_concurrent)
             if view is None:
                 break
             self._spawn(view, container=None)
@@ -233,15 +249,20 @@ class Dispatcher:
         self.crash(CrashStage.RECORDING)
         outcome = decide_outcome(result, spec.timeout_seconds)
 
-        def record() -> RunView:  # the held events first, then the verdict, once
+        def record() -> tuple[RunView, bool]:  # the held events first, then the verdict
             recorder.flush()
-            return self.services.runs.finish(spec.run_id, outcome, result.input_tokens,
-                                             result.output_tokens, result.diff, result.commit)
+            return self.services.runs.finish_once(
+                spec.run_id, outcome, result.input_tokens, result.output_tokens, result.diff,
+                result.commit)
 
-        finished = await record_until_done(record, f"the result of run {spec.run_id}",
-                                           lambda: self._stopping)
+        finished, recorded = await record_until_done(
+            record, f"the result of run {spec.run_id}", lambda: self._stopping)
         # Only now: a crash before this adopts the ended container again (its verdict).
         await asyncio.to_thread(self.sandbox.release, spec.run_id)
+        if spec.run_id in self._lost and not recorded:
+            self._lost.discard(spec.run_id)
+            return  # failed by lease expiry elsewhere: that process announced it
+        self._lost.discard(spec.run_id)
         await self._announce_finished(finished, result)
 
     async def _announce_finished(self, finished: RunView, result: RunResult) -> None:
@@ -260,6 +281,10 @@ class Dispatcher:
                 await self.announce_spend(spend, finished.routine.channel_id)
             except Exception:
                 log.exception("could not announce the spend level")
+
+    async def announce_result(self, view: RunView) -> bool:
+        """Post a result this process recorded without running it (a lapsed lease)."""
+        return await self._announce(view)
 
     async def _announce(self, view: RunView) -> bool:
         """Post the run's result once; False if Slack is down (then it is owed:
@@ -305,12 +330,23 @@ class Dispatcher:
         return True
 
     async def _reconcile(self) -> None:
+        """Runs left `running` by this worker's previous process (or from before workers
+        were recorded): adopted from their containers, or failed; other workers' runs and
+        containers are theirs (their leases tell when they are lost)."""
         containers = await asyncio.to_thread(self.sandbox.find_run_containers)
-        running = await asyncio.to_thread(self.services.runs.with_status, RunStatus.RUNNING)
+        if self.worker_id is None:
+            running = await asyncio.to_thread(self.services.runs.with_status, RunStatus.RUNNING)
+        else:
+            running = await asyncio.to_thread(self.services.run_leases.mine_running,
+                                              self.worker_id)
         adopted: set[int] = set()
         for view in running:
             assert view.run.id is not None
             container = containers.pop(view.run.id, None)
+            if container is not None and self.worker_id is not None and not (
+                    await asyncio.to_thread(self.services.run_leases.adopt, self.worker_id,
+                                            view.run.id, self.lease_seconds)):
+                continue  # ended, or taken by another worker, meanwhile
             if container is not None:
                 log.info("adopting run %s from container %s", view.run.id, container.short_id)
                 adopted.add(view.run.id)
