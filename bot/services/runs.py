@@ -217,7 +217,10 @@ class RunService(Service):
                         failure_kind=outcome.failure,
                         input_tokens=input_tokens, output_tokens=output_tokens,
                         diff=self.redact(diff), finished_at=utcnow(),
-                        commit_sha=commit if publish else None))
+                        commit_sha=commit if publish else None)
+                # The session's rows are brought up to date from the database: comparing a
+                # lease in Python would mix SQLite's naive times with aware ones.
+                .execution_options(synchronize_session="fetch" if lapsed_before else "auto"))
             approval = None
             if finished.rowcount == 1:  # type: ignore[attr-defined]
                 rollups.count_finished(session, [run_id])
