@@ -31,7 +31,7 @@ from sqlmodel import col, select
 from bot.core.statuses import FailureKind, RunStatus
 from bot.settings import Settings
 from bot.store.database import Database
-from bot.store.tables import Routine, Run
+from bot.store.tables import Routine, Run, Worker
 from tests.standins.anthropic_api import AnthropicStandIn, Turn, report
 from tests.standins.environment import make_git_repo
 from tests.standins.slack_api import SlackApiStandIn
@@ -145,6 +145,42 @@ async def test_a_killed_workers_run_fails_at_its_lease_end_and_another_goes_on(
 
 
 @pytest.mark.postgres
+async def test_a_frozen_worker_kills_the_run_it_lost_as_soon_as_it_wakes(
+        cluster: Start, anthropic_api: AnthropicStandIn, slack_api: SlackApiStandIn,
+        database_url: str, tmp_path: Path, docker_client: Any) -> None:
+    """SIGSTOP past its lease: another process fails its run; once resumed, its first beat
+    finds the run no longer its own and kills the container (the model's answer is still
+    20 s away), and the run is announced once, by the process that failed it."""
+    marker = anthropic_api.script("frozen", Turn([report("success", "Late.")], delay=20))
+    serve = await cluster("doors", "serve", ROUTINES_EXECUTE="off")
+    token = await routine_with_token(serve.slack, "frozen", f"Hang. {marker}",
+                                     make_git_repo(tmp_path / "upstream"))
+    w1 = await cluster("w1", max_runs=1)
+    await trigger(serve, "frozen", token, {"n": 0})
+    await wait_until(lambda: held_by(database_url, "w1") is not None, timeout=60)
+    run_id = held_by(database_url, "w1")
+    assert run_id is not None and w1.proc is not None
+    await wait_until(lambda: bool(anthropic_api.requests_for("frozen")), timeout=30)
+
+    w1.proc.send_signal(signal.SIGSTOP)
+    try:
+        await wait_until(lambda: stored_run(database_url, run_id).status.finished,
+                         timeout=LEASE + 10)
+    finally:
+        w1.proc.send_signal(signal.SIGCONT)
+    assert stored_run(database_url, run_id).failure_kind == FailureKind.INTERRUPTED
+    await wait_until(lambda: not running_container(docker_client, w1, run_id), timeout=10)
+    assert "is no longer held by this worker: killing its container" in w1.log()
+    await wait_until(lambda: stored_run(database_url, run_id).notified_at is not None)
+    await asyncio.sleep(1.0)  # a second announcement would be here by now
+    posted = [c for c in slack_api.calls_to("chat.postMessage")
+              if run_of(str(c.params.get("text", "")), "frozen") == run_id]
+    assert len(posted) == 1, [c.params["text"] for c in posted]
+    assert str(posted[0].params["text"]).startswith(f"frozen run #{run_id}: failed")
+    assert len(anthropic_api.requests_for("frozen")) == 1  # executed by w1 only, once
+
+
+@pytest.mark.postgres
 async def test_max_concurrent_one_holds_across_two_workers(
         cluster: Start, anthropic_api: AnthropicStandIn, database_url: str,
         tmp_path: Path, settings: Settings) -> None:
@@ -176,6 +212,13 @@ async def test_max_concurrent_one_holds_across_two_workers(
     assert max(samples) == 1, samples  # it ran, one at a time, at every sample
     assert len(samples) > 20
     assert [r.status for r in stored_runs(database_url)] == [RunStatus.SUCCEEDED] * 6
+
+    w1.stop()  # SIGTERM: a clean stop says so
+    assert w1.proc is not None and w1.proc.returncode == 0, w1.log()
+    assert "Traceback" not in w1.log()
+    stopped = _read(database_url, lambda s: s.exec(select(Worker.stopped_at).where(
+        col(Worker.id).like("%/w1"))).one())
+    assert stopped is not None
 
 
 async def test_a_worker_beside_serve_on_sqlite_is_refused(
@@ -255,6 +298,12 @@ def item_of(body: dict[str, Any]) -> int:
 def run_of(text: str, name: str) -> int | None:
     found = re.match(rf"{re.escape(name)} run #(\d+)", text)
     return int(found.group(1)) if found else None
+
+
+def running_container(docker_client: Any, bot: ServedBot, run_id: int) -> bool:
+    name = f"routines-{bot.settings.instance}-run-{run_id}"
+    found = docker_client.containers.list(filters={"name": name})
+    return any(c.name == name for c in found)
 
 
 def lost_worker(lost: Run, name: str) -> str:
