@@ -75,6 +75,7 @@ class Dispatcher:
         # lasts unrenewed; `executes` False (ROUTINES_EXECUTE=off) claims nothing.
         self.worker_id, self.lease_seconds, self.executes = worker_id, lease_seconds, executes
         self._lost: set[int] = set()  # runs another process failed for a lapsed lease
+        self._recording: set[int] = set()  # runs whose verdict this process is recording
         self.crash = crash or CrashPoints(None)  # test-only: ROUTINES_TEST_CRASH_AT
         self.watcher: RunWatcher = watcher or Unwatched()
         self.sandbox = sandbox
@@ -160,6 +161,12 @@ class Dispatcher:
     @property
     def active_runs(self) -> list[int]:
         return list(self._active)
+
+    @property
+    def leased_runs(self) -> list[int]:
+        """The runs whose lease this process must keep: executing, verdict not yet being
+        recorded (a recorded run is no longer `running`, and is not lost for that)."""
+        return [run_id for run_id in self._active if run_id not in self._recording]
 
     async def _claim(self) -> None:
         """Stop the runs another process asked to stop; start queued runs while a slot is
@@ -255,8 +262,12 @@ class Dispatcher:
                 spec.run_id, outcome, result.input_tokens, result.output_tokens, result.diff,
                 result.commit)
 
-        finished, recorded = await record_until_done(
-            record, f"the result of run {spec.run_id}", lambda: self._stopping)
+        self._recording.add(spec.run_id)
+        try:
+            finished, recorded = await record_until_done(
+                record, f"the result of run {spec.run_id}", lambda: self._stopping)
+        finally:
+            self._recording.discard(spec.run_id)
         # Only now: a crash before this adopts the ended container again (its verdict).
         await asyncio.to_thread(self.sandbox.release, spec.run_id)
         if spec.run_id in self._lost and not recorded:

@@ -33,12 +33,12 @@ class Heartbeat:
     async def _beat(self) -> None:
         await asyncio.to_thread(self.services.workers.beat, self.me.id)
         leases = self.services.run_leases
-        active = self.dispatcher.active_runs
-        if active:
-            held = await asyncio.to_thread(leases.renew, self.me.id, active,
+        leased = self.dispatcher.leased_runs
+        if leased:
+            held = await asyncio.to_thread(leases.renew, self.me.id, leased,
                                            self.lease_seconds)
-            for run_id in active:
-                if run_id not in held and run_id in self.dispatcher.active_runs:
+            for run_id in set(leased) - held:
+                if run_id in self.dispatcher.leased_runs:  # not recorded meanwhile
                     self.dispatcher.lose(run_id)
         # Idempotent in every process: each lapsed run is failed by one of them.
         for lapse in await asyncio.to_thread(leases.lapsed, self.me.id):
