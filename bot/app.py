@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 
 import docker
 from aiohttp import web
@@ -12,6 +14,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.crash_stage import CrashStage
 from bot.core.redaction import Redactor
+from bot.core.worker import WorkerIdentity, WorkerRole
 from bot.doors.http.ops import Readiness, add_ops_routes
 from bot.doors.http.server import build_web_app
 from bot.doors.scheduler import Scheduler
@@ -23,8 +26,10 @@ from bot.doors.slack.listeners import build_slack_app
 from bot.doors.slack.live_progress import BoardTimings, ProgressBoard
 from bot.doors.slack.messages import Messages
 from bot.doors.slack.socket import GuardedSocketModeHandler
+from bot.errors import DatabaseUnavailable
 from bot.execution.crash import CrashPoints
 from bot.execution.dispatcher import Dispatcher
+from bot.execution.heartbeat import Heartbeat
 from bot.execution.publisher import Publisher
 from bot.services import ServicePolicy, Services
 from bot.services.events import (
@@ -49,8 +54,15 @@ log = logging.getLogger(__name__)
 
 
 class Bot:
-    def __init__(self, settings: Settings) -> None:
+    """`role` SERVE is `routines serve` (the doors, the scheduler, and runs unless
+    ROUTINES_EXECUTE=off); WORKER is `routines worker`: runs only, and their messages."""
+
+    def __init__(self, settings: Settings, role: WorkerRole = WorkerRole.SERVE) -> None:
         self.settings = settings
+        self.role = role
+        self.executes = role == WorkerRole.WORKER or settings.execute
+        self.me = WorkerIdentity(settings.worker_id.split("/", 1)[0], settings.worker_name,
+                                 role, self.executes, os.getpid())
         self.db = Database(settings.database_url)
         self.one_process = OneProcess(settings.database_url)  # SQLite: this process alone
         redact = Redactor(settings.secrets)
@@ -61,7 +73,7 @@ class Bot:
         self.slack_client = AsyncWebClient(token=settings.slack_bot_token,
                                            base_url=settings.slack_api_url)
         self.docker = docker.DockerClient(base_url=settings.docker_host or None)
-        self.sandbox = Sandbox(self.docker, _sandbox_config(settings))
+        self.sandbox = Sandbox(self.docker, _sandbox_config(settings, self.executes))
         # Test-only (ROUTINES_TEST_CRASH_AT): inert unless a crash test set a stage.
         self.crash = crash = CrashPoints(settings.test_crash_at)
         self.sandbox.reached = lambda stage: crash(CrashStage(stage.value))
@@ -81,7 +93,10 @@ class Bot:
                                      announce_spend=announcer.spend,
                                      watcher=self.progress if settings.live_progress else None,
                                      crash=crash, worker_id=settings.worker_id,
-                                     claim_seconds=settings.lease_seconds)
+                                     lease_seconds=settings.lease_seconds,
+                                     executes=self.executes)
+        self.heartbeat = Heartbeat(self.services, self.dispatcher, self.me,
+                                   settings.lease_seconds)
         self.scheduler = Scheduler(self.services, announcer.missed, announcer.digest,
                                    settings.schedule_grace_seconds,
                                    settings.schedule_sync_seconds, holder=settings.worker_id,
@@ -92,7 +107,9 @@ class Bot:
                                                 self.sandbox.config.workspace_root,
                                                 self.sandbox.config.fetch_policy, crash),
                                       min(5.0, max(0.5, settings.approval_timeout_seconds / 4)),
-                                      may_expire=self.scheduler.leading)
+                                      may_expire=self.scheduler.leading,
+                                      worker_id=settings.worker_id,
+                                      publish_only=role == WorkerRole.WORKER)
         self.slack = build_slack_app(settings, self.services, self.messages, self.slack_client)
         self.home = HomeTab(self.services, self.messages, self.slack_client,
                             settings.home_refresh_seconds, settings.lease_seconds)
@@ -125,18 +142,24 @@ class Bot:
     async def start(self) -> None:
         self.one_process.claim()  # before anything reads or changes the database
         await asyncio.to_thread(schema.upgrade, self.db)
+        # Refused (one line, exit 1) while a live process of this host has this id.
+        await asyncio.to_thread(self.services.workers.register, self.me)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.progress.start()
         await self.dispatcher.start()
+        self.heartbeat.start()
         kill_switch = self.services.kill_switch
         for warm in self.sandbox.pools:  # after reconciliation: it adopted given ones
             warm.held = lambda: kill_switch.state().engaged
             await asyncio.to_thread(warm.start)
-        await self.announcer.complete_pending_steps()
-        await self.scheduler.start()
         await self.approvals.start()
-        await self.home.start()
-        web_app = build_web_app(self.slack, self.db, self.services, self.settings)
+        if self.role == WorkerRole.SERVE:
+            await self.announcer.complete_pending_steps()
+            await self.scheduler.start()
+            await self.home.start()
+            web_app = build_web_app(self.slack, self.db, self.services, self.settings)
+        else:
+            web_app = web.Application()  # a worker keeps only the ops routes
         add_ops_routes(web_app, Readiness(self.db, self.docker), build_registry(
             self.db, running_containers(self.docker, self.settings.instance),
             lambda: self.services.workers.all(self.settings.lease_seconds)))
@@ -151,6 +174,9 @@ class Bot:
         site = web.TCPSite(self._web, self.settings.host, self.settings.port)
         await site.start()
         self.port = self._web.addresses[0][1]
+        if self.role == WorkerRole.WORKER:
+            log.info("routines worker ready (%s, port %s)", self.me.id, self.port)
+            return
         if self.settings.socket_mode:
             self._socket = GuardedSocketModeHandler(self.slack, self.settings.slack_app_token)
             await self._socket.connect_async()  # type: ignore[no-untyped-call]
@@ -165,20 +191,29 @@ class Bot:
         await self.home.stop()
         await self.scheduler.stop()
         await self.approvals.stop()
+        await self.heartbeat.stop()
         await self.dispatcher.stop()
         await self.progress.stop()
         self.sandbox.close()
         self.docker.close()
+        with contextlib.suppress(DatabaseUnavailable):  # its heartbeat then says it stopped
+            await asyncio.to_thread(self.services.workers.stopped, self.me.id)
         self.db.close()
         self.one_process.release()
 
 
-def _sandbox_config(settings: Settings) -> SandboxConfig:
+def _sandbox_config(settings: Settings, executes: bool) -> SandboxConfig:
+    """Runs' containers carry the worker id; each named worker has workspaces of its own
+    (two workers may share a data directory on one host), the default one where they were
+    before workers had names. A process that executes nothing keeps no warm pool."""
+    workspaces = settings.instance + ("" if settings.worker_name == Settings.worker_name
+                                      else f"-{settings.worker_name}")
     return SandboxConfig(
         image=settings.sandbox_image,
         claude_code_image=settings.claude_code_image,
-        workspace_root=settings.data_dir.resolve() / "workspaces" / settings.instance,
+        workspace_root=settings.data_dir.resolve() / "workspaces" / workspaces,
         instance=settings.instance,
+        worker=settings.worker_id,
         memory=settings.sandbox_memory,
         cpus=settings.sandbox_cpus,
         pids=settings.sandbox_pids,
@@ -187,6 +222,6 @@ def _sandbox_config(settings: Settings) -> SandboxConfig:
         anthropic_api_key=settings.anthropic_api_key,
         anthropic_base_url=settings.anthropic_base_url,
         fetch_policy=FetchPolicy(settings.repo_hosts, settings.allow_local_repos),
-        warm_pool=(settings.max_concurrent_runs if settings.warm_pool is None
-                   else settings.warm_pool),
+        warm_pool=0 if not executes else (
+            settings.max_concurrent_runs if settings.warm_pool is None else settings.warm_pool),
     )

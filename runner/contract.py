@@ -49,6 +49,9 @@ from typing import Any
 SPEC_ENV = "ROUTINE_RUN_SPEC"
 WORKSPACE = "/workspace"
 LABEL_INSTANCE = "org.routines.instance"  # which bot deployment owns the container
+# Which worker of that deployment ("host/name") started it: a worker adopts or removes only
+# its own containers when several share one engine (docs/scale-out.md).
+LABEL_WORKER = "org.routines.worker"
 LABEL_RUN_ID = "org.routines.run_id"
 LABEL_ROUTINE = "org.routines.routine"
 # sha256 of the run's gateway token: an adopted container gets its gateway back.

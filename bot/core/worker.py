@@ -39,3 +39,26 @@ def worker_state(heartbeat_at: datetime, stopped_at: datetime | None, now: datet
     if now - heartbeat_at > timedelta(seconds=lease_seconds):
         return WorkerState.SILENT
     return WorkerState.ALIVE
+
+
+@dataclass(frozen=True)
+class LapsedLease:
+    """A running run whose worker stopped renewing its lease (dead, cut off, frozen): it
+    is failed as interrupted by whichever process sees it first, the worker named, so the
+    routine's retry policy applies as for any infrastructure fault."""
+
+    run_id: int
+    worker_id: str
+    heartbeat_at: datetime | None  # the worker's last, None if it never registered
+
+    @property
+    def reason(self) -> str:
+        last = ("never registered" if self.heartbeat_at is None
+                else f"last heartbeat {self.heartbeat_at:%H:%M:%S}Z")
+        return f"interrupted: worker {self.worker_id} stopped renewing its lease ({last})"
+
+
+def beat_interval(lease_seconds: float) -> float:
+    """How often a process beats and renews its runs' leases: three beats per lease, so
+    one late or lost beat never lets a lease lapse."""
+    return lease_seconds / 3

@@ -71,13 +71,17 @@ class Dispatcher:
                  max_concurrent: int, poll_seconds: float = 2.0,
                  announce_spend: AnnounceSpend | None = None,
                  watcher: RunWatcher | None = None, crash: CrashPoints | None = None,
-                 worker_id: str = "local", claim_seconds: float = 30.0) -> None:
+                 worker_id: str | None = None, lease_seconds: float = 30.0,
+                 executes: bool = True) -> None:
         self.services = services
-        # Who claims the results this process posts, and for how long a claim holds if
-        # this process dies holding it (`RunService.claim_announcement`).
-        self.worker_id = worker_id
-        self.claim_seconds = claim_seconds
+        # Scale-out: the worker holding what this process claims (runs, and the results it
+        # posts: `RunService.claim_announcement`), for how long a claim lasts unrenewed;
+        # `executes` False (ROUTINES_EXECUTE=off) claims no runs.
+        self.worker_id, self.lease_seconds, self.executes = worker_id, lease_seconds, executes
+        self.poster = worker_id or "local"
         self._swept = time.monotonic()  # the last look for results nobody is posting
+        self._lost: set[int] = set()  # runs another process failed for a lapsed lease
+        self._recording: set[int] = set()  # runs whose verdict this process is recording
         self.crash = crash or CrashPoints(None)  # test-only: ROUTINES_TEST_CRASH_AT
         self.watcher: RunWatcher = watcher or Unwatched()
         self.sandbox = sandbox
@@ -106,10 +110,11 @@ class Dispatcher:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
-            await self._reconcile()
+            if self.executes:
+                await self._reconcile()
         except docker.errors.DockerException as exc:
             log.error("docker engine unavailable at start, runs will error: %s", exc)
-        for view in await asyncio.to_thread(self.services.runs.to_announce, self.worker_id):
+        for view in await asyncio.to_thread(self.services.runs.to_announce, self.poster):
             await self._announce(view)  # every process does this: the claim picks one
         self._claims.start()
 
@@ -122,6 +127,14 @@ class Dispatcher:
         follower sees the kill and records the verdict the service decides."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stop_run, run_id)
+
+    def lose(self, run_id: int) -> None:
+        """On the loop: this worker no longer holds the run (its lease lapsed and another
+        process failed it): kill its container now, so no run executes twice, and leave its
+        result to the process that recorded it."""
+        self._lost.add(run_id)
+        log.warning("run %s is no longer held by this worker: killing its container", run_id)
+        self._stop_run(run_id)
 
     def _stop_run(self, run_id: int) -> None:
         active = self._active.get(run_id)
@@ -155,12 +168,19 @@ class Dispatcher:
     def active_runs(self) -> list[int]:
         return list(self._active)
 
+    @property
+    def leased_runs(self) -> list[int]:
+        """The runs whose lease this process must keep: executing, verdict not yet being
+        recorded (a recorded run is no longer `running`, and is not lost for that)."""
+        return [run_id for run_id in self._active if run_id not in self._recording]
+
     async def _claim(self) -> None:
         """Stop the runs another process asked to stop; start queued runs while a slot is
         free."""
         await self._stop_asked_elsewhere()
-        while len(self._active) < self.max_concurrent:
-            view = await asyncio.to_thread(self.services.runs.claim_next)
+        while self.executes and len(self._active) < self.max_concurrent:
+            view = await asyncio.to_thread(self.services.runs.claim_next, self.worker_id,
+                                           self.lease_seconds, self.max_concurrent)
             if view is None:
                 break
             self._spawn(view, container=None)
@@ -169,7 +189,7 @@ class Dispatcher:
     async def _announce_owed(self) -> None:
         """Post the results Slack could not take earlier (down, 5xx, 429), once its
         Retry-After or the backoff is over; oldest first, stopping at the first refusal.
-        Every `claim_seconds` it also takes the results nobody is posting: released by
+        Once a lease it also takes the results nobody is posting: released by
         a process that failed to post them, or claimed by one that died. (A result owed
         when every process stopped is posted at the next start.)"""
         await self._sweep_unclaimed()
@@ -190,12 +210,12 @@ class Dispatcher:
         """The results of runs that finished a claim's time ago and are still unposted,
         unclaimed or past their claim: owed here now (posted only if claimed here)."""
         now = time.monotonic()
-        if now - self._swept < self.claim_seconds:
+        if now - self._swept < self.lease_seconds:
             return
         self._swept = now
         try:
-            views = await asyncio.to_thread(self.services.runs.to_announce, self.worker_id,
-                                            self.claim_seconds)
+            views = await asyncio.to_thread(self.services.runs.to_announce, self.poster,
+                                            self.lease_seconds)
         except DatabaseUnavailable:
             return  # looked at again after the next claim's time
         self._owed.update(v.run.id for v in views if v.run.id is not None)
@@ -259,15 +279,24 @@ class Dispatcher:
         self.crash(CrashStage.RECORDING)
         outcome = decide_outcome(result, spec.timeout_seconds)
 
-        def record() -> RunView:  # the held events first, then the verdict, once
+        def record() -> tuple[RunView, bool]:  # the held events first, then the verdict
             recorder.flush()
-            return self.services.runs.finish(spec.run_id, outcome, result.input_tokens,
-                                             result.output_tokens, result.diff, result.commit)
+            return self.services.runs.finish_once(
+                spec.run_id, outcome, result.input_tokens, result.output_tokens, result.diff,
+                result.commit)
 
-        finished = await record_until_done(record, f"the result of run {spec.run_id}",
-                                           lambda: self._stopping)
+        self._recording.add(spec.run_id)
+        try:
+            finished, recorded = await record_until_done(
+                record, f"the result of run {spec.run_id}", lambda: self._stopping)
+        finally:
+            self._recording.discard(spec.run_id)
         # Only now: a crash before this adopts the ended container again (its verdict).
         await asyncio.to_thread(self.sandbox.release, spec.run_id)
+        if spec.run_id in self._lost and not recorded:
+            self._lost.discard(spec.run_id)
+            return  # failed by lease expiry elsewhere: that process announced it
+        self._lost.discard(spec.run_id)
         await self._announce_finished(finished, result)
 
     async def _announce_finished(self, finished: RunView, result: RunResult) -> None:
@@ -287,6 +316,10 @@ class Dispatcher:
             except Exception:
                 log.exception("could not announce the spend level")
 
+    async def announce_result(self, view: RunView) -> bool:
+        """Post a result this process recorded without running it (a lapsed lease)."""
+        return await self._announce(view)
+
     async def _announce(self, view: RunView) -> bool:
         """Post the run's result once; False if Slack is down (then it is owed:
         `_announce_owed` posts it when Slack is back)."""
@@ -300,7 +333,7 @@ class Dispatcher:
             return False
         try:
             claimed = await asyncio.to_thread(self.services.runs.claim_announcement, run_id,
-                                              self.worker_id, self.claim_seconds)
+                                              self.poster, self.lease_seconds)
         except DatabaseUnavailable:
             self._owed.add(run_id)  # claimed (or found posted) once the database is back
             return False
@@ -347,15 +380,26 @@ class Dispatcher:
         out by itself if the database cannot take this now)."""
         with contextlib.suppress(DatabaseUnavailable):
             await asyncio.to_thread(self.services.runs.release_announcement, run_id,
-                                    self.worker_id, hold_seconds)
+                                    self.poster, hold_seconds)
 
     async def _reconcile(self) -> None:
+        """Runs left `running` by this worker's previous process (or from before workers
+        were recorded): adopted from their containers, or failed; other workers' runs and
+        containers are theirs (their leases tell when they are lost)."""
         containers = await asyncio.to_thread(self.sandbox.find_run_containers)
-        running = await asyncio.to_thread(self.services.runs.with_status, RunStatus.RUNNING)
+        if self.worker_id is None:
+            running = await asyncio.to_thread(self.services.runs.with_status, RunStatus.RUNNING)
+        else:
+            running = await asyncio.to_thread(self.services.run_leases.mine_running,
+                                              self.worker_id)
         adopted: set[int] = set()
         for view in running:
             assert view.run.id is not None
             container = containers.pop(view.run.id, None)
+            if container is not None and self.worker_id is not None and not (
+                    await asyncio.to_thread(self.services.run_leases.adopt, self.worker_id,
+                                            view.run.id, self.lease_seconds)):
+                continue  # ended, or taken by another worker, meanwhile
             if container is not None:
                 log.info("adopting run %s from container %s", view.run.id, container.short_id)
                 adopted.add(view.run.id)

@@ -23,6 +23,7 @@ from bot.services.killswitch import KillSwitchService
 from bot.services.leases import LeaseService
 from bot.services.publishing import PublishService
 from bot.services.routines import RoutineService
+from bot.services.run_leases import RunLeaseService
 from bot.services.runs import RunService
 from bot.services.schedules import ScheduleService
 from bot.services.spend import SpendService
@@ -53,6 +54,7 @@ class Services:
         self.routines = RoutineService(shared)
         self.catalog = CatalogService(shared)
         self.runs = RunService(shared, self.approvals)
+        self.run_leases = RunLeaseService(shared, self.runs)
         self.publishing = PublishService(shared, self.runs)
         self.triggers = TriggerService(shared, self.kill_switch, self.spend, self.approvals)
         self.schedules = ScheduleService(shared, self.triggers, self.kill_switch)

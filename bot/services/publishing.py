@@ -5,6 +5,7 @@ a restart: `bot.execution.publisher` asks for the pending ones and records the r
 
 from __future__ import annotations
 
+from sqlalchemy import or_
 from sqlmodel import col, select
 
 from bot.core.statuses import ApprovalKind, ApprovalStatus
@@ -20,15 +21,21 @@ class PublishService(Service):
         super().__init__(shared)
         self.runs = runs
 
-    def publish_pending(self) -> list[RunView]:
+    def publish_pending(self, worker_id: str | None = None) -> list[RunView]:
         """Runs whose kept commit awaits the push (approved) or the discard (rejected,
-        expired): the dispatcher deals with them, also after a restart."""
+        expired): the dispatcher deals with them, also after a restart. Given a worker,
+        only the runs it ran (or from before workers were recorded): the kept commit is in
+        the workspace on that worker's disk."""
         with self.db.session() as session:
-            ids = session.exec(select(Run.id).join(
+            query = select(Run.id).join(
                 Approval, col(Approval.run_id) == col(Run.id)).where(
                 Approval.kind == ApprovalKind.PUBLISH,
                 col(Approval.status) != ApprovalStatus.PENDING,
-                col(Run.commit_sha).is_not(None), col(Run.published_ref).is_(None))).all()
+                col(Run.commit_sha).is_not(None), col(Run.published_ref).is_(None))
+            if worker_id is not None:
+                query = query.where(or_(col(Run.worker_id).is_(None),
+                                        col(Run.worker_id) == worker_id))
+            ids = session.exec(query).all()
         return [self.runs.get(run_id) for run_id in ids if run_id is not None]
 
     def publish_decision(self, run_id: int) -> Approval | None:

@@ -48,6 +48,10 @@ from bot.store.tables import (
 from runner.contract import Event, Resume, RunSpec
 from runner.egress_policy import EGRESS_EVENT
 
+# The advisory lock every claim transaction takes on PostgreSQL: any constant of our own,
+# not the schema upgrade's (bot/store/schema.py).
+CLAIM_LOCK_KEY = 7_305_012
+
 
 class RunService(Service):
     def __init__(self, shared: Shared, approvals: ApprovalService) -> None:
@@ -70,23 +74,38 @@ class RunService(Service):
             ).all()
             return [json.loads(row.data) for row in rows]
 
-    def claim_next(self) -> RunView | None:
-        """Move the oldest startable queued run to `running`; safe when workers race.
+    def claim_next(self, worker_id: str | None = None, lease_seconds: float = 30.0,
+                   global_limit: int | None = None) -> RunView | None:
+        """Move the oldest startable queued run to `running`, held by `worker_id` until
+        its lease ends (renewed by the worker's heartbeat); safe when workers race.
 
         Startable: the kill switch is off, the run is not held, its retry backoff is over,
-        and its routine is under its own `max_concurrent`."""
+        fewer than `global_limit` runs are running in the whole database, and its routine
+        is under its own `max_concurrent`. On PostgreSQL the claim transactions of every
+        process take one advisory lock, so these counts hold exactly across processes
+        (SKIP LOCKED then only passes over rows another transaction is writing, say a
+        cancel); on SQLite the write lock does the same and the UPDATE stays conditional."""
         now = utcnow()
         with self.db.session() as session:
+            postgres = session.connection().dialect.name == "postgresql"
+            if postgres:
+                session.connection().exec_driver_sql(
+                    f"SELECT pg_advisory_xact_lock({CLAIM_LOCK_KEY})")
             if KillSwitch.current(session).engaged:
                 return None
-            candidates = session.exec(
-                select(Run.id, Run.routine_id, Routine.max_concurrent)
-                .join(Routine, col(Routine.id) == col(Run.routine_id))
-                .where(Run.status == RunStatus.QUEUED, col(Run.held_at).is_(None),
-                       or_(col(Run.not_before).is_(None), col(Run.not_before) <= now))
-                .order_by(col(Run.id)).limit(200)).all()
+            if global_limit is not None and session.exec(
+                    select(func.count()).select_from(Run).where(
+                        Run.status == RunStatus.RUNNING)).one() >= global_limit:
+                return None
+            query = (select(Run.id, Run.routine_id, Routine.max_concurrent)
+                     .join(Routine, col(Routine.id) == col(Run.routine_id))
+                     .where(Run.status == RunStatus.QUEUED, col(Run.held_at).is_(None),
+                            or_(col(Run.not_before).is_(None), col(Run.not_before) <= now))
+                     .order_by(col(Run.id)).limit(200))
+            if postgres:
+                query = query.with_for_update(of=Run, skip_locked=True)
             busy: set[int] = set()
-            for run_id, routine_id, limit in candidates:
+            for run_id, routine_id, limit in session.exec(query).all():
                 if routine_id in busy or (limit is not None and session.exec(
                         select(func.count()).select_from(Run).where(
                             Run.routine_id == routine_id,
@@ -96,7 +115,8 @@ class RunService(Service):
                 claimed = session.execute(
                     update(Run).where(col(Run.id) == run_id,
                                       col(Run.status) == RunStatus.QUEUED)
-                    .values(status=RunStatus.RUNNING, started_at=now))
+                    .values(status=RunStatus.RUNNING, started_at=now, worker_id=worker_id,
+                            lease_until=now + timedelta(seconds=lease_seconds)))
                 if claimed.rowcount != 1:  # type: ignore[attr-defined]
                     return None
                 break
@@ -166,22 +186,42 @@ class RunService(Service):
         """Record the verdict once; a run that already finished keeps its first verdict.
 
         A medium-risk run that succeeded with a kept `commit` asks for publish approval."""
+        return self.finish_once(run_id, outcome, input_tokens, output_tokens, diff, commit)[0]
+
+    def finish_lapsed(self, run_id: int, outcome: RunOutcome, now: datetime) -> RunView | None:
+        """Record the verdict of a run whose lease ended before `now` (its worker stopped
+        renewing it), only if it is still so: the view if this call finished it, None if
+        it had finished already or its lease was renewed meanwhile."""
+        view, finished = self.finish_once(run_id, outcome, 0, 0, "", None, lapsed_before=now)
+        return view if finished else None
+
+    def finish_once(self, run_id: int, outcome: RunOutcome, input_tokens: int,
+                    output_tokens: int, diff: str, commit: str | None,
+                    lapsed_before: datetime | None = None) -> tuple[RunView, bool]:
+        """`finish`, and whether this call recorded the verdict (False: it had one)."""
         retried = False
         with self.db.session() as session:
             run, routine = queries.run_with_routine(session, run_id)
             outcome = self._stopped_outcome(session, outcome, run)
             publish = (commit is not None and routine.risk == RiskLevel.MEDIUM
                        and outcome.status == RunStatus.SUCCEEDED)
+            only = [col(Run.id) == run_id, col(Run.status).in_(PENDING_STATUSES)]
+            if lapsed_before is not None:
+                only += [col(Run.status) == RunStatus.RUNNING,
+                         col(Run.lease_until) < lapsed_before]
             finished = session.execute(
                 update(Run)
-                .where(col(Run.id) == run_id, col(Run.status).in_(PENDING_STATUSES))
+                .where(*only)
                 .values(status=outcome.status,
                         summary=self.redact(outcome.summary) if outcome.summary else None,
                         reason=self.redact(outcome.reason) if outcome.reason else None,
                         failure_kind=outcome.failure,
                         input_tokens=input_tokens, output_tokens=output_tokens,
                         diff=self.redact(diff), finished_at=utcnow(),
-                        commit_sha=commit if publish else None))
+                        commit_sha=commit if publish else None)
+                # The session's rows are brought up to date from the database: comparing a
+                # lease in Python would mix SQLite's naive times with aware ones.
+                .execution_options(synchronize_session="fetch" if lapsed_before else "auto"))
             approval = None
             if finished.rowcount == 1:  # type: ignore[attr-defined]
                 rollups.count_finished(session, [run_id])
@@ -194,7 +234,7 @@ class RunService(Service):
             self.bus.publish(RunQueued())
         if approval is not None:
             self.bus.publish(ApprovalRequested())
-        return self.get(run_id)
+        return self.get(run_id), finished.rowcount == 1  # type: ignore[attr-defined]
 
     @staticmethod
     def _stopped_outcome(session: Session, outcome: RunOutcome, run: Run) -> RunOutcome:

@@ -52,6 +52,7 @@ from runner.contract import (
     LABEL_INSTANCE,
     LABEL_POOL,
     LABEL_TOKEN_SHA256,
+    LABEL_WORKER,
     LOADED_FILE,
     SOCKET_DIR,
     WARM_ENV,
@@ -298,7 +299,7 @@ class WarmPool:
                 os.chown(directory / "delivery", hardening.SANDBOX_UID, hardening.SANDBOX_UID)
             container = hardening.create(
                 self.client, cfg, image=self.image, name=self.warm_name(key),
-                labels={LABEL_INSTANCE: cfg.instance, LABEL_POOL: fingerprint},
+                labels={**owner_labels(cfg), LABEL_POOL: fingerprint},
                 environment={WARM_ENV: "1", **hardening.network_env()},
                 volumes={str(directory / "repo"): {"bind": WORKSPACE, "mode": "rw"},
                          str(directory / "delivery"): {"bind": DELIVERY_DIR, "mode": "rw"},
@@ -315,7 +316,7 @@ class WarmPool:
         return slot
 
     def warm_name(self, key: str) -> str:
-        return f"routines-{self.config.instance}-{self._slot_prefix}{key}"
+        return f"routines-{self.config.instance}-{self._slot_prefix}{worker_slug(self.config)}{key}"
 
     def _remove_ready(self) -> None:
         with self._lock:
@@ -327,9 +328,9 @@ class WarmPool:
         """At start: every warm container of this instance not given a run is removed (an
         earlier process made it: it is followed by no one, and may be stale), then every
         slot no run's directory links to."""
-        prefix = f"routines-{self.config.instance}-{self._slot_prefix}"
+        prefix = self.warm_name("")
         for container in self.client.containers.list(all=True, filters={"label": [
-                f"{LABEL_INSTANCE}={self.config.instance}", LABEL_POOL]}):
+                *owner_filter(self.config), LABEL_POOL]}):
             if container.name.startswith(prefix):
                 log.info("warm pool: removing leftover warm container %s", container.name)
                 with contextlib.suppress(*DockerErrors):
@@ -400,13 +401,34 @@ def claim_sockets(slot: WarmSlot, path: Path) -> None:
     slot.sockets = path
 
 
-def given_containers(client: docker.DockerClient, instance: str) -> dict[int, Any]:
-    """The warm containers of `instance` given a run, by run id (read from the name the
+def owner_labels(config: SandboxConfig) -> dict[str, str]:
+    """The labels naming who owns a container: the deployment, and the worker if any."""
+    labels = {LABEL_INSTANCE: config.instance}
+    if config.worker:
+        labels[LABEL_WORKER] = config.worker
+    return labels
+
+
+def owner_filter(config: SandboxConfig) -> list[str]:
+    """The engine's label filter for the containers `owner_labels` marked."""
+    return [f"{key}={value}" for key, value in owner_labels(config).items()]
+
+
+def worker_slug(config: SandboxConfig) -> str:
+    """The worker in a warm container's name ("" for none): two workers on one engine
+    never pick the same name, nor sweep each other's by its prefix."""
+    if not config.worker:
+        return ""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", config.worker) + "-"
+
+
+def given_containers(client: docker.DockerClient, config: SandboxConfig) -> dict[int, Any]:
+    """This owner's warm containers given a run, by run id (read from the name the
     container took: its labels were fixed before it had a run)."""
-    pattern = re.compile(rf"routines-{re.escape(instance)}-run-(\d+)")
+    pattern = re.compile(rf"routines-{re.escape(config.instance)}-run-(\d+)")
     found: dict[int, Any] = {}
     for container in client.containers.list(all=True, filters={"label": [
-            f"{LABEL_INSTANCE}={instance}", LABEL_POOL]}):
+            *owner_filter(config), LABEL_POOL]}):
         match = pattern.fullmatch(container.name)
         if match:
             found[int(match.group(1))] = container

@@ -29,7 +29,6 @@ import requests.exceptions
 
 from runner.contract import (
     GATEWAY_SOCKET,
-    LABEL_INSTANCE,
     LABEL_ROUTINE,
     LABEL_RUN_ID,
     LABEL_TOKEN_SHA256,
@@ -66,6 +65,9 @@ class SandboxConfig:
     # configurations (ROUTINES_SANDBOX_NETWORK) still load.
     network: str = ""
     instance: str = "default"
+    # The worker ("host/name") this process is: on its containers' labels, so that workers
+    # sharing an engine never adopt or remove each other's; "" labels none (one process).
+    worker: str = ""
     memory: str = "1g"
     cpus: float = 1.0
     pids: int = 256
@@ -228,14 +230,14 @@ class Sandbox:
     def find_run_containers(self) -> dict[int, Any]:
         """Every container this bot instance started, by run id (for reconciliation).
 
-        Filtered by instance, so two deployments sharing an engine never adopt or remove
-        each other's runs."""
+        Filtered by instance and worker, so two deployments, or two workers of one,
+        sharing an engine never adopt or remove each other's runs."""
         found: dict[int, Any] = {}
-        labels = [f"{LABEL_INSTANCE}={self.config.instance}", LABEL_RUN_ID]
+        labels = [*pool.owner_filter(self.config), LABEL_RUN_ID]
         for container in self.client.containers.list(all=True, filters={"label": labels}):
             with contextlib.suppress(ValueError):
                 found[int(container.labels[LABEL_RUN_ID])] = container
-        found.update(pool.given_containers(self.client, self.config.instance))
+        found.update(pool.given_containers(self.client, self.config))
         return found
 
     def follow(self, spec: RunSpec, container: Any, on_event: EventSink,
@@ -378,7 +380,7 @@ class Sandbox:
         container = hardening.create(
             self.client, cfg, image=cfg.image_for(spec.engine),
             name=self.container_name(spec.run_id),
-            labels={LABEL_INSTANCE: cfg.instance, LABEL_RUN_ID: str(spec.run_id),
+            labels={**pool.owner_labels(cfg), LABEL_RUN_ID: str(spec.run_id),
                     LABEL_ROUTINE: spec.routine, LABEL_TOKEN_SHA256: token_sha256(token)},
             environment=env,
             volumes={str(repo): {"bind": WORKSPACE, "mode": "rw"},

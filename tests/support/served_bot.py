@@ -126,7 +126,10 @@ class ServedBot:
 
     @property
     def workspace_root(self) -> Path:
-        return self.settings.data_dir.resolve() / "workspaces" / self.settings.instance
+        """As `bot.app` places it: a named worker's workspaces are its own."""
+        name = self.env.get("ROUTINES_WORKER_NAME", Settings.worker_name)
+        suffix = "" if name == Settings.worker_name else f"-{name}"
+        return self.settings.data_dir.resolve() / "workspaces" / (self.settings.instance + suffix)
 
     def remove_leftovers(self, docker_client: Any) -> None:
         """What a failed test left: its containers and mounted workspaces."""

@@ -95,10 +95,14 @@ class ApprovalDesk:
     def __init__(self, services: Services, client: AsyncWebClient,
                  approval_messages: ApprovalMessages, publish: Publish,
                  sweep_seconds: float = 5.0,
-                 may_expire: Callable[[], bool] = lambda: True) -> None:
+                 may_expire: Callable[[], bool] = lambda: True, worker_id: str | None = None,
+                 publish_only: bool = False) -> None:
         self.services = services
         # Expiry is the scheduler's (one process: the lease holder); posting is every one's.
         self.may_expire = may_expire
+        # Scale-out: this desk pushes only the kept commits of runs this worker ran (they
+        # are on its disk); a `routines worker` does only that (`publish_only`).
+        self.worker_id, self.publish_only = worker_id, publish_only
         self.client = client
         self.approval_messages = approval_messages
         self.publish = publish
@@ -117,11 +121,13 @@ class ApprovalDesk:
         self.loop.wake()
 
     async def sweep(self) -> None:
-        if self.may_expire():
-            for view in await asyncio.to_thread(self.services.approvals.expire, utcnow()):
-                await self.approval_messages.update(self.client, view)
-        await self._post_requests()
-        for run in await asyncio.to_thread(self.services.publishing.publish_pending):
+        if not self.publish_only:
+            if self.may_expire():
+                for view in await asyncio.to_thread(self.services.approvals.expire, utcnow()):
+                    await self.approval_messages.update(self.client, view)
+            await self._post_requests()
+        for run in await asyncio.to_thread(self.services.publishing.publish_pending,
+                                           self.worker_id):
             await self.publish(run)
             approval = await asyncio.to_thread(self.services.publishing.publish_decision,
                                                _id(run))
