@@ -214,6 +214,53 @@ async def test_max_concurrent_one_holds_across_two_workers(
     assert [r.status for r in stored_runs(database_url)] == [RunStatus.SUCCEEDED] * 6
 
 
+@pytest.mark.postgres
+async def test_every_process_killed_at_once_and_started_again_loses_nothing(
+        cluster: Start, anthropic_api: AnthropicStandIn, slack_api: SlackApiStandIn,
+        database_url: str, tmp_path: Path) -> None:
+    """SIGKILL of serve and both workers together, two runs in their containers and four
+    queued; started again under the same names within the lease (the default's 30 s: a
+    worker not back by then has lost its runs, the test above), each worker adopts its
+    own runs, the queued ones run, and every run ends once, succeeded, announced once."""
+    marker = anthropic_api.script("restart", Turn([report("success", "Back.")], delay=6))
+    lease = {"ROUTINES_LEASE_SECONDS": "30"}
+    serve = await cluster("doors", "serve", ROUTINES_EXECUTE="off", **lease)
+    token = await routine_with_token(serve.slack, "restart", f"Survive. {marker}",
+                                     make_git_repo(tmp_path / "upstream"))
+    # Two runs at once in the whole database (the limit is global), on either worker.
+    workers = [await cluster("w1", max_runs=2, **lease),
+               await cluster("w2", max_runs=2, **lease)]
+    for n in range(6):
+        status, body = await trigger(serve, "restart", token, {"n": n})
+        assert status == 202, body
+    # Both running runs are in their containers (their first call reached the model).
+    await wait_until(lambda: len(anthropic_api.requests_for("restart")) >= 2, timeout=60)
+    before = {r.id: r.worker_id for r in stored_runs(database_url)
+              if r.status == RunStatus.RUNNING}
+    assert len(before) == 2, before
+
+    everyone = [serve, *workers]
+    for bot in everyone:
+        assert bot.proc is not None
+        bot.proc.send_signal(signal.SIGKILL)
+    for bot in everyone:
+        assert await bot.died() == -signal.SIGKILL
+    await asyncio.gather(*(bot.start() for bot in everyone))
+
+    await wait_until(lambda: announced_count(database_url) == 6, timeout=180)
+    await asyncio.sleep(1.0)  # a second announcement would be here by now
+    runs = stored_runs(database_url)
+    assert [r.status for r in runs] == [RunStatus.SUCCEEDED] * 6, [r.reason for r in runs]
+    assert {r.id: r.worker_id for r in runs if r.id in before} == before  # adopted by its own
+    first_turns = {item_of(r.body) for r in anthropic_api.requests_for("restart")
+                   if not any(m["role"] == "assistant" for m in r.body["messages"])}
+    assert first_turns == set(range(6))  # every run executed
+    posted = Counter(run_of(str(c.params.get("text", "")), "restart")
+                     for c in slack_api.calls_to("chat.postMessage")
+                     if c.params.get("channel") == RESULTS_CHANNEL)
+    posted.pop(None, None)
+    assert posted == Counter(r.id for r in runs)  # each announced exactly once
+
 
 async def test_a_worker_beside_serve_on_sqlite_is_refused(
         tmp_path: Path, settings: Settings, docker_client: Any) -> None:
