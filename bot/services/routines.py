@@ -36,10 +36,12 @@ from bot.store.tables import (
     ApiToken,
     Approval,
     GitHubSubscription,
+    MissedFire,
     Routine,
     Run,
     RunEvent,
     RunRollup,
+    TriggerHit,
     utcnow,
 )
 from runner.contract import Engine, RepoConfig
@@ -216,7 +218,7 @@ def delete_in(session: Session, routine: Routine, actor: str, details: str = "")
     run_ids = select(Run.id).where(Run.routine_id == routine.id)
     for table, column in ((RunEvent, RunEvent.run_id), (Approval, Approval.run_id)):
         session.execute(delete(table).where(col(column).in_(run_ids)))
-    for owned in (RunRollup, Run, ApiToken, GitHubSubscription):
+    for owned in (RunRollup, Run, ApiToken, GitHubSubscription, TriggerHit, MissedFire):
         session.execute(delete(owned).where(col(owned.routine_id) == routine.id))
     session.delete(routine)
     audit.record(session, actor, "delete", routine.name, details or f"repo {routine.repo_url}")
