@@ -7,7 +7,7 @@ trigger durable before its answer and divides that cost among them.
 
 Every rule of a single trigger still applies to each call, in the same order as
 `TriggerService.trigger_in` (the live token of this very routine, the kill switch, pause,
-idempotency, the rate limit, budgets, the payload template) and each run is audited as
+idempotency, the rate limit and the budgets, the payload template) and each run is audited as
 there. The state the rules read (the switch, the tokens, the routines, earlier runs with
 the same keys, the budgets' counts, the rate limit's windows, locked until the commit: see
 `bot.store.trigger_hits`) is read once per batch, in its unit of work, so a

@@ -70,12 +70,14 @@ class TriggerService(Service):
         earlier = queries.run_for_ref(session, routine, trigger)
         if earlier is not None:
             return Triggered(RunView(earlier, routine), replayed=True)
+        # The budgets first: a refusal is audited in a session of its own, which on SQLite
+        # must not wait for the write lock the rate window takes next.
+        self.spend.enforce(session, routine)
         now = utcnow()
         retry_after = self.rate_windows(session, [row_id(routine)], now)[row_id(routine)] \
             .retry_after()
         if retry_after is not None:
             raise RateLimited(routine.name, retry_after)
-        self.spend.enforce(session, routine)
         run = self.new_run(routine, trigger)
         try:
             with self.db.savepoint(session):  # a conflict undoes this run only
