@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from bot.core.pricing import PriceTable
@@ -87,43 +87,6 @@ def digest_owed(schedule: Schedule, last_sent_at: datetime, now: datetime) -> bo
     """At start-up: did a digest fall due while the bot was down? Then one is sent at once,
     covering the whole period (never one per missed fire)."""
     return bool(fires_between(schedule, last_sent_at, now, limit=1))
-
-
-# The period as stored rollups answer it --------------------------------------------
-
-HOUR = timedelta(hours=1)
-
-
-@dataclass(frozen=True)
-class PeriodSplit:
-    """A period cut where hourly rollups can answer for it: the whole UTC hours inside it
-    (`hours`, [first, last), or None when it holds none) and the partial hours at its edges,
-    whose runs are read one by one. Together they cover the period exactly once."""
-
-    hours: tuple[datetime, datetime] | None
-    edges: tuple[tuple[datetime, datetime], ...]
-
-    @classmethod
-    def whole(cls, start: datetime, end: datetime) -> PeriodSplit:
-        """No rollups: every run of the period read one by one (what digests did before)."""
-        return cls(None, ((start, end),) if start < end else ())
-
-
-def split_period(start: datetime, end: datetime) -> PeriodSplit:
-    """[start, end) as its whole UTC hours and the partial hours before and after them."""
-    start, end = start.astimezone(UTC), end.astimezone(UTC)
-    first = _floor_hour(start)
-    if first < start:
-        first += HOUR
-    last = _floor_hour(end)
-    if first >= last:
-        return PeriodSplit.whole(start, end)
-    return PeriodSplit((first, last), tuple(
-        (a, b) for a, b in ((start, first), (last, end)) if a < b))
-
-
-def _floor_hour(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 # Facts in, digest out ---------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A digest's totals over a period: its whole hours read from the rollups (`RunRollup`), its
+"""A digest's totals over a period: its whole days read from the daily rollups
+(`RunDayRollup`), the whole hours around them from the hourly ones (`RunRollup`), its
 partial hours at the edges from the runs, added together (`bot.core.digest.split_period`).
 
 So a digest over a million runs reads a few thousand rollups and the runs of at most two
@@ -15,13 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, case, false, func, or_
+from sqlalchemy import ColumnElement, and_, case, false, func, or_, union_all
 from sqlalchemy import select as columns
 from sqlmodel import Session, col
 
-from bot.core.digest import HOUR, PeriodSplit
+from bot.core.digest_period import HOUR, PeriodSplit, Source, Span, Term, totals_terms
 from bot.store import rollups
-from bot.store.tables import Run, RunRollup, as_utc
+from bot.store.tables import Run, RunDayRollup, RunRollup, as_utc
 
 
 @dataclass
@@ -33,35 +34,52 @@ class Group:
     output_tokens: int = 0
     no_report: int = 0
 
-    def add(self, runs: Any, input_tokens: Any, output_tokens: Any, no_report: Any) -> None:
-        self.runs += int(runs or 0)
-        self.input_tokens += int(input_tokens or 0)
-        self.output_tokens += int(output_tokens or 0)
-        self.no_report += int(no_report or 0)
+_SUMS = ("runs", "input_tokens", "output_tokens", "no_report")
 
 
 def groups(session: Session, split: PeriodSplit) -> dict[tuple[int, str], Group]:
-    """The period's runs by (routine id, status), in that order."""
-    found: dict[tuple[int, str], Group] = {}
-    if split.hours is not None:
-        first, last = split.hours
-        for routine_id, status, *sums in session.execute(
-                columns(col(RunRollup.routine_id), col(RunRollup.status),
-                        func.sum(col(RunRollup.runs)), func.sum(col(RunRollup.input_tokens)),
-                        func.sum(col(RunRollup.output_tokens)),
-                        func.sum(col(RunRollup.no_report)))
-                .where(col(RunRollup.hour) >= first, col(RunRollup.hour) < last)
-                .group_by(col(RunRollup.routine_id), col(RunRollup.status))):
-            found.setdefault((routine_id, str(status)), Group()).add(*sums)
-    if split.edges:
-        no_report = func.sum(case((rollups.no_report(status_column(session)), 1), else_=0))
-        for routine_id, status, *sums in session.execute(
-                columns(col(Run.routine_id), col(Run.status), func.count(),
-                        func.sum(col(Run.input_tokens)), func.sum(col(Run.output_tokens)),
-                        no_report)
-                .where(_edges(split)).group_by(col(Run.routine_id), col(Run.status))):
-            found.setdefault((routine_id, str(status)), Group()).add(*sums)
-    return dict(sorted(found.items()))
+    """The period's runs by (routine id, status), in that order: one statement, the signed
+    sums of its terms (`totals_terms`: daily rollups, hourly ones, runs) added up by the
+    database. A group the terms cancel out (all of its runs in a part taken away) is none."""
+    by_kind: dict[tuple[Source, int], list[Term]] = {}
+    for term in totals_terms(split):
+        by_kind.setdefault((term.source, term.sign), []).append(term)
+    parts = [_sums(session, source, sign, [term.span for term in terms])
+             for (source, sign), terms in by_kind.items()]
+    if not parts:
+        return {}
+    each = union_all(*parts).subquery()
+    rows = session.execute(
+        columns(each.c.routine_id, each.c.status, func.sum(each.c.runs),
+                func.sum(each.c.input_tokens), func.sum(each.c.output_tokens),
+                func.sum(each.c.no_report))
+        .group_by(each.c.routine_id, each.c.status)
+        .having(func.sum(each.c.runs) != 0)
+        .order_by(each.c.routine_id, each.c.status))
+    return {(routine_id, str(status)): Group(*(int(value or 0) for value in sums))
+            for routine_id, status, *sums in rows}
+
+
+def _sums(session: Session, source: Source, sign: int, spans: list[Span]) -> Any:
+    """Runs, tokens and runs without a self-report by routine and status over these spans of
+    one source, times `sign`."""
+    if source is Source.RUNS:
+        table: Any = Run
+        bucket, status = col(Run.finished_at), col(Run.status)
+        no_report = case((rollups.no_report(status_column(session)), 1), else_=0)
+        sums: tuple[Any, ...] = (func.count(), func.sum(col(Run.input_tokens)),
+                                 func.sum(col(Run.output_tokens)), func.sum(no_report))
+    else:
+        table = RunDayRollup if source is Source.DAYS else RunRollup
+        bucket = col(RunDayRollup.day) if source is Source.DAYS else col(RunRollup.hour)
+        status = col(table.status)
+        sums = (func.sum(col(table.runs)), func.sum(col(table.input_tokens)),
+                func.sum(col(table.output_tokens)), func.sum(col(table.no_report)))
+    return (columns(col(table.routine_id).label("routine_id"), status.label("status"),
+                    *((value if sign > 0 else -value).label(name)
+                      for name, value in zip(_SUMS, sums, strict=True)))
+            .where(or_(*(and_(bucket >= first, bucket < last) for first, last in spans)))
+            .group_by(col(table.routine_id), status))
 
 
 def slowest(session: Session, split: PeriodSplit, limit: int,
@@ -76,8 +94,8 @@ def slowest(session: Session, split: PeriodSplit, limit: int,
     of those taken. So only the runs of those groups (at most `limit` hours of one routine
     and status each) and of the edges are read."""
     where = _edges(split)
-    if split.hours is not None:
-        first, last = split.hours
+    if split.whole_hours is not None:
+        first, last = split.whole_hours
         leaders = session.execute(
             columns(col(RunRollup.hour), col(RunRollup.routine_id), col(RunRollup.status))
             .where(col(RunRollup.hour) >= first, col(RunRollup.hour) < last,

@@ -26,15 +26,14 @@ from bot.core.digest import (
     DigestLimits,
     Listed,
     MissedFact,
-    PeriodSplit,
     RunFact,
     UpcomingFact,
     UsageFact,
     build_digest,
     digest_cron,
     digest_owed,
-    split_period,
 )
+from bot.core.digest_period import PeriodSplit, split_period
 from bot.core.pricing import PriceTable
 from bot.core.statuses import DIGEST_FAILURES, PENDING_STATUSES, STOPPED
 from bot.errors import RoutinesError, TryAgain

@@ -39,6 +39,7 @@ from bot.store.tables import (
     MissedFire,
     Routine,
     Run,
+    RunDayRollup,
     RunEvent,
     RunRollup,
     TriggerHit,
@@ -218,7 +219,8 @@ def delete_in(session: Session, routine: Routine, actor: str, details: str = "")
     run_ids = select(Run.id).where(Run.routine_id == routine.id)
     for table, column in ((RunEvent, RunEvent.run_id), (Approval, Approval.run_id)):
         session.execute(delete(table).where(col(column).in_(run_ids)))
-    for owned in (RunRollup, Run, ApiToken, GitHubSubscription, TriggerHit, MissedFire):
+    for owned in (RunRollup, RunDayRollup, Run, ApiToken, GitHubSubscription, TriggerHit,
+                  MissedFire):
         session.execute(delete(owned).where(col(owned.routine_id) == routine.id))
     session.delete(routine)
     audit.record(session, actor, "delete", routine.name, details or f"repo {routine.repo_url}")

@@ -332,6 +332,24 @@ class RunRollup(SQLModel, table=True):
     slowest_run_id: int | None = None  # a run id (no foreign key: it goes with its routine)
 
 
+class RunDayRollup(SQLModel, table=True):
+    """The runs of one routine that finished in one UTC day with one status, added up: what a
+    digest reads for the whole days of its period (a week is 7 of these per group, not 168
+    hourly rollups). Kept with the hourly ones (`RunRollup`), by the same statement and in
+    the same unit of work; built from the stored runs by migration 0011. The slowest runs
+    are looked for through the hourly rollups only."""
+
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    day: datetime = Field(primary_key=True, sa_type=DateTime(timezone=True))
+    routine_id: int = Field(primary_key=True, foreign_key="routine.id")
+    status: RunStatus = Field(primary_key=True)
+    runs: int = Field(sa_type=BigInteger)
+    input_tokens: int = Field(sa_type=BigInteger)
+    output_tokens: int = Field(sa_type=BigInteger)
+    no_report: int = Field(sa_type=BigInteger)  # failed without a self-report
+
+
 # Digests aggregate the runs finished in a period: this index covers that query (range on
 # finished_at, GROUP BY routine and status, sums of tokens, durations, the count of runs
 # without a self-report) without table reads.

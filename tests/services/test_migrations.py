@@ -298,7 +298,7 @@ def test_the_db_command_upgrades_and_tells_where_it_stands(
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["0001", "0002", "0003", "0004", "0005",
                                                   "0006", "0007", "0008", "0009",
-                                                  "0010"]
+                                                  "0010", "0011"]
     assert lines[0].startswith("0001  The first schema")
 
 

@@ -31,14 +31,14 @@ from bot.services.digests import DigestService
 from bot.store import rollups, schema
 from bot.store.database import Database
 from bot.store.queries import row_id
-from bot.store.tables import Routine, Run, RunRollup, utcnow
+from bot.store.tables import Routine, Run, RunDayRollup, RunRollup, utcnow
 from tests.support.digests import PRICES
-from tests.support.rollups import assert_rollups_agree, stored_rollups
+from tests.support.rollups import assert_rollups_agree, stored_day_rollups, stored_rollups
 
 pytestmark = pytest.mark.postgres
 OWNER, APPROVER = "U0OWNER01", "U0APPROV1"
 BASE = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
-SPAN = timedelta(hours=30)
+SPAN = timedelta(hours=78)  # three UTC days and more: periods hold whole days and hours
 KINDS = [None, *FailureKind]
 SUCCEEDED = RunOutcome(RunStatus.SUCCEEDED, "done", None, None)
 OVERLOADED = RunOutcome(RunStatus.ERROR, None, "the API answered 529",
@@ -122,8 +122,11 @@ def test_rollups_agree_with_the_runs_and_digests_with_the_digest_of_the_runs(
     assert counted == len(finished) > 0
     for limits in (DigestLimits(), DigestLimits(failures=2, no_report=1, stopped=2, slowest=3)):
         service = DigestService(db, PRICES, limits=limits)
+        midnight = BASE.replace(hour=0) + timedelta(days=1)
         periods = [(BASE, BASE + SPAN), (BASE - timedelta(hours=1), BASE + 2 * SPAN),
-                   (BASE + timedelta(minutes=30), BASE + timedelta(minutes=50))]
+                   (BASE + timedelta(minutes=30), BASE + timedelta(minutes=50)),
+                   (midnight, midnight + timedelta(days=2)),  # whole days only
+                   (midnight - timedelta(minutes=90), midnight + timedelta(days=1, hours=3))]
         for start, end in periods + [random_period(rng) for _ in range(25)]:
             from_rollups = service.facts("C0DIGEST1", start, end)
             assert from_rollups == service.facts("C0DIGEST1", start, end, from_rollups=False)
@@ -132,12 +135,15 @@ def test_rollups_agree_with_the_runs_and_digests_with_the_digest_of_the_runs(
 def test_the_backfill_builds_the_rollups_the_finishes_kept(db: Database) -> None:
     store_random_runs(db, random.Random(4), add_routines(db, 3), 300)
     kept = {key: row.model_dump() for key, row in stored_rollups(db).items()}
+    kept_days = stored_day_rollups(db)
 
     with db.engine.begin() as connection:
         connection.execute(delete(RunRollup))
+        connection.execute(delete(RunDayRollup))
         rollups.backfill(connection)
 
     assert {key: row.model_dump() for key, row in stored_rollups(db).items()} == kept
+    assert stored_day_rollups(db) == kept_days != {}
 
 
 def test_every_way_a_run_finishes_counts_it_once(db: Database) -> None:
@@ -247,7 +253,7 @@ def test_a_finish_rolled_back_counts_nothing_and_once_done_again_counts_once(
     with pytest.raises(RuntimeError):
         services.runs.finish(run_id, SUCCEEDED, 10, 1, "")
     assert services.runs.get(run_id).run.status == RunStatus.RUNNING  # all or nothing
-    assert stored_rollups(db) == {}
+    assert stored_rollups(db) == {} and stored_day_rollups(db) == {}
 
     restarted = make_services(db)  # the next start follows the run again and records it
     restarted.runs.finish(run_id, SUCCEEDED, 10, 1, "")
@@ -271,7 +277,7 @@ def test_deleting_a_routine_removes_its_rollups(db: Database) -> None:
         services.routines.get("keep").id]
 
 
-def test_rollup_hours_are_utc_hours_whatever_the_session_time_zone(database_url: str) -> None:
+def test_rollup_hours_and_days_are_utc_ones_whatever_the_session_zone(database_url: str) -> None:
     """PostgreSQL truncates a timestamptz in the session's time zone: a zone half an hour
     off UTC would cut the hours at :30 if the rollups did not truncate in UTC."""
     postgres = database_url.startswith("postgresql")

@@ -1,5 +1,6 @@
 """What the rollup tests compare with: the runs themselves, read back and added up in Python
-(hours floored in UTC, durations from the stored times), beside the stored rollups."""
+(hours and days floored in UTC, durations from the stored times), beside the stored
+rollups."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from sqlmodel import select
 
 from bot.core.statuses import FailureKind, RunStatus
 from bot.store.database import Database
-from bot.store.tables import Run, RunRollup, as_utc
+from bot.store.tables import Run, RunDayRollup, RunRollup, as_utc
 
-Key = tuple[datetime, int, RunStatus]  # hour, routine id, status
+Key = tuple[datetime, int, RunStatus]  # hour (or day), routine id, status
+Sums = tuple[int, int, int, int]  # runs, input tokens, output tokens, no self-report
 
 
 @dataclass
@@ -51,11 +53,31 @@ def stored_rollups(db: Database) -> dict[Key, RunRollup]:
     return {(as_utc(r.hour), r.routine_id, RunStatus(r.status)): r for r in rows}
 
 
+def stored_day_rollups(db: Database) -> dict[Key, Sums]:
+    with db.session() as session:
+        rows = session.exec(select(RunDayRollup)).all()
+    return {(as_utc(r.day), r.routine_id, RunStatus(r.status)):
+            (r.runs, r.input_tokens, r.output_tokens, r.no_report) for r in rows}
+
+
+def expected_day_rollups(hourly: dict[Key, Expected]) -> dict[Key, Sums]:
+    """The expected hourly groups added up by UTC day."""
+    days: dict[Key, Sums] = {}
+    for (hour, routine_id, status), group in hourly.items():
+        key = (hour.replace(hour=0), routine_id, status)
+        runs, input_tokens, output_tokens, no_report = days.get(key, (0, 0, 0, 0))
+        days[key] = (runs + group.runs, input_tokens + group.input_tokens,
+                     output_tokens + group.output_tokens, no_report + group.no_report)
+    return days
+
+
 def assert_rollups_agree(db: Database) -> int:
-    """Every rollup holds exactly its runs' sums, and names its slowest run: the longest
-    (SQLite's date arithmetic is exact to about 0.1 ms, so runs closer than that may be
-    taken for each other). Returns how many runs the rollups count."""
+    """Every rollup, hourly and daily, holds exactly its runs' sums, and each hourly one names
+    its slowest run: the longest (SQLite's date arithmetic is exact to about 0.1 ms, so runs
+    closer than that may be taken for each other). Returns how many runs the rollups
+    count."""
     expected, stored = expected_rollups(db), stored_rollups(db)
+    assert stored_day_rollups(db) == expected_day_rollups(expected)
     assert set(stored) == set(expected)
     for key, want in expected.items():
         got = stored[key]

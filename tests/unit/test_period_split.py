@@ -1,6 +1,6 @@
-"""A digest's period cut for the rollups (`split_period`): its whole UTC hours and the partial
-hours at its edges, by a table of cases and, for any period in any zone, the property that
-the pieces are disjoint and cover it exactly."""
+"""A digest's period cut for the rollups (`split_period`): its whole UTC days, the whole hours
+around them and the partial hours at its edges, by a table of cases and, for any period in
+any zone, the property that the pieces are disjoint and cover it exactly."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.core.digest import HOUR, PeriodSplit, split_period
+from bot.core.digest_period import (
+    DAY,
+    HOUR,
+    PeriodSplit,
+    Source,
+    Term,
+    split_period,
+    totals_terms,
+)
 
 T = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
 M = timedelta(minutes=1)
@@ -28,16 +36,35 @@ M = timedelta(minutes=1)
     (T, T, None, ()),  # empty
     (T + HOUR, T, None, ()),  # backwards: empty too
 ])
-def test_a_period_is_cut_at_its_first_and_last_whole_hour(
+def test_a_period_within_a_day_is_cut_at_its_first_and_last_whole_hour(
         start: datetime, end: datetime, hours: tuple[datetime, datetime] | None,
         edges: tuple[tuple[datetime, datetime], ...]) -> None:
-    assert split_period(start, end) == PeriodSplit(hours, edges)
+    assert split_period(start, end) == PeriodSplit(None, (hours,) if hours else (), edges)
+
+
+D = datetime(2026, 12, 3, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("start", "end", "days", "hours"), [
+    (D, D + 2 * DAY, (D, D + 2 * DAY), ()),  # on days: only daily rollups
+    (D - 3 * HOUR, D + DAY, (D, D + DAY), ((D - 3 * HOUR, D),)),
+    (D, D + DAY + 2 * HOUR, (D, D + DAY), ((D + DAY, D + DAY + 2 * HOUR),)),
+    (D - HOUR, D + 7 * DAY + HOUR, (D, D + 7 * DAY),
+     ((D - HOUR, D), (D + 7 * DAY, D + 7 * DAY + HOUR))),
+    (D + HOUR, D + DAY + HOUR, None, ((D + HOUR, D + DAY + HOUR),)),  # no whole day
+])
+def test_a_longer_period_is_cut_at_its_first_and_last_whole_day(
+        start: datetime, end: datetime, days: tuple[datetime, datetime] | None,
+        hours: tuple[tuple[datetime, datetime], ...]) -> None:
+    split = split_period(start, end)
+    assert split == PeriodSplit(days, hours, ())
+    assert split.whole_hours == (start, end)
 
 
 def test_hours_are_utc_hours_for_a_period_given_in_another_zone() -> None:
     india = timezone(timedelta(hours=5, minutes=30))
     split = split_period(T.astimezone(india), (T + 2 * HOUR).astimezone(india))
-    assert split == PeriodSplit((T, T + 2 * HOUR), ())
+    assert split == PeriodSplit(None, ((T, T + 2 * HOUR),), ())
 
 
 moments = st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 1, 1),
@@ -47,7 +74,7 @@ moments = st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 
 @given(moments, moments)
 def test_the_pieces_cover_the_period_once(start: datetime, end: datetime) -> None:
     split = split_period(start, end)
-    pieces = sorted([*split.edges, *([split.hours] if split.hours else [])])
+    pieces = sorted([*split.edges, *split.hours, *([split.days] if split.days else [])])
     if start >= end:
         assert pieces == []
         return
@@ -55,8 +82,54 @@ def test_the_pieces_cover_the_period_once(start: datetime, end: datetime) -> Non
     for (_, before_end), (after_start, _) in pairwise(pieces):
         assert before_end == after_start  # touching, never overlapping
     assert all(a < b for a, b in pieces)
-    if split.hours:
-        first, last = split.hours
+    for first, last in split.hours:
         assert first.astimezone(UTC).minute == first.second == first.microsecond == 0
-        assert (last - first) % HOUR == timedelta(0)
-    assert all(b - a < HOUR for a, b in split.edges) or split.hours is None
+        assert (last - first) % HOUR == timedelta(0) and last - first < 2 * DAY
+    if split.days:
+        first, last = split.days
+        assert first.astimezone(UTC).hour == first.minute == first.microsecond == 0
+        assert (last - first) % DAY == timedelta(0)
+    assert all(b - a < HOUR for a, b in split.edges) or not split.whole_hours
+
+
+def covered(terms: tuple[Term, ...], moment: datetime) -> int:
+    """How many times the signed terms count a run finished at `moment`: a rollup term counts
+    every run of its whole days or hours, as the rollups do."""
+    total = 0
+    for term in terms:
+        start, end = term.span
+        if term.source is not Source.RUNS:
+            unit = DAY if term.source is Source.DAYS else HOUR
+            floor = start.replace(minute=0, second=0, microsecond=0)
+            assert start == (floor.replace(hour=0) if unit == DAY else floor)
+            assert (end - start) % unit == timedelta(0)
+        total += term.sign * (start <= moment < end)
+    return total
+
+
+@given(moments, moments, st.lists(st.floats(min_value=-0.2, max_value=1.2), max_size=30))
+def test_the_signed_terms_count_every_run_of_the_period_once_and_no_other(
+        start: datetime, end: datetime, where: list[float]) -> None:
+    terms = totals_terms(split_period(start, end))
+    for fraction in [0.0, 1.0, *where]:
+        moment = start + (end - start) * fraction
+        assert covered(terms, moment) == (start <= moment < end)
+    taken_away = [term for term in terms if term.sign < 0]
+    assert all(term.source is not Source.DAYS for term in taken_away)
+
+
+def test_a_period_that_ends_now_takes_its_last_day_and_hour_whole() -> None:
+    """Most of today and most of this hour: read as the whole day and hour, minus the rest
+    of them (in the future, so it reads nothing); so is the first edge, 50 minutes of its
+    hour; the first day's 3 hours are read as they are."""
+    start, end = D - 3 * DAY + 20 * HOUR + 10 * M, D + 21 * HOUR + 50 * M
+    assert totals_terms(split_period(start, end)) == (
+        Term(Source.DAYS, (D - 2 * DAY, D)),
+        Term(Source.HOURS, (D - 3 * DAY + 21 * HOUR, D - 2 * DAY)),
+        Term(Source.DAYS, (D, D + DAY)),
+        Term(Source.HOURS, (D + 21 * HOUR, D + DAY), -1),
+        Term(Source.HOURS, (D - 3 * DAY + 20 * HOUR, D - 3 * DAY + 21 * HOUR)),
+        Term(Source.RUNS, (D - 3 * DAY + 20 * HOUR, start), -1),
+        Term(Source.HOURS, (D + 21 * HOUR, D + 22 * HOUR)),
+        Term(Source.RUNS, (end, D + 22 * HOUR), -1),
+    )

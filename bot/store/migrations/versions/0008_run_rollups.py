@@ -1,8 +1,8 @@
 """Rollups of finished runs per hour, routine and status (`RunRollup`), built from the runs
 already stored, so that an upgraded database gives the same digests as before.
 
-The backfill is `bot.store.rollups.backfill`, the statement that counts runs as they
-finish: it reads run columns that exist since 0002 and writes the columns made here.
+The backfill is `bot.store.rollups.backfill` of the hours, the statement that counts runs as
+they finish: it reads run columns that exist since 0002 and writes the columns made here.
 
 Revision ID: 0008
 Revises: 0007
@@ -46,7 +46,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_runrollup_slowest",
                     "runrollup", [sa.text("slowest_seconds DESC"), "slowest_run_id"])
-    rollups.backfill(op.get_bind())
+    rollups.backfill(op.get_bind(), [rollups.Grain.HOUR])
 
 
 def downgrade() -> None:
