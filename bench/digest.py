@@ -8,9 +8,9 @@ What it measures:
   runs without a self-report, timeouts, infrastructure errors, kills), durations and token
   counts, plus one missed scheduled fire per routine. Rows go in through SQLAlchemy Core in
   batches; the schema (tables and indexes) is the bot's own, from `bot.store.schema.upgrade`.
-  Then the rollups (`RunRollup`) are built by `bot.store.rollups.backfill`, what migration
-  0008 runs on a database of runs: the upsert that counts each run as it finishes, over all
-  of them. Before timing, the facts from the rollups are checked equal to the facts read
+  Then the rollups (`RunRollup`, `RunDayRollup`) are built by `bot.store.rollups.backfill`,
+  what migrations 0008 and 0011 run on a database of runs: the upserts that count each run
+  as it finishes, over all of them. Before timing, the facts from the rollups are checked equal to the facts read
   from the runs alone.
 * Digest build: `DigestService.compose` for a channel subscribed `D` days ago, so its
   period covers every stored run, then `templates/digest.json.j2` rendered to the Block
@@ -66,6 +66,7 @@ from bot.store.tables import (  # noqa: E402
     MissedFire,
     Routine,
     Run,
+    RunDayRollup,
     RunRollup,
 )
 
@@ -178,7 +179,8 @@ def bench(db: Database, runs: int, routines: int, days: int, repeat: int) -> dic
             "bare_group_by_ms": round(statistics.median(bare_times) * 1000, 1),
             "facts_from_runs_ms": round(statistics.median(from_runs_times) * 1000, 1),
             "rollup_upsert_ms_per_run": round(upsert_ms, 3),
-            "rollup_rows": rollup_rows(db)}
+            "rollup_rows": rollup_rows(db, RunRollup),
+            "day_rollup_rows": rollup_rows(db, RunDayRollup)}
 
 
 def upsert_cost(db: Database, runs: int) -> float:
@@ -196,9 +198,9 @@ def upsert_cost(db: Database, runs: int) -> float:
     return spent / len(ids) * 1000
 
 
-def rollup_rows(db: Database) -> int:
+def rollup_rows(db: Database, table: type[RunRollup] | type[RunDayRollup]) -> int:
     with db.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(RunRollup)).scalar_one())
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
 def sql_breakdown(db: Database, action: Callable[[], Any]) -> list[tuple[float, str]]:
@@ -265,7 +267,7 @@ def fill(db: Database, runs: int, routines: int, start: datetime, end: datetime)
                 output_tokens=rng.randrange(100, 20_000)))
         with db.engine.begin() as conn:
             conn.execute(insert(Run), rows)
-    with db.engine.begin() as conn:  # what migration 0008 does on a database of runs
+    with db.engine.begin() as conn:  # what migrations 0008 and 0011 do on a database of runs
         rollups.backfill(conn)
 
 

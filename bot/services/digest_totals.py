@@ -34,6 +34,7 @@ class Group:
     output_tokens: int = 0
     no_report: int = 0
 
+_ROUNDING = 0.001  # seconds: far above SQLite's 0.1 ms and a float's error on either side
 _SUMS = ("runs", "input_tokens", "output_tokens", "no_report")
 
 
@@ -92,22 +93,26 @@ def slowest(session: Session, split: PeriodSplit, limit: int,
     slowest run comes no later than the last of them. Any run among the `limit` slowest
     then comes no later either, and so does its own group's slowest run: its group is one
     of those taken. So only the runs of those groups (at most `limit` hours of one routine
-    and status each) and of the edges are read."""
+    and status each) are read, and of the edges' runs only those that last at least as long
+    as the last of those `limit` runs."""
+    duration = duration_column(session)
     where = _edges(split)
     if split.whole_hours is not None:
         first, last = split.whole_hours
         leaders = session.execute(
-            columns(col(RunRollup.hour), col(RunRollup.routine_id), col(RunRollup.status))
+            columns(col(RunRollup.hour), col(RunRollup.routine_id), col(RunRollup.status),
+                    col(RunRollup.slowest_seconds))
             .where(col(RunRollup.hour) >= first, col(RunRollup.hour) < last,
                    col(RunRollup.slowest_seconds).is_not(None))
             .order_by(col(RunRollup.slowest_seconds).desc(), col(RunRollup.slowest_run_id))
             .limit(limit)).all()
+        if len(leaders) == limit:  # margin: the two sides may round a duration apart
+            where = and_(where, duration >= leaders[-1][3] - _ROUNDING)
         routine_id, status = _unindexed(session, col(Run.routine_id), 0), status_column(session)
         where = or_(where, *(and_(
             col(Run.finished_at) >= as_utc(hour), col(Run.finished_at) < as_utc(hour) + HOUR,
             routine_id == routine, status == group_status)
-            for hour, routine, group_status in leaders))
-    duration = duration_column(session)
+            for hour, routine, group_status, _ in leaders))
     return list(session.execute(
         columns(*fields, duration).where(where, col(Run.started_at).is_not(None))
         .order_by(duration.desc(), col(Run.id)).limit(limit)).all())
