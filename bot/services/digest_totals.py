@@ -22,26 +22,30 @@ from sqlmodel import Session, col
 
 from bot.core.digest_period import HOUR, PeriodSplit, Source, Span, Term, totals_terms
 from bot.store import rollups
-from bot.store.tables import Run, RunDayRollup, RunRollup, as_utc
+from bot.store.tables import Routine, Run, RunDayRollup, RunRollup, as_utc
 
 
 @dataclass
 class Group:
     """The runs of one routine and status in the period, added up."""
 
-    runs: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    no_report: int = 0
+    routine: str  # its name
+    model: str
+    runs: int
+    input_tokens: int
+    output_tokens: int
+    no_report: int
+
 
 _ROUNDING = 0.001  # seconds: far above SQLite's 0.1 ms and a float's error on either side
 _SUMS = ("runs", "input_tokens", "output_tokens", "no_report")
 
 
 def groups(session: Session, split: PeriodSplit) -> dict[tuple[int, str], Group]:
-    """The period's runs by (routine id, status), in that order: one statement, the signed
-    sums of its terms (`totals_terms`: daily rollups, hourly ones, runs) added up by the
-    database. A group the terms cancel out (all of its runs in a part taken away) is none."""
+    """The period's runs by (routine id, status), in that order, with the routine's name and
+    model: one statement, the signed sums of its terms (`totals_terms`: daily rollups,
+    hourly ones, runs) added up by the database. A group the terms cancel out (all of its
+    runs in a part taken away) is none."""
     by_kind: dict[tuple[Source, int], list[Term]] = {}
     for term in totals_terms(split):
         by_kind.setdefault((term.source, term.sign), []).append(term)
@@ -51,14 +55,15 @@ def groups(session: Session, split: PeriodSplit) -> dict[tuple[int, str], Group]
         return {}
     each = union_all(*parts).subquery()
     rows = session.execute(
-        columns(each.c.routine_id, each.c.status, func.sum(each.c.runs),
-                func.sum(each.c.input_tokens), func.sum(each.c.output_tokens),
-                func.sum(each.c.no_report))
-        .group_by(each.c.routine_id, each.c.status)
+        columns(each.c.routine_id, each.c.status, col(Routine.name), col(Routine.model),
+                func.sum(each.c.runs), func.sum(each.c.input_tokens),
+                func.sum(each.c.output_tokens), func.sum(each.c.no_report))
+        .join(Routine, col(Routine.id) == each.c.routine_id)
+        .group_by(each.c.routine_id, each.c.status, col(Routine.name), col(Routine.model))
         .having(func.sum(each.c.runs) != 0)
         .order_by(each.c.routine_id, each.c.status))
-    return {(routine_id, str(status)): Group(*(int(value or 0) for value in sums))
-            for routine_id, status, *sums in rows}
+    return {(routine_id, str(status)): Group(name, model, *(int(value or 0) for value in sums))
+            for routine_id, status, name, model, *sums in rows}
 
 
 def _sums(session: Session, source: Source, sign: int, spans: list[Span]) -> Any:

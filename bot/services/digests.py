@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, not_, update
+from sqlalchemy import ColumnElement, and_, func, literal, not_, union_all, update
 from sqlalchemy import select as columns
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -155,7 +155,7 @@ class DigestService:
     def facts(self, channel_id: str, start: datetime, end: datetime,
               from_rollups: bool = True) -> DigestFacts:
         """Everything that happened in [start, end), aggregated in the database: the whole
-        hours of the period from the rollups, its partial hours from the runs themselves.
+        days and hours of the period from the rollups, its partial hours from the runs.
         `from_rollups` False reads every run of the period instead (the same facts, slower: what
         the tests compare the rollups with)."""
         start, end = start.astimezone(UTC), end.astimezone(UTC)
@@ -164,30 +164,29 @@ class DigestService:
         limits = self.limits
         with self.db.session() as session:
             groups = totals.groups(session, split)
-            names, models = self._routines(session, {routine for routine, _ in groups})
+            names = {routine_id: group.routine for (routine_id, _), group in groups.items()}
             counts: dict[str, int] = {}
             usage: list[UsageFact] = []
-            for (routine_id, status), group in groups.items():
+            for (_, status), group in groups.items():
                 counts[status] = counts.get(status, 0) + group.runs
-                usage.append(UsageFact(names.get(routine_id, f"#{routine_id}"),
-                                       models.get(routine_id, ""), group.runs,
+                usage.append(UsageFact(group.routine, group.model, group.runs,
                                        group.input_tokens, group.output_tokens))
             no_report_total = sum(group.no_report for group in groups.values())
             status_of = totals.status_column(session)
             no_report = rollups.no_report(status_of)
             failures = and_(status_of.in_(DIGEST_FAILURES), not_(no_report))
             stopped = status_of.in_(STOPPED)
+            failed, unreported, stopped_runs = self._latest(session, names, [
+                (and_(in_period, failures), limits.failures),
+                (and_(in_period, no_report), limits.no_report),
+                (and_(in_period, stopped), limits.stopped)])
             return DigestFacts(
                 channel_id=channel_id, start=start, end=end, status_counts=counts,
                 in_progress=self._count(session, col(Run.status).in_(PENDING_STATUSES)),
-                failures=Listed(
-                    self._runs(session, and_(in_period, failures), limits.failures, names),
-                    sum(counts.get(s, 0) for s in DIGEST_FAILURES) - no_report_total),
-                no_report=Listed(self._runs(session, and_(in_period, no_report),
-                                            limits.no_report, names), no_report_total),
-                stopped=Listed(self._runs(session, and_(in_period, stopped), limits.stopped,
-                                          names),
-                               sum(counts.get(s, 0) for s in STOPPED)),
+                failures=Listed(failed, sum(counts.get(s, 0) for s in DIGEST_FAILURES)
+                                - no_report_total),
+                no_report=Listed(unreported, no_report_total),
+                stopped=Listed(stopped_runs, sum(counts.get(s, 0) for s in STOPPED)),
                 missed=self._missed(session, start, end, limits.missed),
                 slowest=tuple(_run_fact(row, names) for row in totals.slowest(
                     session, split, limits.slowest, _RUN_FACT)),
@@ -203,38 +202,42 @@ class DigestService:
             DigestSubscription.channel_id == channel_id)).first()
 
     @staticmethod
-    def _routines(session: Session, ids: set[int]) -> tuple[dict[int, str], dict[int, str]]:
-        rows = session.exec(select(Routine.id, Routine.name, Routine.model).where(
-            col(Routine.id).in_(ids))).all() if ids else []
-        return ({r[0]: r[1] for r in rows if r[0] is not None},
-                {r[0]: r[2] for r in rows if r[0] is not None})
-
-    @staticmethod
     def _count(session: Session, where: ColumnElement[bool]) -> int:
         return int(session.execute(select(func.count()).select_from(Run).where(where))
                    .scalar_one())
 
-    def _runs(self, session: Session, where: ColumnElement[bool], limit: int,
-              names: dict[int, str]) -> tuple[RunFact, ...]:
-        """The latest `limit` runs matching `where`."""
-        rows = session.execute(
-            columns(*_RUN_FACT, totals.duration_column(session)).where(where)
-            .order_by(col(Run.finished_at).desc(), col(Run.id).desc()).limit(limit)).all()
-        return tuple(_run_fact(row, names) for row in rows)
+    @staticmethod
+    def _latest(session: Session, names: dict[int, str],
+                lists: list[tuple[ColumnElement[bool], int]]) -> list[tuple[RunFact, ...]]:
+        """For each (where, limit): the latest `limit` runs matching `where`. One statement,
+        each list its own ordered, limited part."""
+        parts = [columns(literal(index).label("list"), *_RUN_FACT,
+                         totals.duration_column(session).label("seconds"))
+                 .where(where).order_by(col(Run.finished_at).desc(), col(Run.id).desc())
+                 .limit(limit).subquery()
+                 for index, (where, limit) in enumerate(lists) if limit > 0]
+        found: list[list[RunFact]] = [[] for _ in lists]
+        if parts:
+            every = union_all(*(columns(part) for part in parts)).subquery()
+            for index, *row in session.execute(columns(every).order_by(
+                    every.c.list, every.c.finished_at.desc(), every.c.id.desc())):
+                found[index].append(_run_fact(row, names))
+        return [tuple(runs) for runs in found]
 
     @staticmethod
     def _missed(session: Session, start: datetime, end: datetime,
                 limit: int) -> Listed[MissedFact]:
+        """The latest `limit` missed fires of the period and how many there were: one
+        statement (the count over the rows before the limit)."""
         recorded = and_(col(MissedFire.recorded_at) >= start, col(MissedFire.recorded_at) < end)
-        total = session.execute(select(func.count()).select_from(MissedFire)
-                                .where(recorded)).scalar_one()
         rows = session.execute(
-            select(Routine.name, MissedFire.scheduled_for, MissedFire.why)
+            select(Routine.name, MissedFire.scheduled_for, MissedFire.why, func.count().over())
             .join(Routine, col(Routine.id) == col(MissedFire.routine_id)).where(recorded)
             .order_by(col(MissedFire.scheduled_for).desc(), col(MissedFire.id).desc())
-            .limit(limit)).all()
-        return Listed(tuple(MissedFact(name, as_utc(when), why) for name, when, why in rows),
-                      int(total))
+            .limit(max(limit, 1))).all()
+        return Listed(tuple(MissedFact(name, as_utc(when), why)
+                            for name, when, why, _ in rows[:limit]),
+                      int(rows[0][3]) if rows else 0)
 
     @staticmethod
     def _upcoming(session: Session, after: datetime, limit: int) -> tuple[UpcomingFact, ...]:
