@@ -1,9 +1,9 @@
 """Digest subscriptions and the facts of a period, from the database.
 
 The rules of what a digest says are in `bot.core.digest` (pure); this module stores who wants
-one and when, and gathers the facts with a handful of queries: the totals from the hourly
-rollups and the runs of the partial hours (`bot.services.digest_totals`), and bounded lists,
-so a digest over a million runs reads neither them all nor loads them into Python.
+one and when, and gathers the facts with a handful of queries: the totals from the daily and
+hourly rollups and the runs of the partial hours (`bot.services.digest_totals`), and bounded
+lists, so a digest over a million runs reads neither them all nor loads them into Python.
 Methods are synchronous; async doors call them through `asyncio.to_thread`.
 """
 
