@@ -1,6 +1,6 @@
 """A digest's totals over a period: its whole days read from the daily rollups
 (`RunDayRollup`), the whole hours around them from the hourly ones (`RunRollup`), its
-partial hours at the edges from the runs, added together (`bot.core.digest.split_period`).
+partial hours at the edges from the runs, added together (`bot.core.digest_period`).
 
 So a digest over a million runs reads a few thousand rollups and the runs of at most two
 hours, and says exactly what one GROUP BY over all of the period's runs would: the
