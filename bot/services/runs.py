@@ -51,6 +51,7 @@ from runner.egress_policy import EGRESS_EVENT
 # The advisory lock every claim transaction takes on PostgreSQL: any constant of our own,
 # not the schema upgrade's (bot/store/schema.py).
 CLAIM_LOCK_KEY = 7_305_012
+ANNOUNCE_BATCH = 200  # unposted results looked at per pass: Slack takes about one a second
 
 
 class RunService(Service):
@@ -252,12 +253,14 @@ class RunService(Service):
                               FailureKind.CANCELLED)
         return outcome
 
-    def to_announce(self, worker_id: str, settled_seconds: float = 0.0) -> list[RunView]:
+    def to_announce(self, worker_id: str, settled_seconds: float = 0.0,
+                    limit: int = ANNOUNCE_BATCH) -> list[RunView]:
         """Finished runs whose result message has not reached Slack yet and that no other
-        live process has claimed (`claim_announcement`); with `settled_seconds`, only
-        those finished at least that long ago (a sweep leaves a fresh result to the
-        process that ran it, and this worker's own live claims too: one it holds off after
-        Slack refused it waits out its time)."""
+        live process has claimed (`claim_announcement`), the oldest `limit` of them (a
+        backlog after a long Slack outage is taken a batch per sweep, not loaded whole);
+        with `settled_seconds`, only those finished at least that long ago (a sweep leaves
+        a fresh result to the process that ran it, and this worker's own live claims too:
+        one it holds off after Slack refused it waits out its time)."""
         now = utcnow()
         sweep = settled_seconds > 0
         query = select(Run.id).where(col(Run.notified_at).is_(None),
@@ -266,7 +269,7 @@ class RunService(Service):
         if sweep:
             query = query.where(col(Run.finished_at) < now - timedelta(seconds=settled_seconds))
         with self.db.session() as session:
-            ids = session.exec(query.order_by(col(Run.id))).all()
+            ids = session.exec(query.order_by(col(Run.id)).limit(limit)).all()
         return [self.get(run_id) for run_id in ids if run_id is not None]
 
     def claim_announcement(self, run_id: int, worker_id: str, seconds: float) -> bool:

@@ -147,3 +147,19 @@ def test_a_sweep_leaves_a_held_result_alone_even_its_holders(database_url: str) 
     assert one.runs.to_announce("a/one", CLAIM) == []  # not every sweep
     assert one.runs.to_announce("b/other", CLAIM) == []
     assert [v.run.id for v in one.runs.to_announce("a/one")] == [run_id]  # its next start
+
+
+def test_a_backlog_of_results_is_taken_a_batch_at_a_time_oldest_first(
+        database_url: str) -> None:
+    """After a long Slack outage: each pass looks at the oldest few, not at every one."""
+    services = services_on(database_url, triggers_per_minute=1000)
+    ids = finished_runs(services, 5)
+    posted: list[int] = []
+    while batch := services.runs.to_announce("a/one", limit=2):
+        assert len(batch) <= 2
+        for view in batch:
+            assert view.run.id is not None
+            assert services.runs.claim_announcement(view.run.id, "a/one", CLAIM)
+            services.runs.mark_announced(view.run.id)
+            posted.append(view.run.id)
+    assert posted == ids
