@@ -10,8 +10,8 @@ What it measures:
   batches; the schema (tables and indexes) is the bot's own, from `bot.store.schema.upgrade`.
   Then the rollups (`RunRollup`, `RunDayRollup`) are built by `bot.store.rollups.backfill`,
   what migrations 0008 and 0011 run on a database of runs: the upserts that count each run
-  as it finishes, over all of them. Before timing, the facts from the rollups are checked equal to the facts read
-  from the runs alone.
+  as it finishes, over all of them. Before timing, the facts from the rollups are checked
+  equal to the facts read from the runs alone.
 * Digest build: `DigestService.compose` for a channel subscribed `D` days ago, so its
   period covers every stored run, then `templates/digest.json.j2` rendered to the Block
   Kit payload: everything the bot does before the Slack call (the SQL aggregates, the
