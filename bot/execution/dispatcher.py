@@ -31,7 +31,8 @@ from bot.services import Services
 from bot.services.views import RunView
 from runner.contract import Event, RunResult
 from runner.host import publish, workspace
-from runner.host.sandbox import RunControl, Sandbox
+from runner.host.following import RunControl
+from runner.host.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 Announce = Callable[[RunView], Awaitable[None]]

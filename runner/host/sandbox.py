@@ -1,7 +1,7 @@
 """Run one spec in a fresh, locked-down container and observe it to the end.
 
 Blocking by design (docker and git are blocking libraries): the bot calls `execute`
-from a worker thread and can stop waiting through a `RunControl`.
+from a worker thread and can stop waiting through a `RunControl` (`runner.host.following`).
 
 A run's container has no network (`network_mode="none"`) and no key. It reaches the host
 only through Unix sockets in a per-run directory beside its workspace, mounted at
@@ -40,7 +40,6 @@ from runner.contract import (
     Resume,
     RunResult,
     RunSpec,
-    parse_event_line,
     report_tool,
 )
 from runner.disk_limit import DEFAULT_DISK_LIMIT
@@ -49,10 +48,18 @@ from runner.errors import GatewayUnavailable
 from runner.host import hardening, pool, publish, workspace
 from runner.host.egress_proxy import EgressAttempt, EgressProxy
 from runner.host.fetch_policy import Resolver, system_resolve
-from runner.host.following import EventSink, RunLog, chunks, engine_answers, started_at, stderr_tail
+from runner.host.following import (
+    EventSink,
+    RunControl,
+    RunLog,
+    kill_quietly,
+    read_events,
+    started_at,
+    stderr_tail,
+    wait_for_end,
+)
 from runner.host.gateway import GatewayRun, ModelCall, ModelGateway, new_token, token_sha256
 from runner.host.hardening import SANDBOX_UID
-from runner.host.log_lines import capped_lines
 from runner.host.loop import BackgroundLoop
 from runner.repo_policy import FetchPolicy
 
@@ -114,20 +121,6 @@ class SandboxStage(StrEnum):
     CLONED = "cloning"  # the workspace is cloned, no container yet
     CONTAINER_CREATED = "container_created"  # the container exists, not started
     FINISHING = "finishing"  # the container ended; its work not read back nor removed
-
-
-class RunControl:
-    """Lets the bot stop waiting for a run (`detach`) or end it (`kill`) from another thread."""
-
-    def __init__(self) -> None:
-        self.detached = threading.Event()
-        self.kill_requested = threading.Event()
-
-    def detach(self) -> None:
-        self.detached.set()
-
-    def kill(self) -> None:
-        self.kill_requested.set()
 
 
 class Sandbox:
@@ -252,7 +245,7 @@ class Sandbox:
                 container, self.config.workspace_root, spec.run_id), log, resume)
             self._open_egress(spec, log)
         except GatewayUnavailable as exc:
-            _kill(container)
+            kill_quietly(container)
             self._finish(spec, container, RunResult(run_id=spec.run_id))
             return RunResult(run_id=spec.run_id, infra_error=str(exc))
         if container.status == "created":  # the last process died before it started it
@@ -304,10 +297,10 @@ class Sandbox:
         result = RunResult(run_id=spec.run_id)
         started = started_at(container, self.config.workspace_root, spec.run_id)
         stream = container.logs(stream=True, follow=True, stdout=True, stderr=False)
-        reader = threading.Thread(target=self._read_events,
+        reader = threading.Thread(target=read_events,
                                   args=(stream, result, log, skip_events), daemon=True)
         reader.start()
-        if self._wait(spec, container, control, door, started, result):
+        if wait_for_end(spec, container, control, door, started, result):
             stream.close()  # the next bot process replays the log from the start
             reader.join(timeout=10)
             self.gateway.close(spec.run_id, revoke=False)  # the next one reopens it
@@ -315,7 +308,7 @@ class Sandbox:
             result.detached = True
             return result
         if result.exit_code is None:
-            _kill(container)
+            kill_quietly(container)
         reader.join(timeout=10)
         self.gateway.close(spec.run_id)  # the token dies with the run
         self.egress.close_run(spec.run_id)
@@ -329,46 +322,6 @@ class Sandbox:
                 log.emit({"type": "stderr", "text": tail})
         self._finish(spec, container, result)
         return result
-
-    @staticmethod
-    def _wait(spec: RunSpec, container: Any, control: RunControl, door: GatewayRun,
-              started: float, result: RunResult) -> bool:
-        """Until the container exits, times out, is killed or over budget; True when the bot
-        detached from it instead (it runs on, to be adopted). An engine that stops
-        answering meanwhile (restarted) is waited for, and noted as an infrastructure
-        fault when the agent never reported."""
-        deadline = started + spec.timeout_seconds
-        engine_lost = False
-        while True:
-            if control.detached.is_set():
-                return True
-            if control.kill_requested.is_set():
-                result.killed = True
-                break
-            if door.budget_exceeded:  # the gateway refused a call: the agent went on
-                break
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                result.timed_out = True
-                break
-            try:
-                status = container.wait(timeout=min(1.0, remaining))
-            except requests.exceptions.ReadTimeout:
-                continue
-            except requests.exceptions.ConnectionError:  # also how a read timeout may show
-                if not engine_answers(container):  # restarted or stopped: wait for it
-                    engine_lost = True
-                    time.sleep(0.5)
-                continue
-            result.exit_code = int(status.get("StatusCode", -1))
-            # Killed from outside while we waited (the bot kills containers directly).
-            result.killed = control.kill_requested.is_set()
-            break
-        if engine_lost and door.report is None and not (result.killed or result.timed_out):
-            # Not the agent's doing: the engine took the container down with it.
-            result.infra_error = ("the Docker engine stopped during the run and the "
-                                  f"container with it (exit code {result.exit_code})")
-        return False
 
     def _start(self, spec: RunSpec, repo: Path, token: str) -> Any:
         cfg = self.config
@@ -392,22 +345,6 @@ class Sandbox:
             container.remove(force=True)
             raise
         return container
-
-    @staticmethod
-    def _read_events(stream: Any, result: RunResult, log: RunLog, skip_events: int) -> None:
-        """The container's lines, in order. They count nothing: only a `result` line is
-        kept, as the container's own account of how it ended (it can only fail a run)."""
-        seen = 0
-        for line in capped_lines(chunks(stream)):  # no line can exhaust the host's memory
-            if not line.strip():
-                continue
-            seen += 1
-            event = parse_event_line(line.decode("utf-8", errors="replace"))
-            if event.get("type") == "result":
-                result.final = event
-            if seen > skip_events:
-                log.emit(event)
-        result.events_seen = seen
 
     def _finish(self, spec: RunSpec, container: Any, result: RunResult) -> None:
         """Read the work back (the diff; for a publishing run, the kept commit), then
@@ -450,11 +387,6 @@ class Sandbox:
         if self.config.anthropic_api_key:  # the bot redacts the rest; this leaves the host
             summary = summary.replace(self.config.anthropic_api_key, "[REDACTED]")
         return f"{title}\n\n{summary}"
-
-
-def _kill(container: Any) -> None:
-    with contextlib.suppress(docker.errors.APIError):
-        container.kill()
 
 
 def _describe_infra_error(exc: Exception) -> str:

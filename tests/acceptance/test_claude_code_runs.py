@@ -21,7 +21,8 @@ import pytest
 from bot.core.statuses import FailureKind, RunStatus
 from bot.core.verdict import decide_outcome
 from runner.contract import Engine, Event, RepoConfig
-from runner.host.sandbox import RunControl, Sandbox
+from runner.host.following import RunControl
+from runner.host.sandbox import Sandbox
 from tests.standins.anthropic_api import AnthropicStandIn, Turn, text, tool
 from tests.standins.environment import API_KEY
 from tests.standins.slack_api import SlackApiStandIn

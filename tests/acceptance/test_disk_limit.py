@@ -25,8 +25,9 @@ from bot.core.trigger import manual
 from bot.core.verdict import decide_outcome
 from runner.contract import Event
 from runner.host import workspace
+from runner.host.following import RunControl
 from runner.host.log_lines import MAX_LINE_BYTES
-from runner.host.sandbox import RunControl, Sandbox
+from runner.host.sandbox import Sandbox
 from tests.standins.anthropic_api import AnthropicStandIn, report, text, tool
 from tests.standins.environment import LOCAL_REPOS
 from tests.standins.slack_api import SlackApiStandIn

@@ -19,7 +19,7 @@ import pytest
 
 from runner.contract import GATEWAY_PORT, Event, Report
 from runner.host import workspace
-from runner.host.sandbox import RunControl
+from runner.host.following import RunControl
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool, tool_results
 from tests.standins.environment import API_KEY
 from tests.support.bots import SANDBOX_IMAGE

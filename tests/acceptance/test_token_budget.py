@@ -13,7 +13,7 @@ import anthropic
 import pytest
 
 from runner.contract import Event
-from runner.host.sandbox import RunControl
+from runner.host.following import RunControl
 from tests.standins.anthropic_api import AnthropicStandIn, Turn, report, text, tool
 from tests.support.bots import SANDBOX_IMAGE
 from tests.support.run_specs import spec

@@ -20,8 +20,8 @@ import docker.errors
 import pytest
 
 from runner.contract import LABEL_POOL, LABEL_RUN_ID, Engine, Report
+from runner.host.following import RunControl
 from runner.host.pool import WarmPool, WarmSlot
-from runner.host.sandbox import RunControl
 from tests.standins.anthropic_api import AnthropicStandIn, report, tool
 from tests.standins.environment import API_KEY
 from tests.support.bots import CLAUDE_CODE_IMAGE, SANDBOX_IMAGE, BotFactory

@@ -16,7 +16,8 @@ import git
 import httpx2
 
 from runner.contract import GATEWAY_SOCKET, Event, RunResult, RunSpec
-from runner.host.sandbox import RunControl, Sandbox, SandboxConfig
+from runner.host.following import RunControl
+from runner.host.sandbox import Sandbox, SandboxConfig
 from tests.standins.anthropic_api import AnthropicStandIn
 from tests.standins.environment import API_KEY, LOCAL_REPOS, SANDBOX_RUNTIME, WARM_POOL
 
