@@ -117,8 +117,12 @@ async def test_a_scheduled_digest_slack_refused_is_sent_when_it_is_back(
     slack_api.outage_over()
     await wait_until(lambda: digests(list(slack_api.calls_to("chat.postMessage"))) >= 1,
                      timeout=30)
-    after = bot.services.digests.subscription(channel)
-    assert after is not None and after.last_sent_at > subscribed.last_sent_at
+
+    def marked_sent() -> bool:  # once Slack's answer is back, not when the call arrives
+        after = bot.services.digests.subscription(channel)
+        return after is not None and after.last_sent_at > subscribed.last_sent_at
+
+    await wait_until(marked_sent, timeout=10)
     assert slack_api.too_early == []  # no digest came before its Retry-After was over
 
     await fake.slash("digest here off", channel=channel)
