@@ -335,9 +335,9 @@ class RunRollup(SQLModel, table=True):
 class RunDayRollup(SQLModel, table=True):
     """The runs of one routine that finished in one UTC day with one status, added up: what a
     digest reads for the whole days of its period (a week is 7 of these per group, not 168
-    hourly rollups). Kept with the hourly ones (`RunRollup`), by the same statement and in
-    the same unit of work; built from the stored runs by migration 0011. The slowest runs
-    are looked for through the hourly rollups only."""
+    hourly rollups). Kept with the hourly ones (`RunRollup`), in the same unit of work, by
+    `bot.store.rollups.count_finished`; built from the stored runs by migration 0011. The
+    slowest runs are looked for through the hourly rollups only."""
 
     __table_args__ = {"sqlite_with_rowid": False}
 
