@@ -119,7 +119,7 @@ class RunService(Service):
                     .values(status=RunStatus.RUNNING, started_at=now, worker_id=worker_id,
                             lease_until=now + timedelta(seconds=lease_seconds)))
                 if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                    return None
+                    continue  # taken meanwhile (SQLite reads before it writes): the next one
                 break
             else:
                 return None
