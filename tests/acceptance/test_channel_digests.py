@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -153,10 +153,23 @@ async def test_scheduled_digests_fire_for_real_each_from_where_the_last_ended(
     bot, fake = await start_bot(min_schedule_interval_seconds=1, max_concurrent_runs=0)
 
     await fake.slash('digest here "every 1s"', channel=CHANNEL)
+    subscribed = bot.services.digests.subscription(CHANNEL)
+    assert subscribed is not None
+
+    async def marked_after(previous: datetime) -> DigestSubscription | None:
+        """The subscription once the digest just seen is marked sent: after Slack's answer
+        is back, not when its call arrives."""
+        def moved() -> bool:
+            row = bot.services.digests.subscription(CHANNEL)
+            return row is not None and row.last_sent_at > previous
+        await wait_until(moved, timeout=10)
+        return bot.services.digests.subscription(CHANNEL)
+
     first = await next_digest(slack_api, 0)
-    row = bot.services.digests.subscription(CHANNEL)
+    row = await marked_after(subscribed.last_sent_at)
+    assert row is not None
     await next_digest(slack_api, 1)
-    later = bot.services.digests.subscription(CHANNEL)
+    later = await marked_after(row.last_sent_at)
     reply = (await fake.slash("digest here off", channel=CHANNEL)).json()
     await asyncio.sleep(0.2)
     stopped_at = len(digests_in(slack_api))
