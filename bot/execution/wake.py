@@ -1,12 +1,18 @@
 """One small loop for every background sweep: it runs its step every `period` seconds,
 and at once when woken from any thread. The claim loop, the approval desk and the App
-Home each own one."""
+Home each own one.
+
+`min_gap` spaces the steps of a loop woken by every change: a burst of API triggers
+wakes the App Home once per group commit, and a Home a second old is as good as one
+refreshed fifty times in that second. A wake inside the gap is kept, not lost: the step
+runs when the gap is over."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from bot.errors import DatabaseUnavailable
@@ -15,10 +21,12 @@ log = logging.getLogger(__name__)
 
 
 class WakeLoop:
-    def __init__(self, name: str, step: Callable[[], Awaitable[None]], period: float) -> None:
+    def __init__(self, name: str, step: Callable[[], Awaitable[None]], period: float,
+                 min_gap: float = 0.0) -> None:
         self.name = name
         self.step = step
         self.period = period
+        self.min_gap = min_gap
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -53,6 +61,7 @@ class WakeLoop:
 
     async def _forever(self) -> None:
         while not self._stopped:
+            started = time.monotonic()
             try:
                 await self.step()
             except DatabaseUnavailable as exc:  # an outage, not a bug: no traceback each round
@@ -64,4 +73,7 @@ class WakeLoop:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.period):
                     await self._wake.wait()
+            gap = self.min_gap - (time.monotonic() - started)
+            if self._wake.is_set() and gap > 0:
+                await asyncio.sleep(gap)
             self._wake.clear()

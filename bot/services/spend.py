@@ -85,14 +85,16 @@ class SpendService(Service):
 
     def spend_in(self, session: Session, now: datetime) -> budget.Spend:
         """Today's cost of every run started since midnight UTC, against the cap."""
+        return budget.Spend(self._spent_today(session, now), self._cap(session))
+
+    def _spent_today(self, session: Session, now: datetime) -> float:
         rows = session.exec(select(Routine.model, func.sum(Run.input_tokens),
                                    func.sum(Run.output_tokens))
                             .join(Routine, col(Routine.id) == col(Run.routine_id))
                             .where(col(Run.started_at) >= budget.day_start(now))
                             .group_by(col(Routine.model))).all()
-        spent = sum(self.policy.prices.cost_usd(model, int(i or 0), int(o or 0))
-                    for model, i, o in rows)
-        return budget.Spend(spent, self._cap(session))
+        return float(sum(self.policy.prices.cost_usd(model, int(i or 0), int(o or 0))
+                         for model, i, o in rows))
 
     def _cap(self, session: Session) -> float:
         cap = session.get(SpendCap, 1)
@@ -101,7 +103,7 @@ class SpendService(Service):
     def _spend_for_trigger(self, session: Session, now: datetime) -> budget.Spend:
         """Without a cap, nothing to refuse: today's cost is not summed for a trigger."""
         cap = self._cap(session)
-        return self.spend_in(session, now) if cap > 0 else budget.Spend(0.0, cap)
+        return budget.Spend(self._spent_today(session, now) if cap > 0 else 0.0, cap)
 
     @staticmethod
     def _runs_since(session: Session, routine: Routine, since: datetime) -> int:

@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy
-from sqlalchemy import insert, update
+from sqlalchemy import func, insert, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col
 
@@ -267,9 +267,7 @@ class TriggerBatchService(Service):
             return
         try:
             with self.db.savepoint(session):
-                ids = session.execute(insert(RUN_TABLE).returning(
-                    RUN_TABLE.c.id, sort_by_parameter_order=True),
-                    [p.values for p in pending]).scalars().all()
+                ids = _insert_runs(session, [p.values for p in pending])
         except IntegrityError:  # a key committed meanwhile by another door or process
             written = [p for p in pending if self._write_one(session, batch, p)]
         else:
@@ -311,3 +309,23 @@ class TriggerBatchService(Service):
         if any(isinstance(o, QueuedRun) and not o.replayed
                and o.status == RunStatus.QUEUED for o in outcomes):
             self.bus.publish(RunQueued())
+
+
+def _insert_runs(session: Session, rows: list[dict[str, Any]]) -> Sequence[int]:
+    """Write the runs in one statement; their ids, in the order of `rows`.
+
+    PostgreSQL numbers them in order behind one multi-row `INSERT ... RETURNING`. SQLite
+    cannot tie the ids it returns to the rows it was given, so SQLAlchemy would send one
+    INSERT per run; but the batch holds SQLite's write lock (the rate limit's prune is
+    its first write, `bot.store.trigger_hits`), so it can number them itself, after the
+    highest id, and write them with one `executemany`. Were an id taken all the same, the
+    IntegrityError sends the batch down the one-by-one path, which lets SQLite number."""
+    if session.get_bind().dialect.name != "sqlite":
+        return session.execute(insert(RUN_TABLE).returning(
+            RUN_TABLE.c.id, sort_by_parameter_order=True), rows).scalars().all()
+    first = int(session.execute(sqlalchemy.select(
+        func.coalesce(func.max(RUN_TABLE.c.id), 0))).scalar_one()) + 1
+    ids = range(first, first + len(rows))
+    session.execute(insert(RUN_TABLE), [{**row, "id": run_id}
+                                        for row, run_id in zip(rows, ids, strict=True)])
+    return ids

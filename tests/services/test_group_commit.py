@@ -104,6 +104,29 @@ def test_one_refused_call_leaves_the_others_recorded_each_with_its_own_answer(
     assert again == [QueuedRun(second.run_id, RunStatus.QUEUED, replayed=True)]
 
 
+def test_each_answer_names_the_run_written_for_its_own_call(database_url: str) -> None:
+    """The ids a batch answers with are those of its own rows, in order: on SQLite the
+    batch numbers them itself (`_insert_runs`), on PostgreSQL RETURNING does."""
+    services = services_on(database_url, triggers_per_minute=100)
+    tokens = {name: routine_with_token(services, name, template="{{ payload.n }}")
+              for name in ("north", "south")}
+    services.triggers.trigger("north", manual(ADMIN))  # an id taken before the batch
+    calls = [ApiCall(name, tokens[name], {"n": f"call-{i}"}, f"key-{i}")
+             for i, name in enumerate(["north", "south", "north", "north", "south"])]
+
+    outcomes = services.trigger_batch.trigger_api_calls(calls)
+
+    assert all(isinstance(o, QueuedRun) and not o.replayed for o in outcomes)
+    ids = [o.run_id for o in outcomes if isinstance(o, QueuedRun)]
+    assert len(set(ids)) == len(calls)
+    for i, (call, run_id) in enumerate(zip(calls, ids, strict=True)):
+        view = services.runs.get(run_id)
+        assert (view.routine.name, view.run.trigger_ref) == (call.name, call.key)
+        assert f"call-{i}" in view.run.prompt
+    assert services.trigger_batch.trigger_api_calls(calls[:1]) == [
+        QueuedRun(ids[0], RunStatus.QUEUED, replayed=True)]
+
+
 def test_budgets_count_the_runs_of_the_same_batch(database_url: str) -> None:
     services = services_on(database_url)
     token = routine_with_token(services, "capped")

@@ -44,6 +44,7 @@ ACTIONS = re.compile(r"^home_(run|pause|resume)$")
 VIEWER_DAYS = 30  # a user who has not opened Home for this long is no longer republished
 NOTICE_SECONDS = 120.0  # how long the answer to a click stays on the clicker's Home
 PUBLISH_CONCURRENCY = 4
+MIN_GAP_SECONDS = 0.5  # between two refreshes, however often changes wake it
 
 class HomeTab:
     def __init__(self, services: Services, messages: Messages, client: AsyncWebClient,
@@ -53,7 +54,7 @@ class HomeTab:
         self.home = services.home
         self.messages = messages
         self.client = client
-        self.loop = WakeLoop("home-tab", self.refresh, refresh_seconds)
+        self.loop = WakeLoop("home-tab", self.refresh, refresh_seconds, MIN_GAP_SECONDS)
         self._stamp: tuple[Any, ...] | None = None
         self._due: set[str] = set()  # users whose Home is published at the next round
         self._notices: dict[str, tuple[str, float]] = {}
