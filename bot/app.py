@@ -29,6 +29,7 @@ from bot.doors.slack.socket import GuardedSocketModeHandler
 from bot.errors import DatabaseUnavailable
 from bot.execution.crash import CrashPoints
 from bot.execution.dispatcher import Dispatcher
+from bot.execution.group_commit import GroupCommit
 from bot.execution.heartbeat import Heartbeat
 from bot.execution.publisher import Publisher
 from bot.services import ServicePolicy, Services
@@ -114,6 +115,8 @@ class Bot:
         self.home = HomeTab(self.services, self.messages, self.slack_client,
                             settings.home_refresh_seconds, settings.lease_seconds)
         self.home.register(self.slack)
+        # The API door's calls that arrive together share one transaction.
+        self.api_triggers = GroupCommit(self.services.trigger_batch.trigger_api_calls)
         self._wire()
         self._web: web.AppRunner | None = None
         self._socket: GuardedSocketModeHandler | None = None
@@ -157,7 +160,8 @@ class Bot:
             await self.announcer.complete_pending_steps()
             await self.scheduler.start()
             await self.home.start()
-            web_app = build_web_app(self.slack, self.db, self.services, self.settings)
+            web_app = build_web_app(self.slack, self.db, self.services, self.settings,
+                                    self.api_triggers.submit)
         else:
             web_app = web.Application()  # a worker keeps only the ops routes
         add_ops_routes(web_app, Readiness(self.db, self.docker), build_registry(

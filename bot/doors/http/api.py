@@ -34,17 +34,18 @@ from bot.errors import (
     RoutinesError,
     RunNotFound,
 )
-from bot.execution.group_commit import GroupCommit
 from bot.services import Services
-from bot.services.trigger_batch import ApiCall
+from bot.services.trigger_batch import ApiCall, Outcome
 from bot.services.views import RunView
 from bot.settings import Settings
 
 MAX_KEY_CHARS = 200
+# Queues one call in the group commit its neighbours share (`Bot.api_triggers`).
+SubmitCall = Callable[[ApiCall], Awaitable[Outcome]]
 
 
-def add_api_routes(app: web.Application, services: Services, settings: Settings) -> None:
-    group_commit = GroupCommit(services.trigger_batch.trigger_api_calls)
+def add_api_routes(app: web.Application, services: Services, settings: Settings,
+                   submit: SubmitCall) -> None:
 
     async def queue_run(request: web.Request) -> web.Response:
         name, bearer = request.match_info["name"], _bearer(request)
@@ -61,7 +62,7 @@ def add_api_routes(app: web.Application, services: Services, settings: Settings)
             return refusal_body(400, "invalid_idempotency_key",
                           f"Idempotency-Key must be 1-{MAX_KEY_CHARS} characters")
         try:  # every rule again, the token too, in a commit shared with its neighbours
-            queued = await group_commit.submit(ApiCall(name, bearer, payload, key))
+            queued = await submit(ApiCall(name, bearer, payload, key))
         except RoutinesError as exc:
             return _refusal(exc)
         if isinstance(queued, RoutinesError):

@@ -16,7 +16,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 
-from bot.doors.http.api import add_api_routes
+from bot.doors.http.api import SubmitCall, add_api_routes
 from bot.doors.http.edges import Refused, read_body, refusals, slack_signature_valid
 from bot.doors.http.github import add_webhook_route
 from bot.services import Services
@@ -30,10 +30,10 @@ MAX_BODY_BYTES = 1024 * 1024  # Slack's payloads are far smaller (the API and Gi
 SHAPE_ERRORS = (ValueError, TypeError, LookupError, AttributeError, RecursionError)
 
 
-def build_web_app(slack: AsyncApp, db: Database, services: Services,
-                  settings: Settings) -> web.Application:
+def build_web_app(slack: AsyncApp, db: Database, services: Services, settings: Settings,
+                  submit_api_call: SubmitCall) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[refusals])
-    add_api_routes(app, services, settings)
+    add_api_routes(app, services, settings, submit_api_call)
     add_webhook_route(app, services, settings)
 
     async def slack_events(request: web.Request) -> web.Response:
