@@ -54,14 +54,16 @@ def groups(session: Session, split: PeriodSplit) -> dict[tuple[int, str], Group]
     if not parts:
         return {}
     each = union_all(*parts).subquery()
+    # Added up by (routine, status) first, then named: the join meets one row per group.
+    added = (columns(each.c.routine_id, each.c.status,
+                     *(func.sum(each.c[name]).label(name) for name in _SUMS))
+             .group_by(each.c.routine_id, each.c.status)
+             .having(func.sum(each.c.runs) != 0)).subquery()
     rows = session.execute(
-        columns(each.c.routine_id, each.c.status, col(Routine.name), col(Routine.model),
-                func.sum(each.c.runs), func.sum(each.c.input_tokens),
-                func.sum(each.c.output_tokens), func.sum(each.c.no_report))
-        .join(Routine, col(Routine.id) == each.c.routine_id)
-        .group_by(each.c.routine_id, each.c.status, col(Routine.name), col(Routine.model))
-        .having(func.sum(each.c.runs) != 0)
-        .order_by(each.c.routine_id, each.c.status))
+        columns(added.c.routine_id, added.c.status, col(Routine.name), col(Routine.model),
+                *(added.c[name] for name in _SUMS))
+        .join(Routine, col(Routine.id) == added.c.routine_id)
+        .order_by(added.c.routine_id, added.c.status))
     return {(routine_id, str(status)): Group(name, model, *(int(value or 0) for value in sums))
             for routine_id, status, name, model, *sums in rows}
 
