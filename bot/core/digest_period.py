@@ -5,8 +5,10 @@ whole hours around them (hourly rollups, `RunRollup`) and the partial hours at i
 whose runs are read one by one. `totals_terms` then says how to add the period's totals up
 with the fewest rows: a piece that covers most of its day (or hour) is read as the whole
 day (or hour) minus the rest of it, which is exact because a day's rollup holds exactly
-its hours' runs and an hour's rollup exactly its runs. A digest that ends now takes its
-last day and hour that way, and the rest of them, in the future, holds nothing.
+its hours' runs and an hour's rollup exactly its runs. Given `now`, time after it weighs
+nothing, since no run has finished in it yet: a digest that ends now takes its last day
+and hour whole and takes away the rest, which holds nothing (exact all the same should a
+clock run ahead: the rest is read, not assumed empty).
 """
 
 from __future__ import annotations
@@ -77,34 +79,43 @@ class Term:
     sign: int = 1
 
 
-def totals_terms(split: PeriodSplit) -> tuple[Term, ...]:
+def totals_terms(split: PeriodSplit, now: datetime | None = None) -> tuple[Term, ...]:
     """The terms whose signed sums are the period's totals. Each piece of hours (within one
     day) and each edge (within one hour) is read as itself, or as its whole day or hour
-    minus the rest of it when the rest is shorter."""
+    minus the rest of it when the rest is shorter (up to `now`, when given)."""
     terms = [Term(Source.DAYS, split.days)] if split.days else []
     for first, last in split.hours:
         while first < last:  # a span of hours across midnight: one piece per day
             piece_end = min(last, _floor(first, DAY) + DAY)
-            terms += _either((first, piece_end), DAY, Source.DAYS, Source.HOURS)
+            terms += _either((first, piece_end), DAY, Source.DAYS, Source.HOURS, now)
             first = piece_end
     if split.days or split.hours:
         for edge in split.edges:
-            terms += _either(edge, HOUR, Source.HOURS, Source.RUNS)
+            terms += _either(edge, HOUR, Source.HOURS, Source.RUNS, now)
     else:
         terms += [Term(Source.RUNS, edge) for edge in split.edges]  # no rollups at all
     return tuple(terms)
 
 
-def _either(span: Span, unit: timedelta, whole: Source, finer: Source) -> list[Term]:
+def _either(span: Span, unit: timedelta, whole: Source, finer: Source,
+            now: datetime | None) -> list[Term]:
     """`span` (inside one `unit`) read from `finer`, or its whole unit from `whole` minus
     the rest of it from `finer`, whichever reads less."""
     start, end = span
     unit_start = _floor(start, unit)
     rest = [(a, b) for a, b in ((unit_start, start), (end, unit_start + unit)) if a < b]
-    if sum((b - a for a, b in rest), timedelta()) >= end - start:
+    if sum((_weight(piece, now) for piece in rest), timedelta()) >= _weight(span, now):
         return [Term(finer, span)]
     return [Term(whole, (unit_start, unit_start + unit)),
             *(Term(finer, piece, -1) for piece in rest)]
+
+
+def _weight(span: Span, now: datetime | None) -> timedelta:
+    """How much of `span` can hold finished runs: all of it, or what lies before `now`."""
+    start, end = span
+    if now is not None:
+        end = max(start, min(end, now))
+    return end - start
 
 
 def _floor(moment: datetime, unit: timedelta) -> datetime:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, and_, case, false, func, or_, union_all
@@ -41,13 +42,14 @@ _ROUNDING = 0.001  # seconds: far above SQLite's 0.1 ms and a float's error on e
 _SUMS = ("runs", "input_tokens", "output_tokens", "no_report")
 
 
-def groups(session: Session, split: PeriodSplit) -> dict[tuple[int, str], Group]:
+def groups(session: Session, split: PeriodSplit,
+           now: datetime | None = None) -> dict[tuple[int, str], Group]:
     """The period's runs by (routine id, status), in that order, with the routine's name and
     model: one statement, the signed sums of its terms (`totals_terms`: daily rollups,
-    hourly ones, runs) added up by the database. A group the terms cancel out (all of its
-    runs in a part taken away) is none."""
+    hourly ones, runs; `now` weighs the choice between them) added up by the database. A
+    group the terms cancel out (all of its runs in a part taken away) is none."""
     by_kind: dict[tuple[Source, int], list[Term]] = {}
-    for term in totals_terms(split):
+    for term in totals_terms(split, now):
         by_kind.setdefault((term.source, term.sign), []).append(term)
     parts = [_sums(session, source, sign, [term.span for term in terms])
              for (source, sign), terms in by_kind.items()]

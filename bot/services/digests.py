@@ -163,7 +163,7 @@ class DigestService:
         in_period = and_(col(Run.finished_at) >= start, col(Run.finished_at) < end)
         limits = self.limits
         with self.db.session() as session:
-            groups = totals.groups(session, split)
+            groups = totals.groups(session, split, utcnow())
             names = {routine_id: group.routine for (routine_id, _), group in groups.items()}
             counts: dict[str, int] = {}
             usage: list[UsageFact] = []

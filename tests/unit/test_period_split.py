@@ -107,10 +107,11 @@ def covered(terms: tuple[Term, ...], moment: datetime) -> int:
     return total
 
 
-@given(moments, moments, st.lists(st.floats(min_value=-0.2, max_value=1.2), max_size=30))
+@given(moments, moments, st.lists(st.floats(min_value=-0.2, max_value=1.2), max_size=30),
+       st.none() | moments)
 def test_the_signed_terms_count_every_run_of_the_period_once_and_no_other(
-        start: datetime, end: datetime, where: list[float]) -> None:
-    terms = totals_terms(split_period(start, end))
+        start: datetime, end: datetime, where: list[float], now: datetime | None) -> None:
+    terms = totals_terms(split_period(start, end), now)  # `now` only weighs the choice
     for fraction in [0.0, 1.0, *where]:
         moment = start + (end - start) * fraction
         assert covered(terms, moment) == (start <= moment < end)
@@ -130,6 +131,19 @@ def test_a_period_that_ends_now_takes_its_last_day_and_hour_whole() -> None:
         Term(Source.HOURS, (D + 21 * HOUR, D + DAY), -1),
         Term(Source.HOURS, (D - 3 * DAY + 20 * HOUR, D - 3 * DAY + 21 * HOUR)),
         Term(Source.RUNS, (D - 3 * DAY + 20 * HOUR, start), -1),
+        Term(Source.HOURS, (D + 21 * HOUR, D + 22 * HOUR)),
+        Term(Source.RUNS, (end, D + 22 * HOUR), -1),
+    )
+
+
+def test_given_now_a_short_last_hour_is_read_whole_minus_the_future() -> None:
+    """10 minutes into the hour: without `now`, the 10 minutes are read from the runs (the
+    other 50 look longer); with it, the 50 minutes ahead weigh nothing, so the hour comes
+    from its rollup and the runs read are those of the future: none."""
+    start, end = D + 2 * HOUR, D + 21 * HOUR + 10 * M
+    edge = Term(Source.RUNS, (D + 21 * HOUR, end))
+    assert edge in totals_terms(split_period(start, end))
+    assert totals_terms(split_period(start, end), now=end)[-2:] == (
         Term(Source.HOURS, (D + 21 * HOUR, D + 22 * HOUR)),
         Term(Source.RUNS, (end, D + 22 * HOUR), -1),
     )
