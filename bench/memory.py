@@ -107,7 +107,7 @@ async def measure(tmp: Path, routines: int, runs: int, repeat: int) -> dict[str,
         await asyncio.sleep(1.0)  # the views are published after the acks
         used = rss_mib(bot.proc.pid)
     finally:
-        bot.stop()
+        await bot.stop()
         await anthropic_api.stop()
         await slack_api.stop()
     errors = [line for line in bot.log().splitlines() if " ERROR " in line]

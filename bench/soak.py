@@ -260,7 +260,7 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             await drive(args, mix, bot, slack_api, traffic, samples)
             await drain(slack_api, traffic)
     finally:
-        bot.stop()
+        await bot.stop()
         await anthropic_api.stop()
         await slack_api.stop()
     return tally(args, bot, traffic, samples)

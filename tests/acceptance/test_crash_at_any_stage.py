@@ -87,7 +87,7 @@ async def served(settings: Settings, tmp_path: Path, docker_client: Any, live: b
     """The bot's deployment, served by `routines serve` processes the test starts."""
     bot = ServedBot(replace(settings, admins=(DAVE,), live_progress=live), tmp_path)
     yield bot
-    bot.stop()
+    await bot.stop()
     await asyncio.to_thread(bot.remove_leftovers, docker_client)
 
 

@@ -50,7 +50,7 @@ async def test_second_serve_on_one_sqlite_file_is_refused(
         await bot.start()  # the kernel dropped the dead process's lock
         assert (await bot.slack.slash("list")).status == 200
     finally:
-        bot.stop()
+        await bot.stop()
         await asyncio.to_thread(bot.remove_leftovers, docker_client)
 
 

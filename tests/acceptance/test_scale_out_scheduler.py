@@ -93,7 +93,7 @@ async def test_the_scheduler_survives_its_holder_killed_with_no_fire_doubled(
         assert lease_holder(db) == survivor.env["ROUTINES_WORKER_HOST"] + "/" + \
             survivor.env["ROUTINES_WORKER_NAME"]
         await asyncio.sleep(max(0.0, WATCHED_SECONDS - (time.monotonic() - started)))
-        survivor.stop()
+        await survivor.stop()
 
         runs, missed = scheduled_runs(db), missed_fires(db)
         notices = [m["text"] for m in slack_api.messages_in(RESULTS_CHANNEL)
@@ -113,7 +113,7 @@ async def test_the_scheduler_survives_its_holder_killed_with_no_fire_doubled(
     finally:
         db.close()
         for bot in (first, second):
-            bot.stop()
+            await bot.stop()
             await asyncio.to_thread(bot.remove_leftovers, docker_client)
 
 

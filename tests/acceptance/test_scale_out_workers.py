@@ -68,8 +68,7 @@ async def cluster(settings: Settings, tmp_path: Path, docker_client: Any,
         return bot
 
     yield start
-    for bot in started:
-        bot.stop()
+    await asyncio.gather(*(bot.stop() for bot in started))
     for bot in started:
         await asyncio.to_thread(bot.remove_leftovers, docker_client)
 
@@ -282,7 +281,7 @@ async def test_a_worker_beside_serve_on_sqlite_is_refused(
         assert "Traceback" not in second.stderr
         assert (await bot.slack.slash("list")).status == 200  # the first serves on
     finally:
-        bot.stop()
+        await bot.stop()
         await asyncio.to_thread(bot.remove_leftovers, docker_client)
 
 

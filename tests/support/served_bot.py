@@ -25,6 +25,7 @@ from tests.support.slack_requests import FakeSlack
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = "from bot.doors.cli import main; raise SystemExit(main([{!r}]))"
 READY = ("routines bot ready", "routines worker ready")
+STOP_SECONDS = 30  # after SIGTERM, before SIGKILL
 
 
 def environment(settings: Settings, port: int) -> dict[str, str]:
@@ -107,16 +108,19 @@ class ServedBot:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
-    def stop(self) -> None:
-        """SIGTERM, as a service manager stops it; SIGKILL if it does not go."""
+    async def stop(self) -> None:
+        """SIGTERM, as a service manager stops it; SIGKILL if it does not go. Awaited, not
+        blocking: while it stops, the process may still call the Slack and Anthropic
+        stand-ins, which answer from this test's own event loop (a blocking wait held
+        them, and so the process, until the timeout)."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=30)
+            await asyncio.to_thread(self.proc.wait, STOP_SECONDS)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
+            await asyncio.to_thread(self.proc.wait)
 
     def containers(self, docker_client: Any, warm: bool = False) -> list[Any]:
         """The deployment's run containers; `warm`: with the warm ones no run was given."""
