@@ -43,7 +43,7 @@ _SUMS = ("runs", "input_tokens", "output_tokens", "no_report")
 
 
 def groups(session: Session, split: PeriodSplit,
-           now: datetime | None = None) -> dict[tuple[int, str], Group]:
+           now: datetime) -> dict[tuple[int, str], Group]:
     """The period's runs by (routine id, status), in that order, with the routine's name and
     model: one statement, the signed sums of its terms (`totals_terms`: daily rollups,
     hourly ones, runs; `now` weighs the choice between them) added up by the database. A
